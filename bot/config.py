@@ -1,0 +1,111 @@
+"""Settings, read from the environment and `.env` by `load_settings()` — never at import time."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+from pydantic import Field, SecretStr, ValidationError, field_validator
+from pydantic_settings import BaseSettings, SettingsConfigDict
+
+from bot.params import Aspect, Duration, Fps, Resolution
+
+DISCORD_API_BASE_URL = "https://discord.com/api/v10"
+DISCORD_GATEWAY_URL = "wss://gateway.discord.gg/"
+
+
+class SettingsError(Exception):
+    """A setting is missing or malformed. `str()` is one line naming it."""
+
+
+class Settings(BaseSettings):
+    model_config = SettingsConfigDict(
+        env_file=".env",
+        env_file_encoding="utf-8",
+        extra="ignore",
+        case_sensitive=False,
+        hide_input_in_errors=True,
+    )
+
+    # Discord
+    discord_token: SecretStr | None = None
+    discord_api_base_url: str = DISCORD_API_BASE_URL
+    discord_gateway_url: str = DISCORD_GATEWAY_URL
+    discord_dev_guild_id: int | None = None
+    discord_message_content_intent: bool = False
+
+    # Segmind
+    segmind_api_key: SecretStr | None = None
+    segmind_base_url: str = "https://api.segmind.com"
+    segmind_max_rpm: int = Field(default=50, ge=1, le=10_000)
+    segmind_timeout: float = Field(default=30.0, gt=0)
+
+    # Storage
+    veo_db_path: Path = Path("data/veo.sqlite3")
+    veo_work_dir: Path = Path("data/work")
+
+    # /veo defaults
+    veo_default_aspect: Aspect = Aspect.WIDE
+    veo_default_duration: Duration = 8
+    veo_default_fps: Fps = 24
+    veo_default_resolution: Resolution = Resolution.HD
+    veo_default_audio: bool = True
+
+    # Polling (seconds). The schedule adapts between floor and ceiling; the deadline is hard.
+    veo_poll_floor: float = Field(default=2.0, gt=0)
+    veo_poll_ceiling: float = Field(default=20.0, gt=0)
+    veo_job_deadline: float = Field(default=1800.0, gt=0)
+
+    # Discord presentation
+    veo_edit_interval: float = Field(default=5.0, ge=0)
+    veo_mention_on_ready: bool = True
+
+    # Limits
+    veo_user_limit: int = Field(default=3, ge=0)
+    veo_user_window_hours: float = Field(default=24.0, gt=0)
+    veo_user_concurrency: int = Field(default=1, ge=1)
+    veo_guild_daily_limit: int | None = Field(default=None, ge=0)
+    veo_global_daily_limit: int | None = Field(default=None, ge=0)
+    veo_daily_spend_cap: float | None = Field(default=None, ge=0)
+    veo_price_per_job: float = Field(default=0.80, ge=0)
+    veo_blocked_prompt_cap: int = Field(default=3, ge=0)
+    veo_max_concurrent_jobs: int = Field(default=4, ge=1)
+    veo_max_image_bytes: int = Field(default=20 * 1024 * 1024, gt=0)
+    veo_max_video_bytes: int = Field(default=500 * 1024 * 1024, gt=0)
+
+    @field_validator("segmind_base_url", "discord_api_base_url", "discord_gateway_url")
+    @classmethod
+    def _strip_slash(cls, value: str) -> str:
+        return value.rstrip("/") if not value.endswith("://") else value
+
+    @field_validator("veo_poll_ceiling")
+    @classmethod
+    def _ceiling_over_floor(cls, value: float, info: Any) -> float:
+        floor = info.data.get("veo_poll_floor")
+        if floor is not None and value < floor:
+            raise ValueError("must be at least VEO_POLL_FLOOR")
+        return value
+
+    @property
+    def demo_mode(self) -> bool:
+        """No Segmind key: the built-in fake serves test clips and nothing is billed."""
+        return self.segmind_api_key is None or not self.segmind_api_key.get_secret_value()
+
+
+def load_settings(env_file: str | Path | None = ".env", **overrides: Any) -> Settings:
+    """Build the settings; a bad value raises `SettingsError` with one line naming it."""
+    try:
+        return Settings(_env_file=env_file, **overrides)  # type: ignore[call-arg]
+    except ValidationError as exc:
+        first = exc.errors()[0]
+        name = str(first["loc"][0]).upper() if first.get("loc") else "settings"
+        reason = first.get("msg", "invalid value")
+        count = exc.error_count()
+        more = f" (and {count - 1} more)" if count > 1 else ""
+        raise SettingsError(f"setting {name} is invalid: {reason}{more}") from None
+
+
+def require_discord_token(settings: Settings) -> str:
+    if settings.discord_token is None or not settings.discord_token.get_secret_value().strip():
+        raise SettingsError("setting DISCORD_TOKEN is missing: put your bot token in .env")
+    return settings.discord_token.get_secret_value().strip()
