@@ -25,6 +25,8 @@ class Settings(BaseSettings):
         extra="ignore",
         case_sensitive=False,
         hide_input_in_errors=True,
+        # A blank line in .env (`SEGMIND_API_KEY=`) means "not set", not "set to nothing".
+        env_ignore_empty=True,
     )
 
     # Discord

@@ -1,0 +1,35 @@
+"""`python -m bot [run|generate|check|fake-segmind]` — with no arguments, runs the bot."""
+
+from __future__ import annotations
+
+import sys
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = list(sys.argv[1:] if argv is None else argv)
+    command = args.pop(0) if args and not args[0].startswith("-") else "run"
+    if command == "run":
+        from bot.runner import main_run
+
+        return main_run(args)
+    if command == "generate":
+        from bot.cli import main_generate
+
+        return main_generate(args)
+    if command == "check":
+        from bot.cli import main_check
+
+        return main_check(args)
+    if command == "fake-segmind":
+        from bot.fake_segmind import run_cli
+
+        return run_cli(args)
+    print(
+        f"unknown command {command!r}: use run (default), generate, check or fake-segmind",
+        file=sys.stderr,
+    )
+    return 2
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,154 @@
+"""Every text the bot shows about a job, built from plain data (no Discord objects, no I/O).
+
+Prompts are user text echoed into a channel, so they are escaped for markdown and their mentions
+neutralised here; the client-wide `allowed_mentions` is the second lock on the same door.
+"""
+
+from __future__ import annotations
+
+import re
+from dataclasses import dataclass
+from enum import Enum
+
+import discord
+
+from bot.params import VeoParams
+
+_LINE_START = re.compile(r"^(\s*)(#|-#|[-*+]\s)")
+_NUMBERED = re.compile(r"^(\s*\d+)\.(\s)")
+CONTENT_LIMIT = 2000  # Discord's limit on message content.
+PROMPT_SHOWN = 600  # Leaves room for the status lines whatever else the message carries.
+
+
+class Stage(str, Enum):
+    QUEUED = "queued"
+    SUBMITTING = "submitting"
+    WAITING = "waiting"  # accepted by Segmind, not yet started
+    GENERATING = "generating"
+    DOWNLOADING = "downloading"
+    ENCODING = "encoding"
+    UPLOADING = "uploading"
+
+
+def safe_prompt(prompt: str, limit: int = PROMPT_SHOWN) -> str:
+    """The prompt as a quoted block that can neither ping nor break the message's markdown."""
+    text = prompt.strip()
+    if len(text) > limit:
+        text = text[: limit - 1].rstrip() + "…"
+    text = discord.utils.escape_markdown(discord.utils.escape_mentions(text))
+    # escape_markdown leaves line-start syntax (headers, `-#` subtext, lists) alone.
+    lines = (
+        _NUMBERED.sub(r"\1\\.\2", _LINE_START.sub(r"\1\\\2", line)) for line in text.splitlines()
+    )
+    return "\n".join(f"> {line}" if line else ">" for line in lines)
+
+
+def ordinal(n: int) -> str:
+    if 10 <= n % 100 <= 20:
+        suffix = "th"
+    else:
+        suffix = {1: "st", 2: "nd", 3: "rd"}.get(n % 10, "th")
+    return f"{n}{suffix}"
+
+
+def clock(seconds: float) -> str:
+    """1:05 for 65 s; used for elapsed and estimated times."""
+    total = max(0, round(seconds))
+    minutes, secs = divmod(total, 60)
+    return f"{minutes}:{secs:02d}"
+
+
+def params_line(params: VeoParams) -> str:
+    parts = [
+        params.aspect_ratio.value,
+        f"{params.duration} s",
+        f"{params.fps} fps",
+        params.resolution.value,
+        "audio" if params.generate_audio else "no audio",
+        f"seed {params.seed}" if params.seed else "random seed",
+    ]
+    if params.image_url:
+        parts.append("from image")
+    return "`" + " · ".join(parts) + "`"
+
+
+@dataclass(frozen=True)
+class Progress:
+    stage: Stage
+    elapsed: float = 0.0
+    estimate: float | None = None
+    position: int | None = None  # 1-based place in the bot's own queue
+
+
+def progress_text(params: VeoParams, progress: Progress, *, demo: bool = False) -> str:
+    """The placeholder while the job moves. Changes only when something a user sees changes."""
+    stage = progress.stage
+    if stage is Stage.QUEUED:
+        where = f"{ordinal(progress.position)} in line" if progress.position else "in line"
+        head = f"⏳ **Queued** — {where}. It starts when a slot frees up."
+    elif stage is Stage.SUBMITTING:
+        head = "⏳ **Queued** — sending to Veo…"
+    elif stage is Stage.WAITING:
+        head = f"⏳ **Queued at Segmind** — {clock(progress.elapsed)} so far"
+    elif stage is Stage.GENERATING:
+        head = f"🎬 **Generating** — {clock(progress.elapsed)} so far"
+        if progress.estimate:
+            head += f", usually about {clock(progress.estimate)}"
+    elif stage is Stage.DOWNLOADING:
+        head = "📥 **Downloading** the video…"
+    elif stage is Stage.ENCODING:
+        head = "🗜️ **Re-encoding** the video to fit this server's upload limit…"
+    else:
+        head = "📤 **Uploading** the video…"
+    lines = [head, safe_prompt(params.prompt), params_line(params)]
+    if demo:
+        lines.append("-# Demo mode: a test clip, no Segmind credits used.")
+    return _fit("\n".join(lines))
+
+
+@dataclass(frozen=True)
+class Delivered:
+    params: VeoParams
+    took: float
+    cost: float | None
+    attached: bool
+    link: str | None = None
+    link_reason: str | None = None
+    note: str | None = None  # e.g. "re-encoded to fit this server's 10 MB limit"
+    mention_user_id: int | None = None
+    demo: bool = False
+
+
+def final_text(done: Delivered) -> str:
+    head = "✅ **Your video is ready**" if done.mention_user_id is None else (
+        f"✅ <@{done.mention_user_id}> **your video is ready**"
+    )
+    facts = [f"took {clock(done.took)}"]
+    if done.cost is not None:
+        facts.append(f"cost ${done.cost:.2f}")
+    lines = [
+        head,
+        safe_prompt(done.params.prompt, limit=900),
+        params_line(done.params) + " · " + " · ".join(facts),
+    ]
+    if done.note:
+        lines.append(f"-# {done.note}")
+    if not done.attached and done.link:
+        reason = done.link_reason or "The video is too large to upload here."
+        lines.append(f"{reason} Download: <{done.link}>")
+    if done.demo:
+        lines.append("-# Demo mode: this is a test clip, not a Veo video. No credits were used.")
+    return _fit("\n".join(lines))
+
+
+def failure_text(params: VeoParams, message: str, *, job_id: int | str | None = None) -> str:
+    lines = ["❌ " + message, safe_prompt(params.prompt, limit=300)]
+    if job_id is not None:
+        lines.append(f"-# job {job_id}")
+    return _fit("\n".join(lines))
+
+
+def _fit(text: str) -> str:
+    if len(text) <= CONTENT_LIMIT:
+        return text
+    return text[: CONTENT_LIMIT - 1] + "…"
