@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Any
+from typing import Any, get_args
 
 from pydantic import Field, SecretStr, ValidationError, field_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
@@ -48,8 +48,9 @@ class Settings(BaseSettings):
 
     # /veo defaults
     veo_default_aspect: Aspect = Aspect.WIDE
-    veo_default_duration: Duration = 8
-    veo_default_fps: Fps = 24
+    # Plain ints checked below: a Literal would refuse the string "8" that the environment gives.
+    veo_default_duration: int = 8
+    veo_default_fps: int = 24
     veo_default_resolution: Resolution = Resolution.HD
     veo_default_audio: bool = True
 
@@ -79,6 +80,20 @@ class Settings(BaseSettings):
     @classmethod
     def _strip_slash(cls, value: str) -> str:
         return value.rstrip("/") if not value.endswith("://") else value
+
+    @field_validator("veo_default_duration")
+    @classmethod
+    def _known_duration(cls, value: int) -> int:
+        if value not in get_args(Duration):
+            raise ValueError("must be 4, 6 or 8")
+        return value
+
+    @field_validator("veo_default_fps")
+    @classmethod
+    def _known_fps(cls, value: int) -> int:
+        if value not in get_args(Fps):
+            raise ValueError("must be 24 or 30")
+        return value
 
     @field_validator("veo_poll_ceiling")
     @classmethod

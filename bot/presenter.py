@@ -120,8 +120,10 @@ class Delivered:
 
 
 def final_text(done: Delivered) -> str:
-    head = "✅ **Your video is ready**" if done.mention_user_id is None else (
-        f"✅ <@{done.mention_user_id}> **your video is ready**"
+    head = (
+        "✅ **Your video is ready**"
+        if done.mention_user_id is None
+        else (f"✅ <@{done.mention_user_id}> **your video is ready**")
     )
     facts = [f"took {clock(done.took)}"]
     if done.cost is not None:

@@ -1,0 +1,105 @@
+"""What members read: prompts echoed safely, progress that says where the job is."""
+
+from __future__ import annotations
+
+import re
+
+from bot.params import VeoParams
+from bot.presenter import (
+    CONTENT_LIMIT,
+    Delivered,
+    Progress,
+    Stage,
+    failure_text,
+    final_text,
+    ordinal,
+    progress_text,
+    safe_prompt,
+)
+
+PINGS = (
+    "hey @everyone and @here, <@&123456789012345678> <@123456789012345678> <@!123456789012345678>"
+)
+
+
+def _would_ping(text: str) -> bool:
+    return bool(re.search(r"@(everyone|here)\b|<@[!&]?\d+>", text))
+
+
+def test_prompt_mentions_are_neutralised() -> None:
+    assert not _would_ping(safe_prompt(PINGS))
+
+
+def test_final_message_mentions_only_the_requester() -> None:
+    text = final_text(
+        Delivered(
+            VeoParams(prompt=PINGS, seed=7), took=80, cost=0.6, attached=True, mention_user_id=42
+        )
+    )
+    assert re.findall(r"<@!?&?\d+>", text) == ["<@42>"]
+    assert "@everyone" not in text.replace("@\u200beveryone", "")
+
+
+def test_markdown_in_prompt_cannot_break_the_message() -> None:
+    prompt = "**bold** __u__ ~~s~~ ||spoiler|| `code` ```block``` [link](http://x) \n# Header\n-# tiny\n> q"
+    shown = safe_prompt(prompt)
+    for line in shown.splitlines():
+        assert line.startswith("> ")
+    assert "**bold**" not in shown and "\\*\\*bold\\*\\*" in shown
+    assert "```" not in shown
+    assert "> \\# Header" in shown and "> \\-# tiny" in shown
+
+
+def test_long_prompt_keeps_message_under_discord_limit() -> None:
+    params = VeoParams(prompt="x" * 4000)
+    for stage in Stage:
+        assert len(progress_text(params, Progress(stage, 10, 80, position=3))) <= CONTENT_LIMIT
+    done = Delivered(params, took=1, cost=None, attached=False, link="https://e/x.mp4" + "a" * 300)
+    assert len(final_text(done)) <= CONTENT_LIMIT
+    assert len(failure_text(params, "bad " * 600)) <= CONTENT_LIMIT
+
+
+def test_progress_says_where_the_job_is() -> None:
+    params = VeoParams(prompt="a cat")
+    assert "3rd in line" in progress_text(params, Progress(Stage.QUEUED, position=3))
+    generating = progress_text(params, Progress(Stage.GENERATING, elapsed=42, estimate=80))
+    assert "Generating" in generating and "0:42" in generating and "1:20" in generating
+
+
+def test_final_message_reports_parameters_seed_time_cost_and_demo() -> None:
+    params = VeoParams(prompt="a cat", aspect_ratio="9:16", duration=6, seed=1234)
+    text = final_text(Delivered(params, took=95, cost=0.75, attached=True, demo=True))
+    assert "9:16" in text and "6 s" in text and "seed 1234" in text
+    assert "1:35" in text and "$0.75" in text
+    assert "test clip" in text
+
+
+def test_link_line_says_why() -> None:
+    params = VeoParams(prompt="a cat")
+    text = final_text(
+        Delivered(
+            params,
+            took=1,
+            cost=None,
+            attached=False,
+            link="https://cdn/x.mp4",
+            link_reason="Too big for this server.",
+        )
+    )
+    assert "Too big for this server." in text and "<https://cdn/x.mp4>" in text
+
+
+def test_ordinals() -> None:
+    assert [ordinal(n) for n in (1, 2, 3, 4, 11, 12, 13, 21, 22, 101, 111)] == [
+        "1st",
+        "2nd",
+        "3rd",
+        "4th",
+        "11th",
+        "12th",
+        "13th",
+        "21st",
+        "22nd",
+        "101st",
+        "111th",
+    ]
