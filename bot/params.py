@@ -7,7 +7,7 @@ validation error into a message naming the option and its allowed values).
 
 from __future__ import annotations
 
-from enum import Enum
+from enum import StrEnum
 from typing import Any, Literal
 from urllib.parse import urlsplit
 
@@ -17,7 +17,7 @@ MODEL_SLUG = "veo-3-fast"
 PROMPT_MAX_CHARS = 4000  # Veo accepts about 1,024 tokens; 4,000 characters stays well inside it.
 
 
-class Aspect(str, Enum):
+class Aspect(StrEnum):
     WIDE = "16:9"
     CLASSIC = "4:3"
     SQUARE = "1:1"
@@ -30,7 +30,7 @@ class Aspect(str, Enum):
         return int(width) / int(height)
 
 
-class Resolution(str, Enum):
+class Resolution(StrEnum):
     HD = "720p"
     FULL_HD = "1080p"
 

@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import re
 from dataclasses import dataclass
-from enum import Enum
+from enum import StrEnum
 
 import discord
 
@@ -20,7 +20,7 @@ CONTENT_LIMIT = 2000  # Discord's limit on message content.
 PROMPT_SHOWN = 600  # Leaves room for the status lines whatever else the message carries.
 
 
-class Stage(str, Enum):
+class Stage(StrEnum):
     QUEUED = "queued"
     SUBMITTING = "submitting"
     WAITING = "waiting"  # accepted by Segmind, not yet started
@@ -44,10 +44,7 @@ def safe_prompt(prompt: str, limit: int = PROMPT_SHOWN) -> str:
 
 
 def ordinal(n: int) -> str:
-    if 10 <= n % 100 <= 20:
-        suffix = "th"
-    else:
-        suffix = {1: "st", 2: "nd", 3: "rd"}.get(n % 10, "th")
+    suffix = "th" if 10 <= n % 100 <= 20 else {1: "st", 2: "nd", 3: "rd"}.get(n % 10, "th")
     return f"{n}{suffix}"
 
 

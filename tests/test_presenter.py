@@ -41,7 +41,10 @@ def test_final_message_mentions_only_the_requester() -> None:
 
 
 def test_markdown_in_prompt_cannot_break_the_message() -> None:
-    prompt = "**bold** __u__ ~~s~~ ||spoiler|| `code` ```block``` [link](http://x) \n# Header\n-# tiny\n> q"
+    prompt = (
+        "**bold** __u__ ~~s~~ ||spoiler|| `code` ```block``` [link](http://x) "
+        "\n# Header\n-# tiny\n> q"
+    )
     shown = safe_prompt(prompt)
     for line in shown.splitlines():
         assert line.startswith("> ")
