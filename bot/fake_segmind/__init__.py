@@ -1,0 +1,26 @@
+"""A fake Segmind (Veo 3 Fast, v2 async API) for tests and the bot's demo mode.
+
+    async with FakeSegmind(api_key="fake-key") as fake:
+        ...  # point a client at fake.base_url
+
+Scenarios are steered with `fake.inject(route, Fault(...))`, `[fake:...]` prompt tokens and an
+injectable clock; see README.md beside this file.
+"""
+
+from bot.fake_segmind.cli import main as run_cli
+from bot.fake_segmind.faults import ROUTES, Fault
+from bot.fake_segmind.jobs import JobState, parse_magic, price
+from bot.fake_segmind.server import FakeSegmind, RecordedRequest
+from bot.fake_segmind.video import probe
+
+__all__ = [
+    "ROUTES",
+    "FakeSegmind",
+    "Fault",
+    "JobState",
+    "RecordedRequest",
+    "parse_magic",
+    "price",
+    "probe",
+    "run_cli",
+]
