@@ -1,0 +1,381 @@
+"""Quota policy: who may start a video now, and why not — pure functions over plain data.
+
+Nothing here touches the database, Discord or Segmind. The store gathers a `UsageSnapshot` and
+the member's `EffectiveLimits` inside one `BEGIN IMMEDIATE` transaction, calls `decide()`, and
+reserves only on `Allowed`; the cog shows `render_refusal()` for a `Refusal`.
+
+Decisions, in the order they are checked (the first that fails is reported):
+
+1. `blocked`        — a moderator blocked the user in this guild. Beats everything, exempt too.
+2. `concurrency`    — the user already has `concurrency` jobs not yet finished (queued counts,
+                      so a double-click never queues two). Counted across all guilds: it is one
+                      person's share of the bot's queue. Exempt roles are still subject to it.
+3. `user_window`    — `user_limit` reservations in the rolling window (per guild). Released
+                      (refunded) reservations do not count; reserved and charged ones do. A
+                      moderator's window reset ignores reservations made before it. Exempt roles
+                      skip this check only.
+4. `guild_daily`    — the guild's cap over a rolling 24 h (window resets do not touch it).
+5. `global_daily`   — the owner's cap over all guilds, rolling 24 h.
+6. `guild_spend_cap`/`spend_cap` — dollars over a rolling 24 h, per guild / over all guilds:
+                      charged jobs at their real cost, reserved ones at their estimate, plus this
+                      job's estimate, must stay within the cap.
+
+Limits resolve per field, most specific first: user override > member's roles > guild settings
+> bot settings (`Settings.veo_*`). Among several roles the MOST GENEROUS wins: an exempt role
+beats any count, otherwise the highest rate `limit / window`; concurrency takes the highest a
+role grants. A role override replaces the guild value even when stricter (a "new member" role
+can restrict); a user override replaces everything, including an exempt role's "no limit".
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable, Mapping, Sequence
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, Literal
+
+if TYPE_CHECKING:
+    from bot.config import Settings
+
+DAY_SECONDS = 24 * 60 * 60.0
+
+RefusalKind = Literal[
+    "blocked",
+    "concurrency",
+    "user_window",
+    "guild_daily",
+    "global_daily",
+    "guild_spend_cap",
+    "spend_cap",
+]
+
+
+@dataclass(frozen=True, slots=True)
+class LimitDefaults:
+    """The bot-wide defaults and owner caps, from `Settings` (`LimitDefaults.from_settings`)."""
+
+    user_limit: int = 3
+    window_hours: float = 24.0
+    concurrency: int = 1
+    guild_daily_limit: int | None = None
+    global_daily_limit: int | None = None
+    daily_spend_cap: float | None = None  # over all guilds: the owner's wallet
+    price_per_job: float = 0.80  # estimate reserved until Segmind reports the real cost
+    blocked_prompt_cap: int = 3  # content-blocked refunds per user per guild per 24 h
+
+    @classmethod
+    def from_settings(cls, settings: Settings) -> LimitDefaults:
+        """Take the `veo_*` limit fields of the bot's settings."""
+        return cls(
+            user_limit=settings.veo_user_limit,
+            window_hours=settings.veo_user_window_hours,
+            concurrency=settings.veo_user_concurrency,
+            guild_daily_limit=settings.veo_guild_daily_limit,
+            global_daily_limit=settings.veo_global_daily_limit,
+            daily_spend_cap=settings.veo_daily_spend_cap,
+            price_per_job=settings.veo_price_per_job,
+            blocked_prompt_cap=settings.veo_blocked_prompt_cap,
+        )
+
+
+@dataclass(frozen=True, slots=True)
+class GuildLimits:
+    """A guild's own settings; `None` means "use the bot default"."""
+
+    user_limit: int | None = None
+    window_hours: float | None = None
+    concurrency: int | None = None
+    daily_limit: int | None = None
+    spend_cap: float | None = None  # dollars per rolling 24 h for this guild
+
+
+@dataclass(frozen=True, slots=True)
+class LimitOverride:
+    """A role's or a user's override; `None` fields inherit."""
+
+    user_limit: int | None = None
+    window_hours: float | None = None
+    concurrency: int | None = None
+
+    @property
+    def is_empty(self) -> bool:
+        return self.user_limit is None and self.window_hours is None and self.concurrency is None
+
+
+@dataclass(frozen=True, slots=True)
+class EffectiveLimits:
+    """The limits that apply to one member in one guild, after all overrides."""
+
+    user_limit: int | None  # None: exempt, no count limit
+    window_hours: float
+    concurrency: int
+    guild_daily_limit: int | None
+    guild_spend_cap: float | None
+    global_daily_limit: int | None
+    global_spend_cap: float | None
+    price_per_job: float
+    blocked_prompt_cap: int
+    # Which rule set the count: "default", "guild", "role:<id>", "exempt:<id>", "exempt", "user".
+    source: str
+
+    @property
+    def window_seconds(self) -> float:
+        return self.window_hours * 3600.0
+
+    @property
+    def exempt(self) -> bool:
+        return self.user_limit is None
+
+
+@dataclass(frozen=True, slots=True)
+class Block:
+    """A moderator's block of one user in one guild."""
+
+    guild_id: int
+    user_id: int
+    reason: str | None
+    blocked_by: int
+    created_at: float
+
+
+@dataclass(frozen=True, slots=True)
+class UsageSnapshot:
+    """What the policy needs to know, read in the same transaction that will reserve.
+
+    Timestamp tuples hold `reserved_at` of counting reservations (reserved or charged) inside the
+    relevant window, oldest first; the guild/global ones may be left empty when no cap is set.
+    """
+
+    block: Block | None = None
+    in_flight_job_ids: tuple[int, ...] = ()  # the user's unfinished jobs, oldest first
+    user_window: tuple[float, ...] = ()
+    guild_day: tuple[float, ...] = ()
+    global_day: tuple[float, ...] = ()
+    guild_spend: float = 0.0
+    global_spend: float = 0.0
+
+
+@dataclass(frozen=True, slots=True)
+class Allowed:
+    """The request may be reserved; `used` counts it, `limit` is None when exempt."""
+
+    used: int
+    limit: int | None
+
+
+@dataclass(frozen=True, slots=True)
+class Refusal:
+    """Why a request was refused, with what a message needs. Unused fields stay None."""
+
+    kind: RefusalKind
+    used: int | None = None
+    limit: float | None = None
+    next_free_at: float | None = None  # epoch seconds when one slot frees, if it ever will
+    window_hours: float | None = None
+    in_flight_job_id: int | None = None
+    reason: str | None = None  # a block's reason
+    spent: float | None = None
+
+
+Decision = Allowed | Refusal
+
+
+def _rate(limit: int, window_hours: float) -> float:
+    return limit / window_hours
+
+
+def effective_limits(
+    defaults: LimitDefaults,
+    guild: GuildLimits | None = None,
+    role_overrides: Mapping[int, LimitOverride] | None = None,
+    member_role_ids: Iterable[int] = (),
+    exempt_role_ids: Iterable[int] = (),
+    user_override: LimitOverride | None = None,
+    exempt_member: bool = False,
+) -> EffectiveLimits:
+    """Resolve one member's limits: user override > most generous role > guild > defaults.
+
+    `role_overrides` may hold every role of the guild; only the member's roles are considered.
+    `exempt_member` treats the member as holding an exempt role (e.g. the caller decided that
+    members with Manage Server are exempt).
+    """
+    guild = guild or GuildLimits()
+    roles = set(member_role_ids)
+    base_limit = guild.user_limit if guild.user_limit is not None else defaults.user_limit
+    base_window = guild.window_hours if guild.window_hours is not None else defaults.window_hours
+    concurrency = guild.concurrency if guild.concurrency is not None else defaults.concurrency
+    source = (
+        "guild" if guild.user_limit is not None or guild.window_hours is not None else "default"
+    )
+
+    user_limit: int | None = base_limit
+    window = base_window
+    exempt_roles = sorted(roles.intersection(exempt_role_ids))
+    if exempt_member:
+        user_limit, source = None, "exempt"
+    elif exempt_roles:
+        user_limit, source = None, f"exempt:{exempt_roles[0]}"
+    else:
+        # Pick the role whose (limit, window) pair gives the highest rate; a tie goes to the
+        # larger count, then the lower role id so the answer never depends on dict order.
+        best: tuple[float, int, int] | None = None
+        for role_id in sorted(roles):
+            override = (role_overrides or {}).get(role_id)
+            if override is None or (override.user_limit is None and override.window_hours is None):
+                continue
+            limit = override.user_limit if override.user_limit is not None else base_limit
+            hours = override.window_hours if override.window_hours is not None else base_window
+            key = (_rate(limit, hours), limit, -role_id)
+            if best is None or key > best:
+                best = key
+                user_limit, window, source = limit, hours, f"role:{role_id}"
+    role_concurrency = [
+        o.concurrency
+        for role_id, o in (role_overrides or {}).items()
+        if role_id in roles and o.concurrency is not None
+    ]
+    if role_concurrency:
+        concurrency = max(role_concurrency)
+
+    if user_override is not None:
+        if user_override.user_limit is not None:
+            user_limit, source = user_override.user_limit, "user"
+        if user_override.window_hours is not None:
+            window, source = user_override.window_hours, "user"
+        if user_override.concurrency is not None:
+            concurrency = user_override.concurrency
+
+    return EffectiveLimits(
+        user_limit=user_limit,
+        window_hours=window,
+        concurrency=max(1, concurrency),
+        guild_daily_limit=guild.daily_limit
+        if guild.daily_limit is not None
+        else defaults.guild_daily_limit,
+        guild_spend_cap=guild.spend_cap,
+        global_daily_limit=defaults.global_daily_limit,
+        global_spend_cap=defaults.daily_spend_cap,
+        price_per_job=defaults.price_per_job,
+        blocked_prompt_cap=defaults.blocked_prompt_cap,
+        source=source,
+    )
+
+
+def next_free_at(times: Sequence[float], limit: int, window_seconds: float) -> float | None:
+    """When enough of `times` (oldest first) leave the window for one more to fit under `limit`.
+
+    None when the limit is 0: no amount of waiting frees a slot.
+    """
+    if limit <= 0:
+        return None
+    if len(times) < limit:
+        return None
+    # With n counted and room for `limit`, the (n - limit + 1)-th oldest must expire.
+    return times[len(times) - limit] + window_seconds
+
+
+def decide(
+    limits: EffectiveLimits, usage: UsageSnapshot, now: float, estimated_cost: float | None = None
+) -> Decision:
+    """Allow or refuse one new job. `now` is epoch seconds; `estimated_cost` defaults to the
+    configured price per job."""
+    if usage.block is not None:
+        return Refusal(kind="blocked", reason=usage.block.reason)
+
+    if len(usage.in_flight_job_ids) >= limits.concurrency:
+        return Refusal(
+            kind="concurrency",
+            used=len(usage.in_flight_job_ids),
+            limit=limits.concurrency,
+            in_flight_job_id=usage.in_flight_job_ids[0],
+        )
+
+    window_start = now - limits.window_seconds
+    user_times = sorted(t for t in usage.user_window if t > window_start)
+    if limits.user_limit is not None and len(user_times) >= limits.user_limit:
+        return Refusal(
+            kind="user_window",
+            used=len(user_times),
+            limit=limits.user_limit,
+            window_hours=limits.window_hours,
+            next_free_at=next_free_at(user_times, limits.user_limit, limits.window_seconds),
+        )
+
+    day_start = now - DAY_SECONDS
+    for kind, cap, times in (
+        ("guild_daily", limits.guild_daily_limit, usage.guild_day),
+        ("global_daily", limits.global_daily_limit, usage.global_day),
+    ):
+        if cap is None:
+            continue
+        recent = sorted(t for t in times if t > day_start)
+        if len(recent) >= cap:
+            return Refusal(
+                kind=kind,  # type: ignore[arg-type]  # the tuple above holds only these two
+                used=len(recent),
+                limit=cap,
+                window_hours=24.0,
+                next_free_at=next_free_at(recent, cap, DAY_SECONDS),
+            )
+
+    price = limits.price_per_job if estimated_cost is None else estimated_cost
+    # A tiny tolerance so $0.80 * 5 is not refused against a $4.00 cap by float rounding.
+    epsilon = 1e-9
+    if limits.guild_spend_cap is not None and usage.guild_spend + price > (
+        limits.guild_spend_cap + epsilon
+    ):
+        return Refusal(
+            kind="guild_spend_cap", limit=limits.guild_spend_cap, spent=usage.guild_spend
+        )
+    if limits.global_spend_cap is not None and usage.global_spend + price > (
+        limits.global_spend_cap + epsilon
+    ):
+        return Refusal(kind="spend_cap", limit=limits.global_spend_cap, spent=usage.global_spend)
+
+    return Allowed(used=len(user_times) + 1, limit=limits.user_limit)
+
+
+def blocked_refund_allowed(refunds_in_last_day: int, cap: int) -> bool:
+    """May a content-blocked job be refunded? Only the first `cap` per user per 24 h are, so
+    nobody can farm free attempts with prompts they know will be refused."""
+    return refunds_in_last_day < cap
+
+
+def _when(epoch: float | None) -> str:
+    # Discord renders <t:N:R> as "in 3 hours" in the reader's own locale and time zone.
+    return f"<t:{int(epoch + 0.999)}:R>" if epoch is not None else ""
+
+
+def _hours(hours: float | None) -> str:
+    return f"{hours:g} h" if hours is not None else "24 h"
+
+
+def render_refusal(refusal: Refusal) -> str:
+    """One sentence for the user. Discord timestamp markup is plain text here."""
+    kind = refusal.kind
+    if kind == "blocked":
+        text = "You are not allowed to use /veo here"
+        return f"{text} ({refusal.reason})" if refusal.reason else text
+    if kind == "concurrency":
+        if refusal.limit is not None and refusal.limit > 1:
+            return (
+                f"You already have {refusal.used} videos on the way — "
+                "wait for one to finish before starting another"
+            )
+        return "One video at a time — yours is still generating"
+    if kind == "user_window":
+        if not refusal.limit:
+            return "Video generation is turned off for you here"
+        text = (
+            f"You have used {refusal.used} of {int(refusal.limit)} videos "
+            f"in the last {_hours(refusal.window_hours)}"
+        )
+        return f"{text} — next one {_when(refusal.next_free_at)}" if refusal.next_free_at else text
+    if kind == "guild_daily":
+        text = "This server's daily limit is reached"
+        return f"{text} — try again {_when(refusal.next_free_at)}" if refusal.next_free_at else text
+    if kind == "global_daily":
+        text = "The bot's daily limit is reached"
+        return f"{text} — try again {_when(refusal.next_free_at)}" if refusal.next_free_at else text
+    if kind == "guild_spend_cap":
+        return "This server's video budget for today is spent — try again later"
+    return "Today's video budget is spent — try again later"
