@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import asyncio
 import io
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Iterator
 from typing import Any
 
 import httpx
@@ -33,8 +33,10 @@ async def fake() -> AsyncIterator[FakeSegmind]:
 
 
 @pytest.fixture
-def client(fake: FakeSegmind) -> SegmindClient:
-    return SegmindClient(api_key=KEY, base_url=f"{fake.base_url}/v1", timeout=10.0)
+def client(fake: FakeSegmind) -> Iterator[SegmindClient]:
+    sdk = SegmindClient(api_key=KEY, base_url=f"{fake.base_url}/v1", timeout=10.0)
+    yield sdk
+    sdk._client.close()  # the SDK never closes its httpx client itself
 
 
 async def run_to_end(client: SegmindClient, **params: Any) -> dict[str, Any]:
@@ -179,6 +181,7 @@ async def test_wrong_key_is_401(fake: FakeSegmind) -> None:
 
     with pytest.raises(SegmindError) as caught:
         await asyncio.to_thread(intruder.submit_async, "veo-3-fast", prompt="a cat")
+    intruder._client.close()
 
     assert caught.value.status == 401
     assert fake.submits == []

@@ -74,10 +74,10 @@ def parse_magic(prompt: str) -> Magic:
 def price(params: VeoParams) -> float:
     """A plausible per-job price inside Segmind's published $0.40-$1.20 band.
 
-    $0.40 for a 4-second 720p silent clip; +$0.10 per extra second pair, +$0.20 with audio,
+    $0.40 for a 4-second 720p silent clip; +$0.10 per extra second, +$0.20 with audio,
     +$0.20 at 1080p, so an 8-second 1080p clip with audio costs $1.20.
     """
-    cost = 0.40 + 0.10 * ((params.duration - 4) // 2)
+    cost = 0.40 + 0.10 * (params.duration - 4)
     if params.generate_audio:
         cost += 0.20
     if params.resolution is Resolution.FULL_HD:

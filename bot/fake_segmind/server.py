@@ -33,6 +33,7 @@ from bot.params import MODEL_SLUG, InvalidParams, parse_params
 log = logging.getLogger(__name__)
 
 _M = TypeVar("_M", bound=BaseModel)
+_DROPPED = web.RequestKey("fake_segmind_dropped", bool)
 
 OUTPUT_RETENTION_SECONDS = 7 * 24 * 3600.0  # "the output file lasts longer (7 days)"
 
@@ -187,6 +188,11 @@ class FakeSegmind:
         if runner is not None:
             self._stopping.set()
             await runner.cleanup()
+            # Let renders still in the executor finish, so no work outlives the fake (or the
+            # test's event loop).
+            pending = [future for future in self._renders.values() if not future.done()]
+            if pending:
+                await asyncio.wait(pending)
 
     async def __aenter__(self) -> Self:
         await self.start()
@@ -320,7 +326,7 @@ class FakeSegmind:
             response = web.Response(status=405, text=_html_page(405), content_type="text/html")
         except web.HTTPNotFound:
             response = _error(404, f"Not found: {request.path}")
-        if request.get("dropped"):
+        if request.get(_DROPPED):
             record.dropped = True
         else:
             record.status = response.status
@@ -374,7 +380,7 @@ class FakeSegmind:
                 await asyncio.wait_for(self._stopping.wait(), delay)
 
     def _drop(self, request: web.Request) -> web.Response:
-        request["dropped"] = True
+        request[_DROPPED] = True
         if request.transport is not None:
             request.transport.close()
         # aiohttp discards writes to a closed transport; the client sees a disconnect.
