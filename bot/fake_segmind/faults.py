@@ -7,7 +7,7 @@ A fault is consumed by the next request on its route, first in, first out, so a 
 from __future__ import annotations
 
 from collections import deque
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Any, Literal, get_args
 
 Route = Literal["submit", "status", "result", "credits", "output"]
@@ -28,7 +28,7 @@ class Fault:
 
     status: int | None = None
     body: Any = None
-    headers: dict[str, str] = field(default_factory=dict)
+    headers: dict[str, str] | None = None
     html: bool = False
     delay: float = 0.0
     drop: bool = False

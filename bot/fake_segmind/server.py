@@ -371,7 +371,7 @@ class FakeSegmind:
             return self._drop(request)
         if fault.body is not None or fault.html:
             return self._fault_response(fault, response.status)
-        response.headers.update(fault.headers)
+        response.headers.update(fault.headers or {})
         return response
 
     async def _hold(self, delay: float) -> None:
@@ -400,7 +400,7 @@ class FakeSegmind:
         else:
             message = _FAULT_ERRORS.get(status, f"HTTP {status}")
             response = _error(status, message)
-        response.headers.update(fault.headers)
+        response.headers.update(fault.headers or {})
         return response
 
     # ---- Segmind routes --------------------------------------------------------------------
