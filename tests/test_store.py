@@ -1,0 +1,601 @@
+"""The store on a real SQLite file: migrations, the job state machine, the ledger, moderation,
+and contention (many truly concurrent reservations, on one connection and on two)."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import sqlite3
+from collections.abc import AsyncIterator
+from pathlib import Path
+
+import aiosqlite
+import pytest
+
+from bot.quota import GuildLimits, LimitDefaults, LimitOverride, Refusal
+from bot.store import (
+    LEGAL_TRANSITIONS,
+    MIGRATIONS,
+    SCHEMA_VERSION,
+    TERMINAL_STATES,
+    IllegalTransition,
+    JobState,
+    Migration,
+    Reserved,
+    ReserveRequest,
+    Store,
+    StoreError,
+    StoreUnavailable,
+    apply_migrations,
+)
+
+NOW = 1_700_000_000.0
+HOUR = 3600.0
+DAY = 24 * HOUR
+GUILD = 100
+CHANNEL = 200
+DEFAULTS = LimitDefaults()  # 3 per 24 h, one at a time
+
+
+class Clock:
+    """A clock the test moves by hand."""
+
+    def __init__(self, now: float = NOW) -> None:
+        self.now = now
+
+    def __call__(self) -> float:
+        return self.now
+
+
+@pytest.fixture
+def clock() -> Clock:
+    return Clock()
+
+
+@pytest.fixture
+async def store(tmp_path: Path, clock: Clock) -> AsyncIterator[Store]:
+    opened = await Store.open(tmp_path / "data" / "veo.sqlite3", clock=clock)
+    try:
+        yield opened
+    finally:
+        await opened.close()
+
+
+def request(
+    user_id: int = 1,
+    now: float = NOW,
+    *,
+    guild_id: int = GUILD,
+    role_ids: tuple[int, ...] = (),
+    prompt: str = "a red fox in the snow",
+    **extra: object,
+) -> ReserveRequest:
+    params = {"prompt": prompt, "duration": 8}
+    return ReserveRequest(
+        guild_id=guild_id,
+        channel_id=CHANNEL,
+        user_id=user_id,
+        role_ids=role_ids,
+        prompt=prompt,
+        params_json=json.dumps(params),
+        image_url=None,
+        now=now,
+        **extra,  # type: ignore[arg-type]
+    )
+
+
+async def reserved(store: Store, req: ReserveRequest, defaults: LimitDefaults = DEFAULTS) -> int:
+    outcome = await store.reserve(req, defaults)
+    assert isinstance(outcome, Reserved), outcome
+    return outcome.job_id
+
+
+async def finish(store: Store, job_id: int, cost: float | None = None) -> None:
+    """Walk a job through the happy path and charge it."""
+    assert await store.transition(job_id, "queued", "submitting")
+    assert await store.transition(job_id, "submitting", "submitted", request_id=f"req-{job_id}")
+    assert await store.transition(job_id, "submitted", "completed", cost=cost)
+    assert await store.transition(job_id, "completed", "delivering")
+    assert await store.transition(job_id, "delivering", "delivered", delivered_message_id=9)
+    assert await store.charge(job_id, cost)
+
+
+# ------------------------------------------------------------------------------------ schema
+
+
+async def test_open_creates_parent_dir_and_latest_schema(tmp_path: Path) -> None:
+    path = tmp_path / "nested" / "dir" / "veo.sqlite3"
+    async with await Store.open(path) as store:
+        assert await store.schema_version() == SCHEMA_VERSION
+    assert path.exists()
+    with sqlite3.connect(path) as raw:
+        assert raw.execute("PRAGMA journal_mode").fetchone()[0] == "wal"
+        tables = {r[0] for r in raw.execute("SELECT name FROM sqlite_master WHERE type='table'")}
+    assert {"jobs", "quota_ledger", "guild_settings", "blocks", "audit_log"} <= tables
+
+
+async def test_reopening_is_idempotent(tmp_path: Path) -> None:
+    path = tmp_path / "veo.sqlite3"
+    async with await Store.open(path) as store:
+        job_id = await reserved(store, request())
+    async with await Store.open(path) as store:
+        assert await store.schema_version() == SCHEMA_VERSION
+        job = await store.get_job(job_id)
+        assert job is not None
+        assert job.state == "queued"
+
+
+async def test_migrates_a_version_1_database_with_data(tmp_path: Path, clock: Clock) -> None:
+    path = tmp_path / "veo.sqlite3"
+    async with aiosqlite.connect(path, isolation_level=None) as conn:
+        assert await apply_migrations(conn, MIGRATIONS[:1]) == 1
+        # What an early bot left behind: one delivered and charged, one still queued.
+        for job_id, state, created in ((1, "delivered", NOW - 2 * HOUR), (2, "queued", NOW - 60)):
+            await conn.execute(
+                "INSERT INTO jobs (id, guild_id, channel_id, user_id, prompt, params, state, "
+                "created_at, updated_at) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?)",
+                (job_id, GUILD, CHANNEL, 1, "old", '{"prompt": "old"}', state, created, created),
+            )
+        await conn.execute(
+            "INSERT INTO quota_ledger (job_id, guild_id, user_id, status, amount, reserved_at, "
+            "settled_at) VALUES (1, ?, 1, 'charged', 0.8, ?, ?), "
+            "(2, ?, 1, 'reserved', 0.8, ?, NULL)",
+            (GUILD, NOW - 2 * HOUR, NOW - HOUR, GUILD, NOW - 60),
+        )
+
+    async with await Store.open(path, clock=clock) as store:
+        assert await store.schema_version() == SCHEMA_VERSION
+        old = await store.get_job(1)
+        assert old is not None
+        assert old.queue_seq == 1  # backfilled in arrival order
+        assert old.charged_amount == 0.8  # the real-cost column is backfilled from the amount
+        assert [j.id for j in await store.nonterminal_jobs()] == [2]
+        assert await store.queue_position(2) == 1
+        # The old reservations still count: used 2 of 3, and job 2 is in flight.
+        view = await store.quota_view(GUILD, 1, (), LimitDefaults(concurrency=5), NOW)
+        assert view.usage.user_window == (NOW - 2 * HOUR, NOW - 60)
+        # New jobs queue behind the old one.
+        outcome = await store.reserve(request(user_id=7), DEFAULTS)
+        assert isinstance(outcome, Reserved)
+        assert outcome.queue_seq == 3
+        assert await store.queue_position(outcome.job_id) == 2
+
+
+async def test_failed_migration_rolls_back_entirely(tmp_path: Path) -> None:
+    broken = (
+        *MIGRATIONS[:1],
+        Migration(2, "broken", ("ALTER TABLE jobs ADD COLUMN half_done TEXT", "NOT SQL AT ALL")),
+    )
+    path = tmp_path / "veo.sqlite3"
+    with pytest.raises(StoreError, match="syntax error"):
+        await Store.open(path, migrations=broken)
+    with sqlite3.connect(path) as raw:
+        assert raw.execute("PRAGMA user_version").fetchone()[0] == 1
+        columns = {r[1] for r in raw.execute("PRAGMA table_info(jobs)")}
+    assert "half_done" not in columns
+    async with await Store.open(path) as store:  # the real migrations still apply cleanly
+        assert await store.schema_version() == SCHEMA_VERSION
+
+
+async def test_refuses_a_database_from_a_newer_bot(tmp_path: Path) -> None:
+    path = tmp_path / "veo.sqlite3"
+    with sqlite3.connect(path) as raw:
+        raw.execute(f"PRAGMA user_version = {SCHEMA_VERSION + 1}")
+    with pytest.raises(StoreError, match="newer"):
+        await Store.open(path)
+
+
+# ----------------------------------------------------------------------------- state machine
+
+
+async def test_happy_path_stamps_times_and_charges(store: Store, clock: Clock) -> None:
+    job_id = await reserved(store, request())
+    clock.now = NOW + 10
+    assert await store.transition(job_id, "queued", "submitting")
+    assert await store.transition(job_id, "submitting", "submitted", request_id="abc")
+    clock.now = NOW + 70
+    assert await store.transition(
+        job_id, "submitted", "completed", cost=1.2, output_url="https://x"
+    )
+    assert await store.transition(job_id, "completed", "delivering")
+    assert await store.transition(
+        job_id, "delivering", "delivered", delivered_message_id=5, delivery_method="interaction"
+    )
+    assert await store.charge(job_id, 1.2)
+    job = await store.job_by_request_id("abc")
+    assert job is not None
+    assert job.id == job_id
+    assert (job.submitted_at, job.completed_at, job.delivered_at) == (NOW + 10, NOW + 70, NOW + 70)
+    assert (job.state, job.ledger_status, job.charged_amount) == ("delivered", "charged", 1.2)
+    assert job.output_url == "https://x"
+    assert job.params["duration"] == 8
+    assert await store.recent_durations() == [60.0]
+
+
+async def test_cas_refuses_a_second_mover(store: Store) -> None:
+    job_id = await reserved(store, request())
+    results = await asyncio.gather(
+        *(store.transition(job_id, "queued", "submitting") for _ in range(10))
+    )
+    assert results.count(True) == 1  # one submit, however many tasks raced for it
+    assert not await store.transition(job_id, "queued", "cancelled")
+
+
+async def test_illegal_transitions_raise(store: Store) -> None:
+    job_id = await reserved(store, request())
+    with pytest.raises(IllegalTransition):
+        await store.transition(job_id, "delivered", "queued")
+    with pytest.raises(IllegalTransition):
+        await store.transition(job_id, "queued", "delivered")  # skipping the write-ahead marks
+    with pytest.raises(IllegalTransition):
+        await store.transition(job_id, "queued", "nonsense")  # type: ignore[arg-type]
+    with pytest.raises(ValueError, match="not a job field"):
+        await store.transition(job_id, "queued", "submitting", state="delivered")
+    job = await store.get_job(job_id)
+    assert job is not None
+    assert job.state == "queued"
+
+
+def test_no_transition_leaves_a_terminal_state() -> None:
+    for state in TERMINAL_STATES:
+        assert LEGAL_TRANSITIONS[state] == frozenset()
+
+
+async def test_fail_from_anywhere_only_matches_legal_sources(store: Store) -> None:
+    job_id = await reserved(store, request())
+    assert await store.transition(job_id, "queued", "submitting")
+    everywhere: tuple[JobState, ...] = (
+        "queued",
+        "submitting",
+        "submitted",
+        "completed",
+        "delivering",
+    )
+    # `submitting -> expired` is not an edge, so the job is left alone...
+    assert not await store.transition(job_id, everywhere, "expired")
+    # ...while `failed` is reachable from every unfinished state.
+    assert await store.transition(job_id, everywhere, "failed", error="boom")
+    job = await store.get_job(job_id)
+    assert job is not None
+    assert (job.state, job.error) == ("failed", "boom")
+
+
+async def test_same_state_is_a_guarded_field_update(store: Store) -> None:
+    job_id = await reserved(store, request())
+    assert await store.transition(job_id, "queued", "queued", placeholder_message_id=77)
+    job = await store.get_job(job_id)
+    assert job is not None
+    assert job.placeholder_message_id == 77
+
+
+async def test_nonterminal_jobs_and_in_flight_count(store: Store) -> None:
+    ids = [await reserved(store, request(user_id=u)) for u in range(1, 6)]
+    assert await store.transition(ids[0], "queued", "submitting")
+    assert await store.transition(ids[1], "queued", "submitting")
+    assert await store.transition(ids[1], "submitting", "submitted", request_id="r1")
+    assert await store.transition(ids[2], "queued", "cancelled")
+    assert [j.id for j in await store.nonterminal_jobs()] == [ids[0], ids[1], ids[3], ids[4]]
+    assert await store.count_in_flight() == 2
+    assert await store.count_queued() == 2
+
+
+async def test_queue_is_first_come_first_served_across_users(store: Store) -> None:
+    ids = [await reserved(store, request(user_id=u, now=NOW + u)) for u in (5, 3, 9)]
+    assert [await store.queue_position(i) for i in ids] == [1, 2, 3]
+    first = await store.next_queued()
+    assert first is not None
+    assert first.id == ids[0]
+    assert await store.transition(ids[0], "queued", "submitting")
+    assert await store.queue_position(ids[0]) is None
+    assert [await store.queue_position(i) for i in ids[1:]] == [1, 2]
+    # A POST that surely never left goes back to its old place, ahead of later arrivals.
+    assert await store.transition(ids[0], "submitting", "queued")
+    assert [j.id for j in await store.queued_jobs()] == ids
+
+
+# ------------------------------------------------------------------------------------- quota
+
+
+async def test_window_counts_reserved_and_charged_but_not_released(
+    store: Store, clock: Clock
+) -> None:
+    limits = LimitDefaults(concurrency=10)
+    first = await reserved(store, request(now=NOW), limits)
+    await finish(store, first, cost=0.9)
+    second = await reserved(store, request(now=NOW + 1), limits)
+    third = await reserved(store, request(now=NOW + 2), limits)
+    refusal = await store.reserve(request(now=NOW + 3), limits)
+    assert isinstance(refusal, Refusal)
+    assert (refusal.kind, refusal.used, refusal.limit) == ("user_window", 3, 3)
+    assert refusal.next_free_at == NOW + DAY
+    # Segmind failed the second one: refunded, so a slot opens at once.
+    assert await store.release(second, "failed", limits, now=NOW + 4) == "released"
+    assert await store.release(second, "failed", limits, now=NOW + 5) == "already_settled"
+    assert not await store.charge(second)  # settled stays settled
+    assert isinstance(await store.reserve(request(now=NOW + 6), limits), Reserved)
+    # And the window slides: a day after the first, another fits.
+    assert isinstance(await store.reserve(request(now=NOW + 7), limits), Refusal)
+    assert isinstance(await store.reserve(request(now=NOW + DAY + 1), limits), Reserved)
+    assert third
+
+
+async def test_concurrency_refusal_names_the_job_in_flight(store: Store) -> None:
+    job_id = await reserved(store, request())
+    refusal = await store.reserve(request(now=NOW + 1), DEFAULTS)
+    assert refusal == Refusal(kind="concurrency", used=1, limit=1, in_flight_job_id=job_id)
+    await finish(store, job_id)
+    assert isinstance(await store.reserve(request(now=NOW + 2), DEFAULTS), Reserved)
+
+
+async def test_blocked_prompt_refunds_are_capped(store: Store) -> None:
+    limits = LimitDefaults(user_limit=100, concurrency=100, blocked_prompt_cap=2)
+    outcomes = []
+    for i in range(4):
+        job_id = await reserved(store, request(now=NOW + i), limits)
+        assert await store.transition(job_id, "queued", "submitting")
+        assert await store.transition(job_id, "submitting", "submitted", request_id=f"b{i}")
+        assert await store.transition(job_id, "submitted", "failed", error="blocked")
+        outcomes.append(await store.release(job_id, "content_blocked", limits, now=NOW + i))
+    assert outcomes == ["released", "released", "charged", "charged"]
+    view = await store.quota_view(GUILD, 1, (), limits, NOW + 10)
+    assert len(view.usage.user_window) == 2  # the two over the cap count against the user
+    # A day later the refunds are available again.
+    job_id = await reserved(store, request(now=NOW + DAY + 5), limits)
+    assert await store.release(job_id, "content_blocked", limits, now=NOW + DAY + 5) == "released"
+
+
+async def test_guild_and_global_caps_and_spend(store: Store) -> None:
+    limits = LimitDefaults(user_limit=10, concurrency=10, global_daily_limit=3)
+    await reserved(store, request(user_id=1, guild_id=1), limits)
+    await reserved(store, request(user_id=2, guild_id=2), limits)
+    await reserved(store, request(user_id=3, guild_id=3), limits)
+    refusal = await store.reserve(request(user_id=4, guild_id=4), limits)
+    assert isinstance(refusal, Refusal)
+    assert refusal.kind == "global_daily"
+
+    spend = LimitDefaults(user_limit=10, concurrency=10, daily_spend_cap=3.0, price_per_job=1.0)
+    refusal = await store.reserve(request(user_id=5, guild_id=5), spend)
+    assert isinstance(refusal, Refusal)
+    # Three reservations held at the $0.80 estimate: 2.40 + 1.00 > 3.00.
+    assert (refusal.kind, refusal.spent) == ("spend_cap", pytest.approx(2.4))
+    # The real cost replaces the estimate once charged: 0.40 + 1.60 + 1.00 fits.
+    first = (await store.recent_jobs(guild_id=1))[0].id
+    await finish(store, first, cost=0.4)
+    assert isinstance(
+        await store.reserve(request(user_id=5, guild_id=5, now=NOW + 1), spend), Reserved
+    )
+
+
+async def test_guild_settings_override_and_guild_daily(store: Store) -> None:
+    await store.set_guild_limits(GUILD, GuildLimits(daily_limit=2, concurrency=5), actor_id=99)
+    await reserved(store, request(user_id=1))
+    await reserved(store, request(user_id=2))
+    refusal = await store.reserve(request(user_id=3), DEFAULTS)
+    assert isinstance(refusal, Refusal)
+    assert refusal.kind == "guild_daily"
+    # Other guilds are unaffected.
+    assert isinstance(
+        await store.reserve(request(user_id=3, guild_id=GUILD + 1), DEFAULTS), Reserved
+    )
+
+
+async def test_role_user_overrides_and_exempt_roles_in_the_store(store: Store) -> None:
+    await store.set_role_override(GUILD, 10, LimitOverride(user_limit=5), actor_id=99)
+    await store.set_role_override(GUILD, 11, LimitOverride(user_limit=8), actor_id=99)
+    await store.set_role_override(GUILD, 12, LimitOverride(concurrency=3), actor_id=99)
+    limits = await store.effective_limits(GUILD, 1, (10, 11, 12), DEFAULTS)
+    assert (limits.user_limit, limits.concurrency, limits.source) == (8, 3, "role:11")
+    await store.set_user_override(GUILD, 1, LimitOverride(user_limit=1), actor_id=99)
+    assert (await store.effective_limits(GUILD, 1, (10, 11), DEFAULTS)).user_limit == 1
+    assert await store.set_role_exempt(GUILD, 20, True, actor_id=99)
+    assert not await store.set_role_exempt(GUILD, 20, True, actor_id=99)
+    assert (await store.effective_limits(GUILD, 2, (20,), DEFAULTS)).exempt
+    assert await store.exempt_roles(GUILD) == frozenset({20})
+    assert set(await store.role_overrides(GUILD)) == {10, 11, 12}
+    await store.set_role_override(GUILD, 10, None, actor_id=99)
+    assert set(await store.role_overrides(GUILD)) == {11, 12}
+    assert await store.user_overrides(GUILD) == {1: LimitOverride(user_limit=1)}
+
+
+async def test_block_and_unblock(store: Store) -> None:
+    await store.block_user(GUILD, 1, reason="spam", actor_id=99)
+    refusal = await store.reserve(request(), DEFAULTS)
+    assert refusal == Refusal(kind="blocked", reason="spam")
+    assert [b.user_id for b in await store.blocks(GUILD)] == [1]
+    assert isinstance(await store.reserve(request(guild_id=GUILD + 1), DEFAULTS), Reserved)
+    assert await store.unblock_user(GUILD, 1, actor_id=99)
+    assert not await store.unblock_user(GUILD, 1, actor_id=99)
+    assert await store.get_block(GUILD, 1) is None
+
+
+async def test_reset_clears_the_users_window_but_keeps_history(store: Store) -> None:
+    limits = LimitDefaults(user_limit=2, concurrency=10)
+    await store.set_guild_limits(GUILD, GuildLimits(daily_limit=3), actor_id=99)
+    for i in range(2):
+        await finish(store, await reserved(store, request(now=NOW + i), limits))
+    assert isinstance(await store.reserve(request(now=NOW + 5), limits), Refusal)
+    await store.reset_user_window(GUILD, 1, actor_id=99, now=NOW + 10)
+    assert isinstance(await store.reserve(request(now=NOW + 11), limits), Reserved)
+    summary = await store.usage(GUILD, 1, days=1, now=NOW + 12)
+    assert (summary.jobs, summary.delivered) == (3, 2)  # nothing was deleted
+    # The guild cap still counts all three.
+    refusal = await store.reserve(request(user_id=2, now=NOW + 13), limits)
+    assert isinstance(refusal, Refusal)
+    assert refusal.kind == "guild_daily"
+
+
+async def test_every_moderator_change_is_audited(store: Store, clock: Clock) -> None:
+    await store.set_guild_limits(GUILD, GuildLimits(user_limit=5), actor_id=99)
+    await store.set_role_override(GUILD, 10, LimitOverride(user_limit=7), actor_id=98)
+    await store.set_user_override(GUILD, 1, LimitOverride(concurrency=2), actor_id=99)
+    await store.set_role_exempt(GUILD, 20, True, actor_id=99)
+    await store.block_user(GUILD, 1, reason=None, actor_id=99)
+    await store.unblock_user(GUILD, 1, actor_id=99)
+    await store.reset_user_window(GUILD, 1, actor_id=99)
+    await store.set_log_channel(GUILD, 555, actor_id=99)
+    await store.record_audit(GUILD, 99, "job.cancel", {"job_id": 1})
+    entries = await store.audit_entries(GUILD, limit=50)
+    assert [e.action for e in reversed(entries)] == [
+        "limits.set",
+        "role_override.set",
+        "user_override.set",
+        "exempt_role.add",
+        "block",
+        "unblock",
+        "window.reset",
+        "log_channel.set",
+        "job.cancel",
+    ]
+    assert entries[-1].detail == {
+        "old": _empty_limits(),
+        "new": {**_empty_limits(), "user_limit": 5},
+    }
+    assert entries[-2].actor_id == 98
+    assert all(e.created_at == clock.now for e in entries)
+    assert await store.audit_entries(GUILD + 1) == []
+    assert await store.get_log_channel(GUILD) == 555
+    assert await store.get_guild_limits(GUILD) == GuildLimits(
+        user_limit=5
+    )  # log channel kept apart
+
+
+def _empty_limits() -> dict[str, object]:
+    return {
+        "user_limit": None,
+        "window_hours": None,
+        "concurrency": None,
+        "daily_limit": None,
+        "spend_cap": None,
+    }
+
+
+async def test_moderator_queries(store: Store) -> None:
+    limits = LimitDefaults(user_limit=10, concurrency=10)
+    a1 = await reserved(store, request(user_id=1, now=NOW), limits)
+    await finish(store, a1, cost=1.0)
+    a2 = await reserved(store, request(user_id=1, now=NOW + 1), limits)
+    await store.transition(a2, "queued", "failed", error="x")
+    await store.release(a2, "failed", limits)
+    await reserved(store, request(user_id=2, now=NOW + 2), limits)
+    old = await reserved(store, request(user_id=3, now=NOW - 3 * DAY), limits)
+
+    summary = await store.usage(GUILD, days=1, now=NOW + 10)
+    assert (summary.jobs, summary.delivered, summary.failed, summary.in_progress) == (3, 1, 1, 1)
+    assert (summary.refunded, summary.cost) == (1, 1.0)
+    assert (await store.usage(GUILD, 2, days=1, now=NOW + 10)).jobs == 1
+    top = await store.top_users(GUILD, days=1, now=NOW + 10)
+    assert [(u.user_id, u.jobs, u.delivered, u.cost) for u in top] == [
+        (1, 2, 1, 1.0),
+        (2, 1, 0, 0.0),
+    ]
+    recent = await store.recent_jobs(GUILD, limit=2)
+    assert [j.user_id for j in recent] == [3, 2]  # newest ids first
+    assert [j.id for j in await store.recent_jobs(GUILD, user_id=1)] == [a2, a1]
+    exported = await store.export_jobs(GUILD, days=7, now=NOW + 10)
+    assert [j.id for j in exported][-1] == old
+    assert len(exported) == 4
+    assert len(await store.export_jobs(GUILD, days=1, now=NOW + 10)) == 3
+
+
+async def test_settle_terminal_is_the_crash_net(store: Store) -> None:
+    limits = LimitDefaults(user_limit=10, concurrency=10)
+    delivered = await reserved(store, request(now=NOW), limits)
+    steps: tuple[tuple[JobState, JobState], ...] = (
+        ("queued", "submitting"),
+        ("submitting", "submitted"),
+        ("submitted", "completed"),
+        ("completed", "delivering"),
+    )
+    for src, dst in steps:
+        assert await store.transition(delivered, src, dst)
+    assert await store.transition(delivered, "delivering", "delivered", cost=1.1)
+    unknown = await reserved(store, request(now=NOW + 1), limits)
+    assert await store.transition(unknown, "queued", "submitting")
+    assert await store.transition(unknown, "submitting", "unknown")
+    # "Crash" before charge/release: both ledger rows are still reserved.
+    assert await store.settle_terminal(limits) == 2
+    job = await store.get_job(delivered)
+    assert job is not None
+    assert (job.ledger_status, job.charged_amount) == ("charged", 1.1)
+    job = await store.get_job(unknown)
+    assert job is not None
+    assert (job.ledger_status, job.ledger_reason) == ("released", "unknown")
+    assert await store.settle_terminal(limits) == 0
+
+
+# ---------------------------------------------------------------------------- fail closed
+
+
+async def test_reserve_fails_closed_when_the_database_is_locked(tmp_path: Path) -> None:
+    path = tmp_path / "veo.sqlite3"
+    async with await Store.open(path, busy_timeout=0.05) as store:
+        holder = sqlite3.connect(path, isolation_level=None)
+        try:
+            holder.execute("BEGIN IMMEDIATE")  # another process hogs the write lock
+            with pytest.raises(StoreUnavailable):
+                await store.reserve(request(), DEFAULTS)
+            holder.execute("ROLLBACK")
+        finally:
+            holder.close()
+        assert isinstance(await store.reserve(request(), DEFAULTS), Reserved)
+
+
+async def test_closed_store_is_unavailable(tmp_path: Path) -> None:
+    store = await Store.open(tmp_path / "veo.sqlite3")
+    await store.close()
+    with pytest.raises(StoreUnavailable):
+        await store.reserve(request(), DEFAULTS)
+    with pytest.raises(StoreUnavailable):
+        await store.get_job(1)
+
+
+# ------------------------------------------------------------------------------ contention
+
+
+async def test_fifty_concurrent_reservations_for_one_user_pass_exactly_three(store: Store) -> None:
+    limits = LimitDefaults(user_limit=3, concurrency=100)  # the count binds, not concurrency
+    outcomes = await asyncio.gather(*(store.reserve(request(), limits) for _ in range(50)))
+    assert sum(isinstance(o, Reserved) for o in outcomes) == 3
+    assert {o.kind for o in outcomes if isinstance(o, Refusal)} == {"user_window"}
+
+
+async def test_double_click_queues_one_job(store: Store) -> None:
+    outcomes = await asyncio.gather(*(store.reserve(request(), DEFAULTS) for _ in range(2)))
+    assert sorted(type(o).__name__ for o in outcomes) == ["Refusal", "Reserved"]
+
+
+async def test_two_hundred_users_against_a_guild_cap_of_twenty(store: Store) -> None:
+    limits = LimitDefaults(guild_daily_limit=20)
+    outcomes = await asyncio.gather(
+        *(store.reserve(request(user_id=u), limits) for u in range(1, 201))
+    )
+    passed = [o for o in outcomes if isinstance(o, Reserved)]
+    assert len(passed) == 20
+    assert sorted(o.queue_seq for o in passed) == list(range(1, 21))  # no gaps, no duplicates
+
+
+async def test_two_stores_on_one_file_still_hold_the_limit(tmp_path: Path) -> None:
+    """Two connections (as two processes would have) racing: BEGIN IMMEDIATE serialises them."""
+    path = tmp_path / "veo.sqlite3"
+    first = await Store.open(path)
+    second = await Store.open(path)
+    try:
+        per_user = LimitDefaults(user_limit=3, concurrency=100)
+        outcomes = await asyncio.gather(
+            *(s.reserve(request(), per_user) for _ in range(25) for s in (first, second))
+        )
+        assert sum(isinstance(o, Reserved) for o in outcomes) == 3
+
+        guild_cap = LimitDefaults(guild_daily_limit=20)
+        outcomes = await asyncio.gather(
+            *(
+                (first if u % 2 else second).reserve(request(user_id=u, guild_id=7), guild_cap)
+                for u in range(1, 201)
+            )
+        )
+        assert sum(isinstance(o, Reserved) for o in outcomes) == 20
+        seqs = [j.queue_seq for j in await first.queued_jobs()]
+        assert seqs == sorted(set(seqs))
+    finally:
+        await first.close()
+        await second.close()
