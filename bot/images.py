@@ -1,0 +1,163 @@
+"""Checks an input image before anything is reserved or sent to Segmind.
+
+Only the head of the file is fetched (a Range request): enough to tell PNG, JPEG and WebP apart
+by their magic bytes — whatever the name or the declared content type says — and to read the
+picture's size, so the aspect ratio can follow the image when the member did not choose one.
+"""
+
+from __future__ import annotations
+
+import math
+import struct
+from dataclasses import dataclass
+from urllib.parse import urlsplit
+
+import aiohttp
+
+from bot.params import Aspect
+
+HEAD_BYTES = 64 * 1024  # JPEG can put its size after large EXIF blocks; 64 KiB covers most
+ACCEPTED = {"png": "image/png", "jpeg": "image/jpeg", "webp": "image/webp"}
+
+
+class ImageRejected(ValueError):
+    """The image cannot be used; the message says why in words a member understands."""
+
+
+@dataclass(frozen=True)
+class ImageInfo:
+    url: str
+    kind: str  # "png" | "jpeg" | "webp"
+    size: int | None  # bytes, when the server said
+    width: int | None
+    height: int | None
+
+    def closest_aspect(self) -> Aspect | None:
+        if not self.width or not self.height:
+            return None
+        ratio = self.width / self.height
+        # Compare on a log scale so 2:1 is as far from 1:1 as 1:2 is.
+        return min(Aspect, key=lambda a: abs(math.log(a.ratio) - math.log(ratio)))
+
+
+def sniff(head: bytes) -> str | None:
+    if head.startswith(b"\x89PNG\r\n\x1a\n"):
+        return "png"
+    if head.startswith(b"\xff\xd8\xff"):
+        return "jpeg"
+    if len(head) >= 12 and head[:4] == b"RIFF" and head[8:12] == b"WEBP":
+        return "webp"
+    return None
+
+
+def dimensions(kind: str, head: bytes) -> tuple[int, int] | None:
+    """Width and height from the header, or None when the head is too short to tell."""
+    try:
+        if kind == "png" and len(head) >= 24:
+            width, height = struct.unpack(">II", head[16:24])
+            return width, height
+        if kind == "webp":
+            return _webp_size(head)
+        if kind == "jpeg":
+            return _jpeg_size(head)
+    except struct.error:
+        return None
+    return None
+
+
+def _webp_size(head: bytes) -> tuple[int, int] | None:
+    chunk = head[12:16]
+    if chunk == b"VP8 " and len(head) >= 30:
+        width, height = struct.unpack("<HH", head[26:30])
+        return width & 0x3FFF, height & 0x3FFF
+    if chunk == b"VP8L" and len(head) >= 25:
+        bits = int.from_bytes(head[21:25], "little")
+        return (bits & 0x3FFF) + 1, ((bits >> 14) & 0x3FFF) + 1
+    if chunk == b"VP8X" and len(head) >= 30:
+        width = int.from_bytes(head[24:27], "little") + 1
+        height = int.from_bytes(head[27:30], "little") + 1
+        return width, height
+    return None
+
+
+def _jpeg_size(head: bytes) -> tuple[int, int] | None:
+    index = 2
+    while index + 9 < len(head):
+        if head[index] != 0xFF:
+            index += 1
+            continue
+        marker = head[index + 1]
+        if marker in (0xD8, 0x01) or 0xD0 <= marker <= 0xD7:
+            index += 2
+            continue
+        length = struct.unpack(">H", head[index + 2 : index + 4])[0]
+        # SOF0..SOF15 carry the frame size, except DHT (C4), JPG (C8) and DAC (CC).
+        if 0xC0 <= marker <= 0xCF and marker not in (0xC4, 0xC8, 0xCC):
+            height, width = struct.unpack(">HH", head[index + 5 : index + 9])
+            return width, height
+        index += 2 + length
+    return None
+
+
+async def inspect_image(
+    session: aiohttp.ClientSession,
+    url: str,
+    *,
+    max_bytes: int,
+    declared_type: str | None = None,
+    declared_size: int | None = None,
+    fetch_timeout: float = 15.0,
+) -> ImageInfo:
+    """Fetch the head of `url` and decide whether Veo can use it. Raises `ImageRejected`."""
+    if urlsplit(url).scheme not in ("http", "https"):
+        raise ImageRejected("The image must be a normal web link (http or https).")
+    if declared_size is not None and declared_size > max_bytes:
+        raise ImageRejected(_too_big(declared_size, max_bytes))
+    if declared_type and declared_type.split(";")[0].strip() not in ACCEPTED.values():
+        raise ImageRejected(_wrong_type(declared_type))
+    headers = {"Range": f"bytes=0-{HEAD_BYTES - 1}"}
+    try:
+        async with session.get(
+            url, headers=headers, timeout=aiohttp.ClientTimeout(total=fetch_timeout)
+        ) as response:
+            if response.status not in (200, 206):
+                raise ImageRejected(
+                    f"The image could not be fetched (HTTP {response.status}); "
+                    "it may have been deleted."
+                )
+            total = _total_size(response)
+            if total is not None and total > max_bytes:
+                raise ImageRejected(_too_big(total, max_bytes))
+            head = await response.content.read(HEAD_BYTES)
+            served_type = response.headers.get("Content-Type", "")
+    except (aiohttp.ClientError, TimeoutError) as exc:
+        raise ImageRejected("The image could not be fetched; try again in a moment.") from exc
+    kind = sniff(head)
+    if kind is None:
+        raise ImageRejected(_wrong_type(declared_type or served_type or "this file"))
+    size = total if total is not None else declared_size
+    found = dimensions(kind, head)
+    width, height = found if found else (None, None)
+    return ImageInfo(url=url, kind=kind, size=size, width=width, height=height)
+
+
+def _total_size(response: aiohttp.ClientResponse) -> int | None:
+    content_range = response.headers.get("Content-Range", "")
+    if "/" in content_range:
+        total = content_range.rsplit("/", 1)[1]
+        if total.isdigit():
+            return int(total)
+    if response.status == 200 and response.content_length is not None:
+        return response.content_length
+    return None
+
+
+def _too_big(size: int, limit: int) -> str:
+    return (
+        f"The image is {size / 1_048_576:.1f} MB; Veo takes images up to "
+        f"{limit / 1_048_576:.0f} MB. Try a smaller version."
+    )
+
+
+def _wrong_type(what: str) -> str:
+    return f"Veo can animate PNG, JPEG or WebP images — {what} is not one of them."
