@@ -309,7 +309,10 @@ def _bandwidth(points: Sequence[tuple[float, float]]) -> float:
     if spread <= 0:
         spread = math.sqrt(variance)
     effective_n = total * total / sum(w * w for _, w in points)
-    return max(1.0, 0.9 * spread * effective_n ** (-0.2))
+    silverman = 0.9 * spread * effective_n ** (-0.2)
+    # With few samples Silverman's kernel is wide enough to leak hazard into the first seconds,
+    # where no Veo job ends; a tenth of the median keeps the early polls sparse.
+    return max(1.0, min(silverman, 0.1 * _weighted_quantile(ordered, 0.5)))
 
 
 def _weighted_quantile(ordered: Sequence[tuple[float, float]], q: float) -> float:
