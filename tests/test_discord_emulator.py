@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import asyncio
 import io
+import re
 from collections.abc import AsyncIterator
 from typing import Any
 
@@ -20,12 +21,38 @@ import pytest
 from discord import app_commands
 from discord.ext import commands
 
-from tests.discord_emulator import DiscordEmulator, Intents, StoredMessage, point_discord_py_at
+from tests.discord_emulator import (
+    DiscordEmulator,
+    Intents,
+    SpecMissingError,
+    StoredMessage,
+    load_spec,
+    point_discord_py_at,
+)
 
 ORIGINAL = "/webhooks/{application_id}/{interaction_token}/messages/@original"
 CALLBACK = "POST /interactions/{interaction_id}/{interaction_token}/callback"
 EDIT_ORIGINAL = f"PATCH {ORIGINAL}"
 VIDEO = b"\x00\x00\x00\x18ftypmp42" + bytes(range(256)) * 64
+
+
+class PromptModal(discord.ui.Modal, title="Your prompt"):
+    prompt: discord.ui.TextInput[PromptModal] = discord.ui.TextInput(
+        label="Prompt", custom_id="prompt"
+    )
+
+    def __init__(self) -> None:
+        super().__init__(custom_id="prompt-modal")
+
+    async def on_submit(self, interaction: discord.Interaction) -> None:
+        await interaction.response.send_message(f"queued: {self.prompt.value}", ephemeral=True)
+        await interaction.followup.send("second note", ephemeral=True)
+
+
+class PanelView(discord.ui.View):
+    @discord.ui.button(label="Open", custom_id="panel:open")
+    async def open(self, interaction: discord.Interaction, button: discord.ui.Button[Any]) -> None:
+        await interaction.response.send_modal(PromptModal())
 
 
 class EmuBot(commands.Bot):
@@ -43,12 +70,15 @@ class EmuBot(commands.Bot):
         self.outcomes: asyncio.Queue[Any] = asyncio.Queue()
         self.seen_messages: asyncio.Queue[discord.Message] = asyncio.Queue()
         self.upload = VIDEO
+        self.gate: asyncio.Event | None = None
 
         @app_commands.command(name="veo", description="Make a video from a prompt")
         async def veo(
             interaction: discord.Interaction, prompt: str, image: discord.Attachment | None = None
         ) -> None:
             callback = await interaction.response.defer(thinking=True)
+            if self.gate is not None:
+                await self.gate.wait()
             try:
                 await interaction.edit_original_response(
                     content=f"{interaction.user.mention} done: {prompt}",
@@ -61,6 +91,31 @@ class EmuBot(commands.Bot):
             await self.outcomes.put((callback, interaction.filesize_limit, image))
 
         self.tree.add_command(veo)
+
+        @app_commands.context_menu(name="Animate")
+        async def animate(interaction: discord.Interaction, message: discord.Message) -> None:
+            urls = " ".join(a.url for a in message.attachments)
+            await interaction.response.send_message(f"{message.content}|{urls}", ephemeral=True)
+
+        self.tree.add_command(animate)
+
+        admin = app_commands.Group(name="admin", description="Admin tools")
+        quota = app_commands.Group(name="quota", description="Quotas", parent=admin)
+
+        @quota.command(name="set", description="Set a user's quota")
+        async def quota_set(
+            interaction: discord.Interaction, user: discord.Member, amount: int
+        ) -> None:
+            perms = interaction.permissions.manage_guild
+            await interaction.response.send_message(f"{user.id} {amount} {perms}")
+
+        self.tree.add_command(admin)
+
+        @app_commands.command(name="panel", description="A button that opens a modal")
+        async def panel(interaction: discord.Interaction) -> None:
+            await interaction.response.send_message("panel", view=PanelView())
+
+        self.tree.add_command(panel)
 
     async def setup_hook(self) -> None:
         await self.tree.sync()
@@ -105,7 +160,9 @@ async def test_slash_command_defer_then_upload_round_trip(
     assert guild.owner_id == emu.owner.id and guild.premium_tier == 0
 
     image = emu.add_cdn_file("cat.png", b"\x89PNG\r\n\x1a\n" + b"0" * 100, "image/png")
-    handle = await emu.dispatch_slash_command("veo", {"prompt": "a cat"}, attachments={"image": image})
+    handle = await emu.dispatch_slash_command(
+        "veo", {"prompt": "a cat"}, attachments={"image": image}
+    )
     callback = await handle.wait_for_callback()
     assert callback.json == {"type": 5}
     assert handle.defer_latency is not None and handle.defer_latency < 3
@@ -127,10 +184,9 @@ async def test_slash_command_defer_then_upload_round_trip(
     assert stored.content_type == "video/mp4" and stored.size == len(VIDEO)
     assert [u.id for u in message.mentions] == [emu.member.id]
 
-    async with aiohttp.ClientSession() as http:
-        async with http.get(stored.url) as got:
-            assert got.headers["Content-Type"] == "video/mp4"
-            assert await got.read() == VIDEO
+    async with aiohttp.ClientSession() as http, http.get(stored.url) as got:
+        assert got.headers["Content-Type"] == "video/mp4"
+        assert await got.read() == VIDEO
 
     login = [
         "GET /users/@me",
@@ -169,18 +225,18 @@ async def test_rate_limit_with_via_is_retried(emu: DiscordEmulator, bot: EmuBot)
 
 
 async def test_expired_interaction_token_is_401_50027(emu: DiscordEmulator, bot: EmuBot) -> None:
+    bot.gate = asyncio.Event()
     handle = await emu.dispatch_slash_command("veo", {"prompt": "late"})
     await handle.wait_for_callback()
     emu.advance(15 * 60 + 1)
-    # The bot's own PATCH races the clock move; a later edit must fail either way.
-    edit = await emu.wait_for_request(EDIT_ORIGINAL)
-    assert edit.status in (200, 401)
-    await bot.outcomes.get()
-
-    webhook = discord.Webhook.partial(emu.application_id, handle.token, client=bot)
-    with pytest.raises(discord.HTTPException) as caught:
-        await webhook.edit_message(handle.original_message_id or 0, content="too late")
-    assert (caught.value.status, caught.value.code) == (401, 50027)
+    bot.gate.set()
+    outcome = await asyncio.wait_for(bot.outcomes.get(), 5)
+    assert isinstance(outcome, discord.HTTPException)
+    assert (outcome.status, outcome.code) == (401, 50027)
+    # The message itself can still be edited with the bot token, as on Discord.
+    channel = bot.get_partial_messageable(emu.channel.id)
+    await channel.get_partial_message(handle.original_message_id or 0).edit(content="late")
+    assert handle.original_message().content == "late"
     emu.assert_no_violations()
 
 
@@ -214,3 +270,144 @@ async def test_message_content_intent_is_respected(emu: DiscordEmulator, bot: Em
     assert mentioned.content == f"hi bot {emu.bot_user.mention}"
     assert isinstance(emu.message(mentioned.id), StoredMessage)
     assert Intents.MESSAGE_CONTENT & next(iter(emu._gateway.sessions.values())).intents == 0
+
+
+async def test_wrong_token_is_rejected(emu: DiscordEmulator) -> None:
+    client = discord.Client(intents=discord.Intents.none())
+    with pytest.raises(discord.LoginFailure):
+        await client.login("not-the-token")
+    await client.close()
+    assert emu.requests("GET /users/@me")[0].auth == "Bot(invalid)"
+
+
+async def test_missing_permissions_and_access(emu: DiscordEmulator, bot: EmuBot) -> None:
+    secret = emu.guild.add_text_channel("secret")
+    emu.deny_channel(emu.channel.id, code=50013)
+    emu.deny_channel(secret.id, code=50001)
+    with pytest.raises(discord.Forbidden) as denied:
+        await bot.get_partial_messageable(emu.channel.id).send("hi")
+    assert denied.value.code == 50013
+    with pytest.raises(discord.Forbidden) as hidden:
+        await bot.get_partial_messageable(secret.id).send("hi")
+    assert hidden.value.code == 50001
+    # Interaction responses do not need channel permissions, but app_permissions tells the bot.
+    handle = await emu.dispatch_slash_command("veo", {"prompt": "p"})
+    await asyncio.wait_for(bot.outcomes.get(), 5)
+    assert handle.original_message().attachments
+    assert int(handle.payload["app_permissions"]) & (1 << 11) == 0
+    emu.assert_no_violations()
+
+
+async def test_boosted_guild_limit_reaches_the_bot(emu: DiscordEmulator) -> None:
+    emu.guild.premium_tier = 2
+    client = EmuBot()
+    client.upload = b"\x00" * (20 * 1024 * 1024)
+    task = await start_bot(emu, client)
+    try:
+        await emu.dispatch_slash_command("veo", {"prompt": "big"})
+        _, limit, _ = await asyncio.wait_for(client.outcomes.get(), 5)
+        assert limit == 50 * 1024 * 1024
+        assert client.get_guild(emu.guild.id).filesize_limit == limit  # type: ignore[union-attr]
+    finally:
+        await client.close()
+        await asyncio.wait_for(task, 5)
+
+
+async def test_cdn_serves_head_and_range(emu: DiscordEmulator) -> None:
+    png = b"\x89PNG\r\n\x1a\n" + bytes(1000)
+    url = emu.add_cdn_file("photo.png", png, "image/png")
+    async with aiohttp.ClientSession() as http:
+        async with http.head(url) as head:
+            assert head.status == 200
+            assert head.headers["Content-Type"] == "image/png"
+            assert head.headers["Content-Length"] == str(len(png))
+        async with http.get(url, headers={"Range": "bytes=0-7"}) as part:
+            assert part.status == 206
+            assert part.headers["Content-Range"] == f"bytes 0-7/{len(png)}"
+            assert await part.read() == png[:8]
+        async with http.get(url.replace("photo.png", "other.png")) as missing:
+            assert missing.status == 404
+    emu.advance(86_400 + 1)  # signed CDN links expire (the ex= query parameter)
+    async with aiohttp.ClientSession() as http, http.get(url) as expired:
+        assert expired.status == 404
+        assert await expired.text() == "This content is no longer available."
+
+
+async def test_context_menu_sees_content_without_intent(emu: DiscordEmulator, bot: EmuBot) -> None:
+    photo = emu.add_cdn_file("dog.jpg", b"\xff\xd8\xff" + bytes(64))
+    posted = await emu.post_user_message(emu.channel.id, "make it move", attachments=[photo])
+    seen = await asyncio.wait_for(bot.seen_messages.get(), 5)
+    assert seen.content == "" and seen.attachments == []  # no Message Content intent
+    handle = await emu.dispatch_context_menu("Animate", posted)
+    await handle.wait_for_callback()
+    reply = handle.original_message()
+    assert reply.ephemeral
+    assert reply.content == f"make it move|{posted.attachments[0].url}"
+    emu.assert_no_violations()
+
+
+async def test_subcommand_group_options_are_typed(emu: DiscordEmulator, bot: EmuBot) -> None:
+    handle = await emu.dispatch_slash_command(
+        "admin quota set", {"user": emu.member, "amount": 3}, user=emu.moderator
+    )
+    await handle.wait_for_callback()
+    assert handle.original_message().content == f"{emu.member.id} 3 True"
+    with pytest.raises(ValueError, match="required option 'amount'"):
+        await emu.dispatch_slash_command("admin quota set", {"user": emu.member})
+
+
+async def test_button_modal_and_followup(emu: DiscordEmulator, bot: EmuBot) -> None:
+    panel = await emu.dispatch_slash_command("panel")
+    await panel.wait_for_callback()
+    click = await emu.dispatch_component("panel:open", panel.original_message())
+    opened = await click.wait_for_callback()
+    assert opened.json["type"] == 9 and click.modal is not None
+    submit = await emu.dispatch_modal_submit("prompt-modal", {"prompt": "a red kite"})
+    await submit.wait_for_callback()
+    followup = await emu.wait_for_request("POST /webhooks/{application_id}/{interaction_token}")
+    assert followup.status == 200 and followup.query["wait"] == "1"
+    replies = [r.content for r in emu.channel_messages(emu.channel.id) if r.ephemeral]
+    assert replies == ["queued: a red kite", "second note"]
+    emu.assert_no_violations()
+
+
+async def test_dm_slash_command(emu: DiscordEmulator, bot: EmuBot) -> None:
+    handle = await emu.dispatch_slash_command("veo", {"prompt": "dm"}, dm=True)
+    await asyncio.wait_for(bot.outcomes.get(), 5)
+    assert handle.payload["context"] == 1 and "member" not in handle.payload
+    assert handle.original_message().guild_id is None
+    emu.assert_no_violations()
+
+
+async def test_emulated_rate_limit_bucket(emu: DiscordEmulator) -> None:
+    route = "POST /channels/{channel_id}/messages"
+    emu.set_rate_limit(route, limit=2, window=5.0)
+    url = f"{emu.api_base}/channels/{emu.channel.id}/messages"
+    headers = {"Authorization": f"Bot {emu.token}"}
+    async with aiohttp.ClientSession() as http:
+        statuses = []
+        for _ in range(3):
+            async with http.post(url, json={"content": "x"}, headers=headers) as resp:
+                statuses.append(resp.status)
+                last = resp
+        assert statuses == [200, 200, 429]
+        assert last.headers["Via"] == "1.1 google"
+        assert last.headers["X-RateLimit-Remaining"] == "0"
+        emu.advance(5.0)
+        async with http.post(url, json={"content": "x"}, headers=headers) as resp:
+            assert resp.status == 200
+    assert len(emu.rate_limited) == 1
+
+
+async def test_gateway_reconnect_resumes(emu: DiscordEmulator, bot: EmuBot) -> None:
+    await emu.request_reconnect()
+    await emu.wait_for_gateway(lambda f: f.event == "RESUMED")
+    assert emu.resume_count == 1 and emu.identify_count == 1
+    handle = await emu.dispatch_slash_command("veo", {"prompt": "after resume"})
+    await asyncio.wait_for(bot.outcomes.get(), 5)
+    assert handle.original_message().attachments
+
+
+def test_missing_spec_fails_clearly(tmp_path: Any) -> None:
+    with pytest.raises(SpecMissingError, match=re.escape("expected at <repo>/../shared/reference")):
+        load_spec(str(tmp_path / "nope.json"))

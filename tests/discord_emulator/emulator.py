@@ -508,6 +508,9 @@ class DiscordEmulator:
         cdn = self.cdn.get(int(request.match_info["file_id"]))
         if cdn is None or cdn.filename != request.match_info["filename"]:
             return web.Response(status=404, text="Not Found")
+        expires = request.query.get("ex")
+        if expires is not None and int(expires, 16) < self.clock.now():
+            return web.Response(status=404, text="This content is no longer available.")
         headers = {
             "Content-Type": cdn.content_type,
             "Accept-Ranges": "bytes",

@@ -278,7 +278,15 @@ def _deepest(error: ValidationError) -> ValidationError:
         return error
     candidates = [_deepest(e) for e in error.context]
     deepest = max(candidates, key=lambda e: len(e.absolute_path))
-    return deepest if len(deepest.absolute_path) > len(error.absolute_path) else error
+    if len(deepest.absolute_path) > len(error.absolute_path):
+        return deepest
+    # Every branch failed right here: say why each did.
+    reasons = "; ".join(dict.fromkeys(e.message for e in candidates))
+    return ValidationError(
+        f"{error.message}: {reasons}",
+        validator=error.validator,
+        path=error.absolute_path,
+    )
 
 
 def _pointer(path: Iterable[Any]) -> str:

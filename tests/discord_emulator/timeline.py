@@ -107,12 +107,17 @@ class Violation:
     validator: str = ""
 
     def __str__(self) -> str:
+        concrete = f"{self.method} {_shorten(self.path)}"
+        route = f" [{self.route}]" if self.route else ""
         spec = f" (spec: {self.spec_route})" if self.spec_route else ""
         where = f"{self.location} {self.pointer}".strip()
         rule = f" [{self.validator}]" if self.validator else ""
-        return (
-            f"#{self.request_index} {self.method} {self.path}{spec}: {where}: {self.message}{rule}"
-        )
+        return f"#{self.request_index} {concrete}{route}{spec}: {where}: {self.message}{rule}"
+
+
+def _shorten(path: str) -> str:
+    """Interaction tokens are ~200 characters; keep paths readable in failure messages."""
+    return "/".join(p if len(p) <= 24 else p[:12] + "..." for p in path.split("/"))
 
 
 @dataclass(frozen=True)
