@@ -268,7 +268,8 @@ class JobState(StrEnum):
 class SubmittedJob:
     """A submitted job. Store `request_id`: with it the job can be resumed after a restart.
 
-    `submitted_at` is the client's clock at submit (None for a resumed job).
+    `submitted_at` is the client's clock at submit, epoch seconds by default (None when
+    rebuilt from a stored id).
     """
 
     request_id: str
@@ -425,7 +426,9 @@ class _TransportFailure(Exception):
 class SegmindClient:
     """The process's one door to Segmind. Use as `async with SegmindClient(...) as client:`.
 
-    `clock`/`sleep`/`rng`/`wall_clock` are injectable so tests run instantly. `max_rpm` is the
+    `clock`/`sleep`/`rng`/`wall_clock` are injectable so tests run instantly. `clock` is the wall
+    clock by default, not a monotonic one, so that a submit time stored in the database (epoch
+    seconds) can be handed back to `wait(started_at=...)` after a restart. `max_rpm` is the
     account's budget shared by every request; `max_attempts`, `backoff_base`, `max_backoff` and
     `max_rate_wait` bound the GET retries. `poll_floor`/`poll_ceiling`/`job_deadline` shape `wait`.
     """
@@ -439,7 +442,7 @@ class SegmindClient:
         max_rpm: int = 50,
         timeout: float = 30.0,
         connect_timeout: float = 10.0,
-        clock: Clock = time.monotonic,
+        clock: Clock = time.time,
         sleep: Sleep = asyncio.sleep,
         rng: random.Random | None = None,
         wall_clock: Clock = time.time,
@@ -602,8 +605,9 @@ class SegmindClient:
     ) -> JobResult:
         """Poll through the shared poller until the job ends; return its result.
 
-        `started_at` is the submit time on this client's clock (default: the job's own, else
-        now); to resume a stored job submitted `age` seconds ago pass `client_clock() - age`.
+        `started_at` is the submit time on this client's clock — epoch seconds by default
+        (default: the job's own `submitted_at`, else now); pass the stored submit time to resume
+        a job after a restart.
         `deadline` is seconds after `started_at` (default `job_deadline`). `on_status` sees every
         status report (its failures are logged, not raised). Raises `GenerationFailed` /
         `ContentBlocked` for FAILED, `DeadlineExceeded`, `NotFound`, `AuthError`.

@@ -145,6 +145,7 @@ async def test_submit_wait_result_download(
     # Polled exactly on the shared schedule, which leaves the first seconds alone.
     assert gets(fake, "status") == len(planned) == len(seen)
     assert planned[0] >= 15.0
+    assert job.submitted_at is not None
     assert ft.now - job.submitted_at == pytest.approx(planned[-1])
     assert client.poller.estimator.observed == 1
 
