@@ -298,6 +298,13 @@ async def test_missing_permissions_and_access(emu: DiscordEmulator, bot: EmuBot)
     emu.assert_no_violations()
 
 
+async def test_guild_joined_while_online(emu: DiscordEmulator, bot: EmuBot) -> None:
+    waiting = asyncio.create_task(bot.wait_for("guild_join", timeout=5))
+    guild = await emu.join_guild("Boosted", owner=emu.owner, premium_tier=3)
+    seen = await waiting
+    assert seen.id == guild.id and seen.filesize_limit == 100 * 1024 * 1024
+
+
 async def test_boosted_guild_limit_reaches_the_bot(emu: DiscordEmulator) -> None:
     emu.guild.premium_tier = 2
     client = EmuBot()

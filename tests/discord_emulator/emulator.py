@@ -195,6 +195,14 @@ class DiscordEmulator:
         Add it before the bot logs in, or it will not be in the bot's cache."""
         return self.world.add_guild(name, owner, premium_tier=premium_tier, bot_user=self.bot_user)
 
+    async def join_guild(self, name: str, *, owner: User, premium_tier: int = 0) -> Guild:
+        """Add a guild while the bot is online: it receives GUILD_CREATE, as on an invite."""
+        guild = self.add_guild(name, owner=owner, premium_tier=premium_tier)
+        guild.add_text_channel("general")
+        for session in self._gateway.live_sessions:
+            await self._gateway.guild_create(session, guild, joined=True)
+        return guild
+
     def dm_channel(self, user: User) -> Channel:
         return self.world.dm_channel_with(user)
 
@@ -1601,7 +1609,7 @@ class DiscordEmulator:
     async def dispatch_modal_submit(
         self,
         custom_id: str,
-        values: dict[str, str],
+        values: dict[str, str | list[str]],
         *,
         user: User | None = None,
         channel_id: int | None = None,
@@ -1697,7 +1705,7 @@ def _find_component(components: list[dict[str, Any]], custom_id: str) -> dict[st
 
 
 def _modal_submit_components(
-    layout: list[dict[str, Any]], values: dict[str, str]
+    layout: list[dict[str, Any]], values: dict[str, Any]
 ) -> list[dict[str, Any]]:
     out: list[dict[str, Any]] = []
     for item in layout:
@@ -1721,7 +1729,7 @@ def _modal_submit_components(
             if inner.get("type") == 4:
                 submitted["value"] = values.get(inner.get("custom_id", ""), "")
             else:
-                raw = values.get(inner.get("custom_id", ""), [])
+                raw: Any = values.get(inner.get("custom_id", ""), [])
                 submitted["values"] = raw if isinstance(raw, list) else [raw]
             out.append({"type": 18, "id": item.get("id", 0), "component": submitted})
     return out

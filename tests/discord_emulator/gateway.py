@@ -15,7 +15,7 @@ from typing import TYPE_CHECKING, Any
 from aiohttp import WSMsgType, web
 
 from .timeline import GatewayFrame
-from .world import Intents
+from .world import Guild, Intents
 
 if TYPE_CHECKING:
     from .emulator import DiscordEmulator
@@ -169,15 +169,22 @@ class Gateway:
             ready["shard"] = data["shard"]
         await self.dispatch(session, "READY", ready)
         for guild in emu.world.guilds.values():
-            payload = guild.create_payload(emu.clock.iso())
-            if not session.has_intent(Intents.GUILD_MEMBERS):
-                # As Discord: without the members intent only the bot's own member is sent.
-                own = str(emu.bot_user.id)
-                payload["members"] = [m for m in payload["members"] if m["user"]["id"] == own]
-            await self.dispatch(session, "GUILD_CREATE", payload)
+            await self.guild_create(session, guild, joined=False)
         emu.identify_count += 1
         await emu._notifier.notify()
         return session
+
+    async def guild_create(self, session: GatewaySession, guild: Guild, *, joined: bool) -> None:
+        payload = guild.create_payload(self.emu.clock.iso())
+        if joined:
+            # discord.py tells a join (on_guild_join) from a guild becoming available after
+            # READY (on_guild_available) by the *absence* of "unavailable".
+            del payload["unavailable"]
+        if not session.has_intent(Intents.GUILD_MEMBERS):
+            # As Discord: without the members intent only the bot's own member is sent.
+            own = str(self.emu.bot_user.id)
+            payload["members"] = [m for m in payload["members"] if m["user"]["id"] == own]
+        await self.dispatch(session, "GUILD_CREATE", payload)
 
     async def _resume(
         self, ws: web.WebSocketResponse, data: dict[str, Any]

@@ -37,7 +37,7 @@ class DiscordError(Exception):
 class FilePart:
     """One uploaded file of a multipart request (``files[n]``)."""
 
-    field: str
+    name: str  # the multipart field name, e.g. "files[0]"
     filename: str
     content_type: str
     data: bytes = field(repr=False)
@@ -49,9 +49,9 @@ class FilePart:
     @property
     def index(self) -> int | None:
         """n for a ``files[n]`` field: the id the payload's ``attachments`` list refers to."""
-        if self.field.startswith("files[") and self.field.endswith("]"):
+        if self.name.startswith("files[") and self.name.endswith("]"):
             try:
-                return int(self.field[6:-1])
+                return int(self.name[6:-1])
             except ValueError:
                 return None
         return None
