@@ -29,7 +29,7 @@ can restrict); a user override replaces everything, including an exempt role's "
 
 from __future__ import annotations
 
-from collections.abc import Iterable, Mapping, Sequence
+from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Literal
 
@@ -138,18 +138,37 @@ class Block:
 
 
 @dataclass(frozen=True, slots=True)
+class WindowUsage:
+    """Counting reservations (reserved or charged) inside one rolling window.
+
+    `pivot` is the `reserved_at` of the `limit`-th newest of them when `count >= limit`: once it
+    leaves the window, one more fits. Reading only that row (not every timestamp) keeps a
+    check's cost flat however busy the day was.
+    """
+
+    count: int = 0
+    pivot: float | None = None
+
+    @classmethod
+    def of(cls, times: Iterable[float], since: float, limit: int | None) -> WindowUsage:
+        """Build from raw `reserved_at` times, counting those after `since` (for tests/tools)."""
+        inside = sorted(t for t in times if t > since)
+        pivot = inside[-limit] if limit and len(inside) >= limit else None
+        return cls(len(inside), pivot)
+
+
+@dataclass(frozen=True, slots=True)
 class UsageSnapshot:
     """What the policy needs to know, read in the same transaction that will reserve.
 
-    Timestamp tuples hold `reserved_at` of counting reservations (reserved or charged) inside the
-    relevant window, oldest first; the guild/global ones may be left empty when no cap is set.
+    Windows the member is not limited by (exempt, no guild/global cap) may be left empty.
     """
 
     block: Block | None = None
     in_flight_job_ids: tuple[int, ...] = ()  # the user's unfinished jobs, oldest first
-    user_window: tuple[float, ...] = ()
-    guild_day: tuple[float, ...] = ()
-    global_day: tuple[float, ...] = ()
+    user_window: WindowUsage = WindowUsage()  # after the moderator's last reset, if any
+    guild_day: WindowUsage = WindowUsage()
+    global_day: WindowUsage = WindowUsage()
     guild_spend: float = 0.0
     global_spend: float = 0.0
 
@@ -260,24 +279,23 @@ def effective_limits(
     )
 
 
-def next_free_at(times: Sequence[float], limit: int, window_seconds: float) -> float | None:
-    """When enough of `times` (oldest first) leave the window for one more to fit under `limit`.
+def next_free_at(usage: WindowUsage, limit: int, window_seconds: float) -> float | None:
+    """When one more reservation fits under `limit` again: the pivot's expiry.
 
-    None when the limit is 0: no amount of waiting frees a slot.
+    None when the limit is 0 (no amount of waiting frees a slot) or nothing blocks.
     """
-    if limit <= 0:
+    if limit <= 0 or usage.count < limit or usage.pivot is None:
         return None
-    if len(times) < limit:
-        return None
-    # With n counted and room for `limit`, the (n - limit + 1)-th oldest must expire.
-    return times[len(times) - limit] + window_seconds
+    return usage.pivot + window_seconds
 
 
 def decide(
     limits: EffectiveLimits, usage: UsageSnapshot, now: float, estimated_cost: float | None = None
 ) -> Decision:
-    """Allow or refuse one new job. `now` is epoch seconds; `estimated_cost` defaults to the
-    configured price per job."""
+    """Allow or refuse one new job; `estimated_cost` defaults to the configured price per job.
+
+    The windows in `usage` were counted at `now` by whoever built it (the store, in the same
+    transaction that reserves); `now` is kept for policies that need the moment itself."""
     if usage.block is not None:
         return Refusal(kind="blocked", reason=usage.block.reason)
 
@@ -289,32 +307,27 @@ def decide(
             in_flight_job_id=usage.in_flight_job_ids[0],
         )
 
-    window_start = now - limits.window_seconds
-    user_times = sorted(t for t in usage.user_window if t > window_start)
-    if limits.user_limit is not None and len(user_times) >= limits.user_limit:
+    user = usage.user_window
+    if limits.user_limit is not None and user.count >= limits.user_limit:
         return Refusal(
             kind="user_window",
-            used=len(user_times),
+            used=user.count,
             limit=limits.user_limit,
             window_hours=limits.window_hours,
-            next_free_at=next_free_at(user_times, limits.user_limit, limits.window_seconds),
+            next_free_at=next_free_at(user, limits.user_limit, limits.window_seconds),
         )
 
-    day_start = now - DAY_SECONDS
-    for kind, cap, times in (
+    for kind, cap, window in (
         ("guild_daily", limits.guild_daily_limit, usage.guild_day),
         ("global_daily", limits.global_daily_limit, usage.global_day),
     ):
-        if cap is None:
-            continue
-        recent = sorted(t for t in times if t > day_start)
-        if len(recent) >= cap:
+        if cap is not None and window.count >= cap:
             return Refusal(
                 kind=kind,  # type: ignore[arg-type]  # the tuple above holds only these two
-                used=len(recent),
+                used=window.count,
                 limit=cap,
                 window_hours=24.0,
-                next_free_at=next_free_at(recent, cap, DAY_SECONDS),
+                next_free_at=next_free_at(window, cap, DAY_SECONDS),
             )
 
     price = limits.price_per_job if estimated_cost is None else estimated_cost
@@ -331,7 +344,7 @@ def decide(
     ):
         return Refusal(kind="spend_cap", limit=limits.global_spend_cap, spent=usage.global_spend)
 
-    return Allowed(used=len(user_times) + 1, limit=limits.user_limit)
+    return Allowed(used=user.count + 1, limit=limits.user_limit)
 
 
 def blocked_refund_allowed(refunds_in_last_day: int, cap: int) -> bool:

@@ -14,6 +14,7 @@ from bot.quota import (
     LimitOverride,
     Refusal,
     UsageSnapshot,
+    WindowUsage,
     blocked_refund_allowed,
     decide,
     effective_limits,
@@ -24,6 +25,13 @@ from bot.quota import (
 NOW = 1_700_000_000.0
 HOUR = 3600.0
 DEFAULTS = LimitDefaults()
+
+
+def window(
+    times: tuple[float, ...], now: float, limit: int | None, span: float = DAY_SECONDS
+) -> WindowUsage:
+    """What the store would count at `now`: reservations in the last `span` seconds."""
+    return WindowUsage.of(times, now - span, limit)
 
 
 def test_defaults_come_from_settings() -> None:
@@ -43,7 +51,7 @@ def test_fresh_user_is_allowed_and_told_how_many_used() -> None:
 def test_window_full_refuses_with_when_the_next_slot_frees() -> None:
     limits = effective_limits(DEFAULTS)
     times = (NOW - 20 * HOUR, NOW - 5 * HOUR, NOW - 1 * HOUR)
-    decision = decide(limits, UsageSnapshot(user_window=times), NOW)
+    decision = decide(limits, UsageSnapshot(user_window=window(times, NOW, 3)), NOW)
     assert decision == Refusal(
         kind="user_window", used=3, limit=3, window_hours=24.0, next_free_at=times[0] + DAY_SECONDS
     )
@@ -52,18 +60,20 @@ def test_window_full_refuses_with_when_the_next_slot_frees() -> None:
 def test_window_slides_without_sleeping() -> None:
     limits = effective_limits(DEFAULTS)
     times = (NOW - 20 * HOUR, NOW - 5 * HOUR, NOW - 1 * HOUR)
-    usage = UsageSnapshot(user_window=times)
     free_at = times[0] + DAY_SECONDS
-    assert isinstance(decide(limits, usage, free_at - 1), Refusal)
+    before = UsageSnapshot(user_window=window(times, free_at - 1, 3))
+    assert isinstance(decide(limits, before, free_at - 1), Refusal)
     # At exactly 24 h the oldest leaves the window (strictly newer than now - window counts).
-    assert decide(limits, usage, free_at) == Allowed(used=3, limit=3)
+    after = UsageSnapshot(user_window=window(times, free_at, 3))
+    assert decide(limits, after, free_at) == Allowed(used=3, limit=3)
 
 
 def test_next_free_at_when_limit_was_lowered_below_usage() -> None:
-    times = [NOW - 10.0, NOW - 8.0, NOW - 6.0, NOW - 4.0, NOW - 2.0]
+    times = (NOW - 10.0, NOW - 8.0, NOW - 6.0, NOW - 4.0, NOW - 2.0)
     # 5 counted, limit 2: one more fits once only 1 is left, so the 4th oldest decides.
-    assert next_free_at(times, 2, 100.0) == NOW - 4.0 + 100.0
-    assert next_free_at(times, 0, 100.0) is None
+    assert next_free_at(window(times, NOW, 2, 100.0), 2, 100.0) == NOW - 4.0 + 100.0
+    assert next_free_at(window(times, NOW, 0, 100.0), 0, 100.0) is None
+    assert next_free_at(window(times, NOW, 9, 100.0), 9, 100.0) is None  # not full
 
 
 def test_limit_zero_turns_generation_off() -> None:
@@ -77,7 +87,7 @@ def test_limit_zero_turns_generation_off() -> None:
 
 def test_concurrency_is_checked_before_the_window_so_a_double_click_reads_right() -> None:
     limits = effective_limits(LimitDefaults(user_limit=1))
-    usage = UsageSnapshot(in_flight_job_ids=(42,), user_window=(NOW - 5,))
+    usage = UsageSnapshot(in_flight_job_ids=(42,), user_window=window((NOW - 5,), NOW, 1))
     decision = decide(limits, usage, NOW)
     assert decision == Refusal(kind="concurrency", used=1, limit=1, in_flight_job_id=42)
     assert render_refusal(decision) == "One video at a time — yours is still generating"
@@ -137,11 +147,12 @@ def test_exempt_role_has_no_count_limit_but_keeps_concurrency_and_guild_caps() -
     )
     assert limits.exempt
     many = tuple(NOW - i for i in range(1, 100))
-    assert isinstance(decide(limits, UsageSnapshot(user_window=many), NOW), Allowed)
+    full = UsageSnapshot(user_window=window(many, NOW, None))
+    assert isinstance(decide(limits, full, NOW), Allowed)
     busy = decide(limits, UsageSnapshot(in_flight_job_ids=(5,)), NOW)
     assert isinstance(busy, Refusal)
     assert busy.kind == "concurrency"
-    capped = decide(limits, UsageSnapshot(guild_day=(NOW - 2, NOW - 1)), NOW)
+    capped = decide(limits, UsageSnapshot(guild_day=window((NOW - 2, NOW - 1), NOW, 2)), NOW)
     assert isinstance(capped, Refusal)
     assert capped.kind == "guild_daily"
 
@@ -169,23 +180,25 @@ def test_block_beats_everything_including_exemption() -> None:
 def test_released_reservations_are_not_in_the_snapshot_so_a_refund_frees_a_slot() -> None:
     # The store leaves released rows out of `user_window`; two left after one refund.
     limits = effective_limits(DEFAULTS)
-    assert isinstance(decide(limits, UsageSnapshot(user_window=(NOW - 3, NOW - 2)), NOW), Allowed)
+    usage = UsageSnapshot(user_window=window((NOW - 3, NOW - 2), NOW, 3))
+    assert isinstance(decide(limits, usage, NOW), Allowed)
 
 
 def test_guild_daily_cap_is_rolling_24h() -> None:
     limits = effective_limits(DEFAULTS, GuildLimits(daily_limit=2))
-    usage = UsageSnapshot(guild_day=(NOW - 23 * HOUR, NOW - HOUR))
-    refusal = decide(limits, usage, NOW)
+    times = (NOW - 23 * HOUR, NOW - HOUR)
+    refusal = decide(limits, UsageSnapshot(guild_day=window(times, NOW, 2)), NOW)
     assert isinstance(refusal, Refusal)
     assert refusal.kind == "guild_daily"
     assert refusal.next_free_at == NOW + HOUR
     assert render_refusal(refusal).startswith("This server's daily limit is reached")
-    assert isinstance(decide(limits, usage, NOW + HOUR), Allowed)
+    later = UsageSnapshot(guild_day=window(times, NOW + HOUR, 2))
+    assert isinstance(decide(limits, later, NOW + HOUR), Allowed)
 
 
 def test_global_daily_cap() -> None:
     limits = effective_limits(LimitDefaults(global_daily_limit=1))
-    refusal = decide(limits, UsageSnapshot(global_day=(NOW - 10,)), NOW)
+    refusal = decide(limits, UsageSnapshot(global_day=window((NOW - 10,), NOW, 1)), NOW)
     assert isinstance(refusal, Refusal)
     assert refusal.kind == "global_daily"
     assert "bot's daily limit" in render_refusal(refusal)

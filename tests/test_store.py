@@ -153,7 +153,8 @@ async def test_migrates_a_version_1_database_with_data(tmp_path: Path, clock: Cl
         assert await store.queue_position(2) == 1
         # The old reservations still count: used 2 of 3, and job 2 is in flight.
         view = await store.quota_view(GUILD, 1, (), LimitDefaults(concurrency=5), NOW)
-        assert view.usage.user_window == (NOW - 2 * HOUR, NOW - 60)
+        assert view.usage.user_window.count == 2
+        assert view.usage.in_flight_job_ids == (2,)
         # New jobs queue behind the old one.
         outcome = await store.reserve(request(user_id=7), DEFAULTS)
         assert isinstance(outcome, Reserved)
@@ -338,7 +339,7 @@ async def test_blocked_prompt_refunds_are_capped(store: Store) -> None:
         outcomes.append(await store.release(job_id, "content_blocked", limits, now=NOW + i))
     assert outcomes == ["released", "released", "charged", "charged"]
     view = await store.quota_view(GUILD, 1, (), limits, NOW + 10)
-    assert len(view.usage.user_window) == 2  # the two over the cap count against the user
+    assert view.usage.user_window.count == 2  # the two over the cap count against the user
     # A day later the refunds are available again.
     job_id = await reserved(store, request(now=NOW + DAY + 5), limits)
     assert await store.release(job_id, "content_blocked", limits, now=NOW + DAY + 5) == "released"
