@@ -229,7 +229,8 @@ MIGRATIONS: tuple[Migration, ...] = (
             "UPDATE quota_ledger SET charged_amount = amount WHERE status = 'charged'",
             # Covering indexes for the guild/global windows and the spend sum, so a check never
             # touches the table rows however busy the day was.
-            "CREATE INDEX ledger_guild_time ON quota_ledger (guild_id, reserved_at, status)",
+            "CREATE INDEX ledger_guild_time ON quota_ledger "
+            "(guild_id, reserved_at, status, amount, charged_amount)",
             "CREATE INDEX ledger_time ON quota_ledger "
             "(reserved_at, status, guild_id, amount, charged_amount)",
         ),
@@ -582,23 +583,46 @@ _WINDOW_SCOPES = {
 }
 
 
-def _window(
-    conn: sqlite3.Connection, scope: str, params: tuple[Any, ...], limit: int | None
+def _pivot(
+    conn: sqlite3.Connection, scope: str, params: tuple[Any, ...], count: int, limit: int | None
 ) -> WindowUsage:
-    where = _WINDOW_SCOPES[scope]
-    (count,) = conn.execute(
-        f"SELECT COUNT(*) FROM quota_ledger WHERE {where}",  # noqa: S608
-        params,
-    ).fetchone()
+    """A window of `count` rows; when it is full, also read the one row whose expiry frees a
+    slot (the limit-th newest) — the only timestamp a refusal needs."""
     pivot = None
     if limit and count >= limit:
-        # Only the reservation whose expiry frees a slot: the limit-th newest.
         pivot = conn.execute(
-            f"SELECT reserved_at FROM quota_ledger WHERE {where} "  # noqa: S608
+            f"SELECT reserved_at FROM quota_ledger WHERE {_WINDOW_SCOPES[scope]} "  # noqa: S608
             "ORDER BY reserved_at DESC LIMIT 1 OFFSET ?",
             (*params, limit - 1),
         ).fetchone()[0]
     return WindowUsage(int(count), pivot)
+
+
+def _window(
+    conn: sqlite3.Connection, scope: str, params: tuple[Any, ...], limit: int | None
+) -> WindowUsage:
+    (count,) = conn.execute(
+        f"SELECT COUNT(*) FROM quota_ledger WHERE {_WINDOW_SCOPES[scope]}",  # noqa: S608
+        params,
+    ).fetchone()
+    return _pivot(conn, scope, params, count, limit)
+
+
+# One pass over the day's counting rows of a scope (a covering index each) gives both caps'
+# inputs: how many and how much. A reservation counts at its estimate until charged.
+_DAY_TOTALS = """
+    SELECT COUNT(*),
+           COALESCE(SUM(guild_id = :guild), 0),
+           COALESCE(SUM(CASE status WHEN 'charged' THEN COALESCE(charged_amount, amount)
+                                    ELSE amount END), 0),
+           COALESCE(SUM(CASE WHEN guild_id = :guild THEN
+                            CASE status WHEN 'charged' THEN COALESCE(charged_amount, amount)
+                                        ELSE amount END END), 0)
+    FROM quota_ledger
+    WHERE {where} AND reserved_at > :since AND status != 'released'
+"""
+_DAY_TOTALS_GLOBAL = _DAY_TOTALS.format(where="1")
+_DAY_TOTALS_GUILD = _DAY_TOTALS.format(where="guild_id = :guild")
 
 
 def _snapshot(
@@ -627,28 +651,19 @@ def _snapshot(
         )
     )
     user_window = _window(conn, "user", (guild_id, user_id, window_start), limits.user_limit)
-    guild_day = global_day = WindowUsage()
-    if limits.guild_daily_limit is not None:
-        guild_day = _window(conn, "guild", (guild_id, day_start), limits.guild_daily_limit)
-    if limits.global_daily_limit is not None:
-        global_day = _window(conn, "global", (day_start,), limits.global_daily_limit)
-    guild_spend = global_spend = 0.0
-    if limits.guild_spend_cap is not None or limits.global_spend_cap is not None:
-        # A reservation counts at its estimate until charged at the real cost.
-        guild_spend, global_spend = conn.execute(
-            """
-            SELECT COALESCE(SUM(CASE WHEN guild_id = ? THEN spend END), 0),
-                   COALESCE(SUM(spend), 0)
-            FROM (
-                SELECT guild_id,
-                       CASE status WHEN 'charged' THEN COALESCE(charged_amount, amount)
-                                   ELSE amount END AS spend
-                FROM quota_ledger
-                WHERE reserved_at > ? AND status != 'released'
-            )
-            """,
-            (guild_id, day_start),
+    global_count = guild_count = 0
+    global_spend = guild_spend = 0.0
+    if limits.global_daily_limit is not None or limits.global_spend_cap is not None:
+        global_count, guild_count, global_spend, guild_spend = conn.execute(
+            _DAY_TOTALS_GLOBAL, {"guild": guild_id, "since": day_start}
         ).fetchone()
+    elif limits.guild_daily_limit is not None or limits.guild_spend_cap is not None:
+        # Only this guild's caps apply: scan this guild's rows, not everyone's.
+        _, guild_count, _, guild_spend = conn.execute(
+            _DAY_TOTALS_GUILD, {"guild": guild_id, "since": day_start}
+        ).fetchone()
+    guild_day = _pivot(conn, "guild", (guild_id, day_start), guild_count, limits.guild_daily_limit)
+    global_day = _pivot(conn, "global", (day_start,), global_count, limits.global_daily_limit)
     return UsageSnapshot(
         block=None,
         in_flight_job_ids=in_flight,

@@ -350,9 +350,9 @@ async def test_guild_and_global_caps_and_spend(store: Store) -> None:
     await reserved(store, request(user_id=1, guild_id=1), limits)
     await reserved(store, request(user_id=2, guild_id=2), limits)
     await reserved(store, request(user_id=3, guild_id=3), limits)
-    refusal = await store.reserve(request(user_id=4, guild_id=4), limits)
+    refusal = await store.reserve(request(user_id=4, guild_id=4, now=NOW + 5), limits)
     assert isinstance(refusal, Refusal)
-    assert refusal.kind == "global_daily"
+    assert (refusal.kind, refusal.used, refusal.next_free_at) == ("global_daily", 3, NOW + DAY)
 
     spend = LimitDefaults(user_limit=10, concurrency=10, daily_spend_cap=3.0, price_per_job=1.0)
     refusal = await store.reserve(request(user_id=5, guild_id=5), spend)
@@ -373,7 +373,7 @@ async def test_guild_settings_override_and_guild_daily(store: Store) -> None:
     await reserved(store, request(user_id=2))
     refusal = await store.reserve(request(user_id=3), DEFAULTS)
     assert isinstance(refusal, Refusal)
-    assert refusal.kind == "guild_daily"
+    assert (refusal.kind, refusal.used, refusal.next_free_at) == ("guild_daily", 2, NOW + DAY)
     # Other guilds are unaffected.
     assert isinstance(
         await store.reserve(request(user_id=3, guild_id=GUILD + 1), DEFAULTS), Reserved
