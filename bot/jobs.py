@@ -1,0 +1,443 @@
+"""The job lifecycle: the one place that joins the store, the Segmind client and the output.
+
+A job is a persisted state machine. Every transition is committed (compare-and-set) *before*
+the action it enables, so a crash at any point leaves a state from which the next start can
+tell what already happened:
+
+    queued → submitting → submitted → completed → delivering → delivered
+                    ↘ unknown            ↘ failed / expired        (cancelled from queued)
+
+- `submitting` without a request id after a crash means the POST may or may not have reached
+  Segmind: it is never re-sent (a second POST is a second bill); the job becomes `unknown`.
+- `delivering` after a crash is finished by the output, which checks what already reached
+  Discord, so a video is posted exactly once.
+
+The output (Discord, in production) is told about progress through `JobOutput`; this module
+imports nothing from Discord.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Literal, Protocol
+
+from bot import segmind as sm
+from bot.params import VeoParams
+from bot.presenter import Progress, Stage
+from bot.quota import LimitDefaults, Refusal
+from bot.store import Job, ReleaseReason, ReserveRequest, Store
+
+log = logging.getLogger(__name__)
+
+SUBMIT_DRAIN_SECONDS = 5.0  # on shutdown, let a POST already on the wire finish and be recorded
+
+
+@dataclass(frozen=True)
+class NewJob:
+    """A member's request, validated and acknowledged, not yet reserved."""
+
+    guild_id: int
+    channel_id: int
+    user_id: int
+    role_ids: tuple[int, ...]
+    params: VeoParams
+    interaction_token: str | None
+    interaction_created_at: float | None
+    message_id: int | None
+    upload_limit: int | None
+
+
+def params_of(job: Job) -> VeoParams:
+    """The parameters a job was reserved with (validated again: the row is just JSON)."""
+    return VeoParams.model_validate(job.params)
+
+
+@dataclass(frozen=True)
+class Finished:
+    """What the output needs to deliver a completed job."""
+
+    video: Path
+    size: int
+    output_url: str
+    took: float
+    cost: float | None
+
+
+@dataclass(frozen=True)
+class Receipt:
+    """Where the video ended up; stored with the job."""
+
+    message_id: int | None
+    method: str  # "interaction", "channel-edit", "channel-post", "dm", ...
+
+
+class JobOutput(Protocol):
+    """How the lifecycle shows a job to people. Implemented by the Discord layer."""
+
+    async def progress(self, job: Job, progress: Progress) -> None: ...
+
+    async def deliver(self, job: Job, finished: Finished) -> Receipt:
+        """Post the finished video. Raise if no route reached the requester."""
+        ...
+
+    async def failed(self, job: Job, message: str) -> None: ...
+
+
+class JobService:
+    """Runs jobs FCFS under a process-wide cap on jobs in flight at Segmind."""
+
+    def __init__(
+        self,
+        store: Store,
+        segmind: sm.SegmindClient,
+        output: JobOutput,
+        *,
+        limit_defaults: LimitDefaults,
+        max_concurrent: int,
+        work_dir: Path,
+        max_video_bytes: int,
+        deadline: float,
+        clock: Callable[[], float] = time.time,
+    ) -> None:
+        self.store = store
+        self.segmind = segmind
+        self.output = output
+        self.limit_defaults = limit_defaults
+        self.max_concurrent = max_concurrent
+        self.work_dir = work_dir
+        self.max_video_bytes = max_video_bytes
+        self.deadline = deadline
+        self.clock = clock
+        self._wake = asyncio.Event()
+        self._tasks: dict[int, asyncio.Task[None]] = {}
+        self._dispatcher: asyncio.Task[None] | None = None
+        self._accepting = True
+        self._submitting: set[int] = set()  # jobs whose POST may be on the wire right now
+
+    # ----------------------------------------------------------------- lifecycle of the service
+
+    async def start(self) -> None:
+        """Resume every unfinished job, then start taking queued ones."""
+        self.work_dir.mkdir(parents=True, exist_ok=True)
+        self._clean_work_dir()
+        # Ledger rows left open by a crash between a transition and its charge/release.
+        settled = await self.store.settle_terminal(self.limit_defaults)
+        if settled:
+            log.info("settled %d reservations left open by the last run", settled)
+        durations = await self.store.recent_durations(200)
+        for seconds in durations:
+            self.segmind.observe_duration(seconds)
+        await self._resume()
+        self._dispatcher = asyncio.create_task(self._dispatch_loop(), name="job-dispatcher")
+        self.wake()
+
+    async def stop(self) -> None:
+        """Stop taking work; let submits on the wire land; leave the rest for the next start."""
+        self._accepting = False
+        if self._dispatcher is not None:
+            self._dispatcher.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await self._dispatcher
+        submitting = [task for job_id, task in self._tasks.items() if job_id in self._submitting]
+        if submitting:
+            await asyncio.wait(submitting, timeout=SUBMIT_DRAIN_SECONDS)
+        for task in list(self._tasks.values()):
+            task.cancel()
+        if self._tasks:
+            await asyncio.gather(*self._tasks.values(), return_exceptions=True)
+        self._tasks.clear()
+
+    async def enqueue(self, new: NewJob) -> int | Refusal:
+        """Check the limits and queue the job in one transaction; returns its id or why not.
+
+        Raises `StoreUnavailable` when the database cannot be used (the caller refuses)."""
+        outcome = await self.store.reserve(
+            ReserveRequest(
+                guild_id=new.guild_id,
+                channel_id=new.channel_id,
+                user_id=new.user_id,
+                role_ids=new.role_ids,
+                prompt=new.params.prompt,
+                params_json=new.params.model_dump_json(),
+                image_url=new.params.image_url,
+                now=self.clock(),
+                interaction_token=new.interaction_token,
+                interaction_created_at=new.interaction_created_at,
+                placeholder_channel_id=new.channel_id,
+                placeholder_message_id=new.message_id,
+                upload_limit=new.upload_limit,
+            ),
+            self.limit_defaults,
+        )
+        if isinstance(outcome, Refusal):
+            return outcome
+        self.wake()
+        return outcome.job_id
+
+    def wake(self) -> None:
+        """A job was queued or a slot freed: look at the queue again."""
+        self._wake.set()
+
+    @property
+    def accepting(self) -> bool:
+        return self._accepting
+
+    # ----------------------------------------------------------------------------- dispatching
+
+    async def _dispatch_loop(self) -> None:
+        while True:
+            await self._wake.wait()
+            self._wake.clear()
+            try:
+                await self._dispatch_once()
+            except Exception:
+                log.exception("job dispatcher failed; retrying on the next wake-up")
+
+    async def _dispatch_once(self) -> None:
+        while self._accepting and len(self._tasks) < self.max_concurrent:
+            job = await self.store.next_queued()
+            if job is None:
+                break
+            if not await self.store.transition(job.id, ("queued",), "submitting"):
+                continue  # cancelled in between
+            self._spawn(job.id, self._run_new(job.id))
+        await self._announce_positions()
+
+    async def _announce_positions(self) -> None:
+        for position, job in enumerate(await self.store.queued_jobs(), start=1):
+            await self._progress(job, Progress(Stage.QUEUED, position=position))
+
+    def _spawn(self, job_id: int, coro: object) -> None:
+        task: asyncio.Task[None] = asyncio.create_task(coro, name=f"job-{job_id}")  # type: ignore[arg-type]
+        self._tasks[job_id] = task
+
+        def done(finished: asyncio.Task[None]) -> None:
+            self._tasks.pop(job_id, None)
+            self._submitting.discard(job_id)
+            if not finished.cancelled() and finished.exception() is not None:
+                log.error("job %s crashed", job_id, exc_info=finished.exception())
+            self.wake()
+
+        task.add_done_callback(done)
+
+    # ------------------------------------------------------------------------------ one job
+
+    async def _run_new(self, job_id: int) -> None:
+        job = await self._job(job_id)
+        await self._progress(job, Progress(Stage.SUBMITTING))
+        params = params_of(job)
+        self._submitting.add(job_id)
+        try:
+            submitted = await self.segmind.submit(params)
+        except sm.SubmitUncertain as exc:
+            await self._unknown(job, exc)
+            return
+        except sm.SegmindError as exc:
+            await self._fail(job, "failed", exc, release_reason="not_submitted")
+            return
+        finally:
+            self._submitting.discard(job_id)
+        now = self.clock()
+        recorded = await self.store.transition(
+            job_id, ("submitting",), "submitted", request_id=submitted.request_id, submitted_at=now
+        )
+        if not recorded:
+            log.error("job %s: submitted as %s but its state moved", job_id, submitted.request_id)
+            return
+        log.info("job %s submitted as Segmind request %s", job_id, submitted.request_id)
+        await self._follow(await self._job(job_id), submitted)
+
+    async def _follow(self, job: Job, submitted: sm.SubmittedJob) -> None:
+        """From `submitted`: wait for Segmind, download, deliver."""
+        started = job.submitted_at or self.clock()
+
+        async def on_status(report: sm.StatusReport) -> None:
+            stage = Stage.WAITING if report.state is sm.JobState.QUEUED else Stage.GENERATING
+            await self._progress(
+                job,
+                Progress(
+                    stage, elapsed=self.clock() - started, estimate=self.segmind.estimate_seconds()
+                ),
+            )
+
+        try:
+            result = await self.segmind.wait(
+                submitted, on_status=on_status, deadline=self.deadline, started_at=started
+            )
+        except sm.NotFound as exc:
+            await self._fail(job, "expired", exc, release_reason="expired")
+            return
+        except sm.ContentBlocked as exc:
+            await self._fail(job, "failed", exc, release_reason="content_blocked")
+            return
+        except sm.SegmindError as exc:
+            await self._fail(job, "failed", exc, release_reason="failed")
+            return
+        took = self.clock() - started
+        if not result.output_urls:
+            await self._fail(
+                job,
+                "failed",
+                sm.Unavailable("Segmind finished without a video"),
+                release_reason="failed",
+            )
+            return
+        await self.store.transition(
+            job.id,
+            ("submitted",),
+            "completed",
+            completed_at=self.clock(),
+            cost=result.cost,
+            output_url=result.output_urls[0],
+        )
+        await self._deliver(await self._job(job.id), result.output_urls[0], took, result.cost)
+
+    async def _deliver(self, job: Job, output_url: str, took: float, cost: float | None) -> None:
+        await self._progress(job, Progress(Stage.DOWNLOADING))
+        video = self.work_dir / f"job-{job.id}.mp4"
+        try:
+            size = await self.segmind.download(output_url, video, self.max_video_bytes)
+        except sm.SegmindError as exc:
+            await self._fail(job, "failed", exc, release_reason="delivery_failed")
+            return
+        try:
+            if not await self.store.transition(job.id, ("completed", "delivering"), "delivering"):
+                return
+            finished = Finished(video=video, size=size, output_url=output_url, took=took, cost=cost)
+            try:
+                receipt = await self.output.deliver(job, finished)
+            except Exception as exc:
+                log.exception("job %s: delivery failed", job.id)
+                await self._fail(
+                    job, "failed", exc, release_reason="delivery_failed", tell_user=False
+                )
+                return
+            await self.store.transition(
+                job.id,
+                ("delivering",),
+                "delivered",
+                delivered_at=self.clock(),
+                delivered_message_id=receipt.message_id,
+                delivery_method=receipt.method,
+                bytes=size,
+            )
+            await self.store.charge(job.id, cost)
+            log.info("job %s delivered (%s, %d bytes)", job.id, receipt.method, size)
+        finally:
+            video.unlink(missing_ok=True)
+
+    # ---------------------------------------------------------------------------- endings
+
+    async def _fail(
+        self,
+        job: Job,
+        state: Literal["failed", "expired"],
+        exc: BaseException,
+        *,
+        release_reason: ReleaseReason,
+        tell_user: bool = True,
+    ) -> None:
+        message = user_message(exc)
+        log.warning("job %s %s: %s (%s)", job.id, state, message, type(exc).__name__)
+        moved = await self.store.transition(
+            job.id,
+            ("queued", "submitting", "submitted", "completed", "delivering"),
+            state,
+            error=message,
+        )
+        if moved:
+            await self.store.release(job.id, release_reason, self.limit_defaults)
+        if tell_user:
+            await self._safely(self.output.failed(job, message), job.id)
+
+    async def _unknown(self, job: Job, exc: BaseException | None) -> None:
+        message = (
+            "Segmind did not answer in time, so this request may or may not have started. "
+            "It was not sent again (that could bill twice) and it does not count against your "
+            "limit. A moderator can check the job in the logs."
+        )
+        log.error(
+            "job %s: submit outcome unknown (%s); not resubmitting — check Segmind's dashboard",
+            job.id,
+            type(exc).__name__ if exc else "crash during submit",
+        )
+        if await self.store.transition(job.id, ("submitting",), "unknown", error=message):
+            await self.store.release(job.id, "unknown", self.limit_defaults)
+        await self._safely(self.output.failed(job, message), job.id)
+
+    # ---------------------------------------------------------------------------- resuming
+
+    async def _resume(self) -> None:
+        for job in await self.store.nonterminal_jobs():
+            if job.state == "queued":
+                continue  # the dispatcher takes it in order
+            if job.state == "submitting":
+                await self._unknown(job, None)
+            elif job.state == "submitted" and job.request_id:
+                submitted = self.segmind.job(job.request_id)
+                log.info("job %s: resuming Segmind request %s", job.id, job.request_id)
+                self._spawn(job.id, self._follow(job, submitted))
+            elif job.state in ("completed", "delivering") and job.output_url:
+                took = (job.completed_at or self.clock()) - (job.submitted_at or job.created_at)
+                self._spawn(job.id, self._deliver(job, job.output_url, took, job.cost))
+            else:
+                log.error("job %s: cannot resume from %s; marking failed", job.id, job.state)
+                await self._fail(
+                    job,
+                    "failed",
+                    sm.Unavailable("lost track of this job"),
+                    release_reason="failed",
+                )
+
+    # ------------------------------------------------------------------------------ helpers
+
+    async def _job(self, job_id: int) -> Job:
+        job = await self.store.get_job(job_id)
+        if job is None:
+            raise LookupError(f"job {job_id} vanished from the database")
+        return job
+
+    async def _progress(self, job: Job, progress: Progress) -> None:
+        await self._safely(self.output.progress(job, progress), job.id)
+
+    async def _safely(self, coro: object, job_id: int) -> None:
+        """Showing progress must never break the job itself."""
+        try:
+            await coro  # type: ignore[misc]
+        except Exception:
+            log.exception("job %s: could not update Discord", job_id)
+
+    def _clean_work_dir(self) -> None:
+        """Partial downloads from a crash are worthless: the video is fetched again."""
+        for leftover in self.work_dir.glob("job-*"):
+            leftover.unlink(missing_ok=True)
+
+
+def user_message(exc: BaseException) -> str:
+    """The sentence a Discord user sees for a failure; never a traceback or a secret."""
+    if isinstance(exc, sm.ContentBlocked):
+        return f"Veo declined this prompt: {exc.reason}"
+    if isinstance(exc, sm.GenerationFailed):
+        return f"Veo could not make this video: {exc.reason}"
+    if isinstance(exc, sm.InsufficientCredits):
+        return (
+            "The bot's Segmind credits ran out — a moderator has been told in the logs. "
+            "Nothing was charged to your limit."
+        )
+    if isinstance(exc, sm.RateLimited):
+        return "Segmind is busy, try again in a few minutes. Nothing was charged to your limit."
+    if isinstance(exc, sm.AuthError):
+        return "The bot's Segmind key was refused — a moderator needs to check the bot's settings."
+    if isinstance(exc, sm.NotFound):
+        return "Segmind no longer has this job (results are kept one hour), so it was dropped."
+    if isinstance(exc, sm.DeadlineExceeded):
+        return "Veo took far longer than usual, so the bot stopped waiting for this video."
+    if isinstance(exc, sm.SegmindError):
+        return exc.user_message
+    return "Something went wrong delivering this video."
