@@ -1,0 +1,219 @@
+"""Shows jobs in Discord: throttled placeholder edits and a delivery that always lands somewhere.
+
+Every edit goes through the stored interaction token while it is alive (so it works after a
+restart too, with no live `Interaction` object), then through the channel with the bot token,
+then — for the final message only — as a new channel message, then as a DM. A job counts as
+delivered only when one of those succeeded.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from typing import TYPE_CHECKING, Any
+
+import discord
+
+from bot.jobs import Finished, Receipt, params_of
+from bot.presenter import Delivered, Progress, failure_text, final_text, progress_text
+from bot.store import Job
+
+if TYPE_CHECKING:
+    from bot.app import VeoBot
+
+log = logging.getLogger(__name__)
+
+TOKEN_LIFETIME = 15 * 60.0
+TOKEN_SAFE_AGE = 14 * 60.0  # switch to the bot token a minute early: no request races the expiry
+INVALID_WEBHOOK_TOKEN = 50027
+UNKNOWN_MESSAGE = 10008
+MISSING_ACCESS = 50001
+MISSING_PERMISSIONS = 50013
+
+
+@dataclass
+class _Throttle:
+    last_text: str | None = None
+    last_sent: float = float("-inf")
+    pending: str | None = None
+    timer: asyncio.Task[None] | None = None
+    lock: asyncio.Lock = field(default_factory=asyncio.Lock)
+
+
+class DiscordOutput:
+    """`JobOutput` for Discord. One per bot."""
+
+    def __init__(
+        self,
+        bot: VeoBot,
+        *,
+        edit_interval: float,
+        mention_on_ready: bool,
+        demo: bool,
+        clock: Callable[[], float] = time.time,
+    ) -> None:
+        self.bot = bot
+        self.edit_interval = edit_interval
+        self.mention_on_ready = mention_on_ready
+        self.demo = demo
+        self.clock = clock
+        self._throttles: dict[int, _Throttle] = {}
+
+    # ------------------------------------------------------------------------------ progress
+
+    async def progress(self, job: Job, progress: Progress) -> None:
+        text = progress_text(params_of(job), progress, demo=self.demo)
+        throttle = self._throttles.setdefault(job.id, _Throttle())
+        if text == throttle.last_text or text == throttle.pending:
+            return
+        wait = throttle.last_sent + self.edit_interval - time.monotonic()
+        if wait <= 0 and throttle.timer is None:
+            await self._send_progress(job, throttle, text)
+            return
+        # Too soon: keep only the newest text and send it when the interval has passed.
+        throttle.pending = text
+        if throttle.timer is None:
+            throttle.timer = asyncio.create_task(
+                self._send_later(job, throttle, max(wait, 0.0)), name=f"edit-{job.id}"
+            )
+
+    async def _send_later(self, job: Job, throttle: _Throttle, wait: float) -> None:
+        await asyncio.sleep(wait)
+        throttle.timer = None
+        text, throttle.pending = throttle.pending, None
+        if text is not None and text != throttle.last_text:
+            await self._send_progress(job, throttle, text)
+
+    async def _send_progress(self, job: Job, throttle: _Throttle, text: str) -> None:
+        async with throttle.lock:
+            throttle.last_sent = time.monotonic()
+            throttle.last_text = text
+            try:
+                await self._edit(job, content=text, allowed_mentions=discord.AllowedMentions.none())
+            except discord.HTTPException as exc:
+                # Progress is best effort; the final message has its own fallbacks.
+                log.info("job %s: progress edit failed (%s %s)", job.id, exc.status, exc.code)
+
+    def _finish(self, job: Job) -> None:
+        throttle = self._throttles.pop(job.id, None)
+        if throttle is not None and throttle.timer is not None:
+            throttle.timer.cancel()
+
+    # ------------------------------------------------------------------------------ endings
+
+    async def failed(self, job: Job, message: str) -> None:
+        self._finish(job)
+        text = failure_text(params_of(job), message, job_id=job.id)
+        await self._final(
+            job, content=text, files=[], allowed_mentions=discord.AllowedMentions.none()
+        )
+
+    async def deliver(self, job: Job, finished: Finished) -> Receipt:
+        self._finish(job)
+        limit = job.upload_limit or discord.utils.DEFAULT_FILE_SIZE_LIMIT_BYTES
+        attach = finished.size <= limit
+        link_reason = None
+        if not attach:
+            link_reason = (
+                f"The video is {_mb(finished.size)}, over this server's {_mb(limit)} upload limit,"
+                " so here is a link instead (it lasts about a week)."
+            )
+        mention_id = job.user_id if self.mention_on_ready else None
+        text = final_text(
+            Delivered(
+                params=params_of(job),
+                took=finished.took,
+                cost=finished.cost,
+                attached=attach,
+                link=None if attach else finished.output_url,
+                link_reason=link_reason,
+                mention_user_id=mention_id,
+                demo=self.demo,
+            )
+        )
+        files = [discord.File(finished.video, filename=f"veo-{job.id}.mp4")] if attach else []
+        mentions = discord.AllowedMentions(
+            everyone=False,
+            roles=False,
+            replied_user=False,
+            users=[discord.Object(job.user_id)] if mention_id else False,
+        )
+        return await self._final(job, content=text, files=files, allowed_mentions=mentions)
+
+    async def _final(
+        self,
+        job: Job,
+        *,
+        content: str,
+        files: list[discord.File],
+        allowed_mentions: discord.AllowedMentions,
+    ) -> Receipt:
+        if job.placeholder_message_id is not None:
+            try:
+                method = await self._edit(
+                    job, content=content, attachments=files, allowed_mentions=allowed_mentions
+                )
+                return Receipt(message_id=job.placeholder_message_id, method=method)
+            except discord.HTTPException as exc:
+                if not _is_gone(exc):
+                    raise
+                log.info("job %s: placeholder unusable (%s), posting anew", job.id, exc.code)
+            for file in files:
+                file.reset()
+        channel = self.bot.get_partial_messageable(job.channel_id, guild_id=job.guild_id)
+        try:
+            message = await channel.send(
+                content, files=files, allowed_mentions=allowed_mentions, nonce=f"veo-{job.id}"
+            )
+            return Receipt(message_id=message.id, method="channel-post")
+        except discord.HTTPException as exc:
+            if not _is_gone(exc):
+                raise
+            log.info("job %s: cannot post in channel (%s), sending a DM", job.id, exc.code)
+        for file in files:
+            file.reset()
+        user = await self.bot.fetch_user(job.user_id)
+        message = await user.send(content, files=files, allowed_mentions=allowed_mentions)
+        return Receipt(message_id=message.id, method="dm")
+
+    # ------------------------------------------------------------------------------- editing
+
+    async def _edit(self, job: Job, **fields: Any) -> str:
+        """Edit the placeholder; returns which route worked. Raises what the last route raised."""
+        if job.placeholder_message_id is None:
+            return "none"
+        token_age = self.clock() - (job.interaction_created_at or 0.0)
+        if job.interaction_token and token_age < TOKEN_SAFE_AGE:
+            webhook = discord.Webhook.partial(
+                self.bot.application_id or 0, job.interaction_token, client=self.bot
+            )
+            try:
+                await webhook.edit_message(job.placeholder_message_id, **fields)
+                return "interaction"
+            except discord.HTTPException as exc:
+                if not (exc.status == 401 or exc.code == INVALID_WEBHOOK_TOKEN):
+                    raise
+                log.info("job %s: interaction token expired, editing with the bot token", job.id)
+            for file in fields.get("attachments", []):
+                if isinstance(file, discord.File):
+                    file.reset()
+        message = self.bot.get_partial_messageable(
+            job.channel_id, guild_id=job.guild_id
+        ).get_partial_message(job.placeholder_message_id)
+        await message.edit(**fields)
+        return "channel-edit"
+
+
+def _is_gone(exc: discord.HTTPException) -> bool:
+    """The message or channel cannot be used any more: try the next route."""
+    return exc.code in (UNKNOWN_MESSAGE, MISSING_ACCESS, MISSING_PERMISSIONS) or exc.status in (
+        403,
+        404,
+    )
+
+
+def _mb(size: int) -> str:
+    return f"{size / (1024 * 1024):.1f} MB"
