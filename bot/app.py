@@ -1,0 +1,205 @@
+"""The Bot subclass: owns the process-wide services and loads the cogs."""
+
+from __future__ import annotations
+
+import logging
+import time
+import uuid
+from collections.abc import Callable
+
+import discord
+from discord import app_commands
+from discord.ext import commands
+
+from bot import segmind as sm
+from bot.config import Settings
+from bot.discord_output import DiscordOutput
+from bot.jobs import JobService
+from bot.quota import LimitDefaults
+from bot.store import Store
+
+log = logging.getLogger(__name__)
+
+EXTENSIONS = ("cogs.veo", "cogs.admin")
+
+# Exactly what the bot uses: reading the channel it answers in, posting and editing its own
+# messages with a video attached, and reading the message a member replied to.
+INVITE_PERMISSIONS = discord.Permissions(
+    view_channel=True,
+    send_messages=True,
+    send_messages_in_threads=True,
+    embed_links=True,
+    attach_files=True,
+    read_message_history=True,
+)
+DEMO_KEY = "demo-mode-key"
+
+
+class VeoTree(app_commands.CommandTree["VeoBot"]):
+    """One handler for whatever a command did not handle itself."""
+
+    async def interaction_check(self, interaction: discord.Interaction[VeoBot]) -> bool:
+        jobs = interaction.client.jobs
+        if jobs is not None and not jobs.accepting:
+            await interaction.response.send_message(
+                "The bot is restarting — try again in a minute.", ephemeral=True
+            )
+            return False
+        return True
+
+    async def on_error(
+        self, interaction: discord.Interaction[VeoBot], error: app_commands.AppCommandError
+    ) -> None:
+        if isinstance(error, app_commands.CheckFailure):
+            text = str(error) or "You cannot use this command here."
+        else:
+            ref = uuid.uuid4().hex[:8]
+            command = interaction.command.qualified_name if interaction.command else "?"
+            log.error(
+                "unhandled error in /%s (ref %s, interaction %s)",
+                command,
+                ref,
+                interaction.id,
+                exc_info=error,
+            )
+            text = f"Something went wrong on the bot's side (ref `{ref}`). Nothing was charged."
+        await send_ephemeral(interaction, text)
+
+
+async def send_ephemeral(interaction: discord.Interaction[VeoBot], text: str) -> None:
+    """Answer privately whatever state the interaction is in (fresh, deferred, expired)."""
+    try:
+        if interaction.response.is_done():
+            await interaction.followup.send(text, ephemeral=True)
+        else:
+            await interaction.response.send_message(text, ephemeral=True)
+    except discord.HTTPException as exc:
+        log.info("could not answer interaction %s: %s", interaction.id, exc)
+
+
+class VeoBot(commands.Bot):
+    def __init__(self, settings: Settings, *, clock: Callable[[], float] = time.time) -> None:
+        intents = discord.Intents.none()
+        intents.guilds = True
+        # Messages that mention the bot (reply-to-an-image); their content arrives even without
+        # the privileged intent, which is asked for only when the owner enabled it.
+        intents.guild_messages = True
+        intents.message_content = settings.discord_message_content_intent
+        super().__init__(
+            command_prefix=commands.when_mentioned,
+            intents=intents,
+            help_command=None,
+            tree_cls=VeoTree,
+            # Nobody is pinged unless a message explicitly allows its requester.
+            allowed_mentions=discord.AllowedMentions.none(),
+            member_cache_flags=discord.MemberCacheFlags.none(),
+            chunk_guilds_at_startup=False,
+        )
+        self.settings = settings
+        self.clock = clock
+        self.store: Store | None = None
+        self.segmind: sm.SegmindClient | None = None
+        self.jobs: JobService | None = None
+        self.output: DiscordOutput | None = None
+        self._fake: object | None = None
+
+    @property
+    def demo(self) -> bool:
+        return self.settings.demo_mode
+
+    async def setup_hook(self) -> None:
+        settings = self.settings
+        self.store = await Store.open(settings.veo_db_path)
+        base_url, key = await self._segmind_endpoint()
+        self.segmind = sm.SegmindClient(
+            key,
+            base_url,
+            max_rpm=settings.segmind_max_rpm,
+            timeout=settings.segmind_timeout,
+            poll_floor=settings.veo_poll_floor,
+            poll_ceiling=settings.veo_poll_ceiling,
+            job_deadline=settings.veo_job_deadline,
+        )
+        self.output = DiscordOutput(
+            self,
+            edit_interval=settings.veo_edit_interval,
+            mention_on_ready=settings.veo_mention_on_ready,
+            demo=self.demo,
+            clock=self.clock,
+        )
+        self.jobs = JobService(
+            self.store,
+            self.segmind,
+            self.output,
+            limit_defaults=LimitDefaults.from_settings(settings),
+            max_concurrent=settings.veo_max_concurrent_jobs,
+            work_dir=settings.veo_work_dir,
+            max_video_bytes=settings.veo_max_video_bytes,
+            deadline=settings.veo_job_deadline,
+            clock=self.clock,
+        )
+        for extension in EXTENSIONS:
+            await self.load_extension(extension)
+        await self._sync_commands()
+        self._log_invite()
+        await self.jobs.start()
+
+    async def _segmind_endpoint(self) -> tuple[str, str]:
+        settings = self.settings
+        if not self.demo:
+            assert settings.segmind_api_key is not None
+            return settings.segmind_base_url, settings.segmind_api_key.get_secret_value()
+        from bot.fake_segmind import FakeSegmind
+
+        fake = FakeSegmind(api_key=DEMO_KEY, queue_seconds=3.0, processing_seconds=20.0)
+        await fake.start(host="127.0.0.1", port=0)
+        self._fake = fake
+        banner = "=" * 72
+        log.warning(
+            "\n%s\nDEMO MODE: no SEGMIND_API_KEY is set. A built-in fake Segmind serves test\n"
+            "clips; nothing is billed and every video is labelled as a test clip.\n%s",
+            banner,
+            banner,
+        )
+        return fake.base_url, DEMO_KEY
+
+    async def _sync_commands(self) -> None:
+        guild_id = self.settings.discord_dev_guild_id
+        if guild_id:
+            guild = discord.Object(id=guild_id)
+            self.tree.copy_global_to(guild=guild)
+            synced = await self.tree.sync(guild=guild)
+            log.info("synced %d commands to guild %s", len(synced), guild_id)
+        else:
+            synced = await self.tree.sync()
+            log.info("synced %d global commands (may take a while to appear)", len(synced))
+
+    def _log_invite(self) -> None:
+        if self.application_id is None:
+            return
+        url = discord.utils.oauth_url(
+            self.application_id,
+            permissions=INVITE_PERMISSIONS,
+            scopes=("bot", "applications.commands"),
+        )
+        log.info("invite the bot with: %s", url)
+
+    async def on_ready(self) -> None:
+        log.info(
+            "logged in as %s (%s) in %d guilds",
+            self.user,
+            self.user and self.user.id,
+            len(self.guilds),
+        )
+
+    async def close(self) -> None:
+        if self.jobs is not None:
+            await self.jobs.stop()
+        await super().close()
+        if self.segmind is not None:
+            await self.segmind.close()
+        if self.store is not None:
+            await self.store.close()
+        stop = getattr(self._fake, "stop", None)
+        if stop is not None:
+            await stop()

@@ -1,0 +1,80 @@
+"""`/veo`: the product. Thin: it defers, collects options and hands them to the job flow."""
+
+from __future__ import annotations
+
+from typing import TYPE_CHECKING
+
+import discord
+from discord import app_commands
+from discord.ext import commands
+
+from bot.flow import start_job
+from bot.params import Aspect, Resolution
+
+if TYPE_CHECKING:
+    from bot.app import VeoBot
+
+ASPECT_CHOICES = [
+    app_commands.Choice(name="16:9 landscape", value=Aspect.WIDE.value),
+    app_commands.Choice(name="9:16 vertical", value=Aspect.VERTICAL.value),
+    app_commands.Choice(name="1:1 square", value=Aspect.SQUARE.value),
+    app_commands.Choice(name="4:3 classic", value=Aspect.CLASSIC.value),
+    app_commands.Choice(name="3:4 portrait", value=Aspect.PORTRAIT_CLASSIC.value),
+]
+DURATION_CHOICES = [app_commands.Choice(name=f"{s} seconds", value=s) for s in (4, 6, 8)]
+FPS_CHOICES = [app_commands.Choice(name=f"{f} fps", value=f) for f in (24, 30)]
+RESOLUTION_CHOICES = [
+    app_commands.Choice(name="720p", value=Resolution.HD.value),
+    app_commands.Choice(name="1080p", value=Resolution.FULL_HD.value),
+]
+
+
+class Veo(commands.Cog):
+    def __init__(self, bot: VeoBot) -> None:
+        self.bot = bot
+
+    @app_commands.command(
+        name="veo", description="Make a short video from a prompt with Veo 3 Fast"
+    )
+    @app_commands.guild_only()
+    @app_commands.describe(
+        prompt="What should happen in the video? Describe the scene, motion, style and sound.",
+        aspect="Shape of the video (default from the bot's settings)",
+        duration="Length in seconds",
+        fps="Frames per second: 24 looks cinematic, 30 smoother",
+        resolution="720p or 1080p",
+        audio="Generate a soundtrack with the video",
+        seed="Same seed + same prompt = similar video; 0 or empty picks one at random",
+        image="Animate this image (PNG, JPEG or WebP)",
+    )
+    @app_commands.choices(aspect=ASPECT_CHOICES, resolution=RESOLUTION_CHOICES)
+    @app_commands.choices(duration=DURATION_CHOICES, fps=FPS_CHOICES)
+    async def veo(
+        self,
+        interaction: discord.Interaction[VeoBot],
+        prompt: app_commands.Range[str, 1, 4000],
+        aspect: app_commands.Choice[str] | None = None,
+        duration: app_commands.Choice[int] | None = None,
+        fps: app_commands.Choice[int] | None = None,
+        resolution: app_commands.Choice[str] | None = None,
+        audio: bool | None = None,
+        seed: app_commands.Range[int, 0, 4294967295] | None = None,
+        image: discord.Attachment | None = None,
+    ) -> None:
+        # Discord allows 3 s for the first answer: acknowledge before any I/O.
+        await interaction.response.defer(thinking=True)
+        settings = self.bot.settings
+        raw: dict[str, object] = {
+            "prompt": prompt,
+            "aspect_ratio": aspect.value if aspect else settings.veo_default_aspect.value,
+            "duration": duration.value if duration else settings.veo_default_duration,
+            "fps": fps.value if fps else settings.veo_default_fps,
+            "resolution": resolution.value if resolution else settings.veo_default_resolution.value,
+            "generate_audio": settings.veo_default_audio if audio is None else audio,
+            "seed": seed or 0,
+        }
+        await start_job(self.bot, interaction, raw, image=image, aspect_given=aspect is not None)
+
+
+async def setup(bot: VeoBot) -> None:
+    await bot.add_cog(Veo(bot))
