@@ -1,0 +1,201 @@
+"""Moderator views of the store, as plain text and CSV (no Discord objects, no I/O)."""
+
+from __future__ import annotations
+
+import csv
+import io
+from collections.abc import Iterable
+from datetime import UTC, datetime
+
+from bot.quota import EffectiveLimits, GuildLimits, LimitDefaults, LimitOverride
+from bot.store import AuditEntry, Job, UsageSummary, UserUsage
+
+DISCORD_WEB = "https://discord.com/channels"
+PROMPT_IN_LIST = 60
+
+EXPORT_COLUMNS = (
+    "job_id",
+    "created_utc",
+    "user_id",
+    "channel_id",
+    "state",
+    "prompt",
+    "aspect_ratio",
+    "duration",
+    "fps",
+    "resolution",
+    "audio",
+    "seed",
+    "image_url",
+    "segmind_request_id",
+    "seconds_to_video",
+    "cost_usd",
+    "charged_usd",
+    "ledger",
+    "bytes",
+    "error",
+    "message_url",
+)
+
+
+def message_url(job: Job) -> str | None:
+    message_id = job.delivered_message_id or job.placeholder_message_id
+    channel_id = job.placeholder_channel_id or job.channel_id
+    if message_id is None:
+        return None
+    return f"{DISCORD_WEB}/{job.guild_id}/{channel_id}/{message_id}"
+
+
+def when(epoch: float) -> str:
+    """Discord renders this in each reader's own time zone."""
+    return f"<t:{int(epoch)}:f>"
+
+
+def money(amount: float | None) -> str:
+    return "—" if amount is None else f"${amount:.2f}"
+
+
+def usage_text(summary: UsageSummary, *, who: str, days: float) -> str:
+    return (
+        f"**Usage for {who}, last {days:g} day(s)**\n"
+        f"Jobs: {summary.jobs} · delivered {summary.delivered} · failed {summary.failed} · "
+        f"cancelled {summary.cancelled} · in progress {summary.in_progress}\n"
+        f"Refunded: {summary.refunded} · spent {money(summary.cost)}"
+    )
+
+
+def top_text(rows: list[UserUsage], *, days: float) -> str:
+    if not rows:
+        return f"No jobs in the last {days:g} day(s)."
+    lines = [f"**Top users, last {days:g} day(s)**"]
+    for rank, row in enumerate(rows, start=1):
+        lines.append(
+            f"{rank}. <@{row.user_id}> — {row.jobs} jobs, {row.delivered} delivered, "
+            f"{money(row.cost)}"
+        )
+    return "\n".join(lines)
+
+
+def jobs_text(jobs: list[Job]) -> str:
+    if not jobs:
+        return "No jobs yet."
+    lines = ["**Recent jobs**"]
+    for job in jobs:
+        prompt = job.prompt.replace("\n", " ")
+        if len(prompt) > PROMPT_IN_LIST:
+            prompt = prompt[: PROMPT_IN_LIST - 1] + "…"
+        prompt = prompt.replace("`", "'")
+        link = message_url(job)
+        where = f" · [message](<{link}>)" if link else ""
+        image = f" · [image](<{job.image_url}>)" if job.image_url else ""
+        lines.append(
+            f"`#{job.id}` {when(job.created_at)} <@{job.user_id}> **{job.state}** "
+            f"`{prompt}` {money(job.cost)}{where}{image}"
+        )
+    return _clip("\n".join(lines))
+
+
+def jobs_csv(jobs: Iterable[Job]) -> bytes:
+    """One row per job; prompts are user text, so cells that a spreadsheet would run as a
+    formula are prefixed with a quote."""
+    buffer = io.StringIO()
+    writer = csv.writer(buffer)
+    writer.writerow(EXPORT_COLUMNS)
+    for job in jobs:
+        params = job.params
+        took = (
+            job.completed_at - job.submitted_at
+            if job.completed_at is not None and job.submitted_at is not None
+            else None
+        )
+        writer.writerow(
+            [
+                job.id,
+                datetime.fromtimestamp(job.created_at, UTC).isoformat(timespec="seconds"),
+                job.user_id,
+                job.channel_id,
+                job.state,
+                _cell(job.prompt),
+                params.get("aspect_ratio", ""),
+                params.get("duration", ""),
+                params.get("fps", ""),
+                params.get("resolution", ""),
+                params.get("generate_audio", ""),
+                params.get("seed", ""),
+                job.image_url or "",
+                job.request_id or "",
+                "" if took is None else f"{took:.1f}",
+                "" if job.cost is None else f"{job.cost:.4f}",
+                "" if job.charged_amount is None else f"{job.charged_amount:.4f}",
+                job.ledger_status or "",
+                job.bytes or "",
+                _cell(job.error or ""),
+                message_url(job) or "",
+            ]
+        )
+    return buffer.getvalue().encode("utf-8")
+
+
+def limits_text(
+    guild: GuildLimits,
+    defaults: LimitDefaults,
+    roles: dict[int, LimitOverride],
+    users: dict[int, LimitOverride],
+    exempt: frozenset[int],
+    log_channel: int | None,
+) -> str:
+    def pick(value: object, default: object) -> str:
+        return f"{value} (server)" if value is not None else f"{default} (default)"
+
+    lines = [
+        "**Limits on this server**",
+        f"Per user: {pick(guild.user_limit, defaults.user_limit)} videos per "
+        f"{pick(guild.window_hours, defaults.window_hours)} h",
+        f"At once per user: {pick(guild.concurrency, defaults.concurrency)}",
+        f"Server daily cap: {pick(guild.daily_limit, defaults.guild_daily_limit or 'none')}",
+        f"Server spend cap per day: {pick(guild.spend_cap, defaults.daily_spend_cap or 'none')}",
+        f"Log channel: {f'<#{log_channel}>' if log_channel else 'none'}",
+    ]
+    if roles:
+        lines.append("**Role overrides** (the most generous role wins)")
+        lines += [f"<@&{role}>: {_override(o)}" for role, o in roles.items()]
+    if exempt:
+        lines.append("**Exempt roles**: " + ", ".join(f"<@&{r}>" for r in sorted(exempt)))
+    if users:
+        lines.append("**User overrides**")
+        lines += [f"<@{user}>: {_override(o)}" for user, o in users.items()]
+    return _clip("\n".join(lines))
+
+
+def effective_text(limits: EffectiveLimits) -> str:
+    count = "no limit" if limits.user_limit is None else f"{limits.user_limit}"
+    return f"{count} per {limits.window_hours:g} h, {limits.concurrency} at once"
+
+
+def audit_text(entries: list[AuditEntry]) -> str:
+    if not entries:
+        return "No moderator changes recorded yet."
+    lines = ["**Moderator changes**"]
+    for entry in entries:
+        detail = ", ".join(f"{k}={v}" for k, v in entry.detail.items())
+        lines.append(f"{when(entry.created_at)} <@{entry.actor_id}> **{entry.action}** {detail}")
+    return _clip("\n".join(lines))
+
+
+def _override(override: LimitOverride) -> str:
+    parts = []
+    if override.user_limit is not None:
+        parts.append(f"{override.user_limit} videos")
+    if override.window_hours is not None:
+        parts.append(f"per {override.window_hours:g} h")
+    if override.concurrency is not None:
+        parts.append(f"{override.concurrency} at once")
+    return ", ".join(parts) or "inherits"
+
+
+def _cell(text: str) -> str:
+    return "'" + text if text[:1] in ("=", "+", "-", "@", "\t", "\r") else text
+
+
+def _clip(text: str, limit: int = 2000) -> str:
+    return text if len(text) <= limit else text[: limit - 20].rsplit("\n", 1)[0] + "\n… (more)"
