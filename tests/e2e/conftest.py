@@ -1,0 +1,39 @@
+"""Fixtures for end-to-end tests: emulator + fake in this process, the bot as a subprocess."""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterator
+from pathlib import Path
+
+import pytest
+
+from bot.fake_segmind import FakeSegmind
+from tests.discord_emulator import DiscordEmulator
+from tests.e2e.harness import FAKE_KEY, BotProcess
+
+
+@pytest.fixture
+async def emu() -> AsyncIterator[DiscordEmulator]:
+    async with DiscordEmulator() as emulator:
+        yield emulator
+
+
+@pytest.fixture
+async def fake() -> AsyncIterator[FakeSegmind]:
+    async with FakeSegmind(api_key=FAKE_KEY, queue_seconds=0.1, processing_seconds=0.4) as server:
+        yield server
+
+
+@pytest.fixture
+async def bot(
+    emu: DiscordEmulator, fake: FakeSegmind, tmp_path: Path, request: pytest.FixtureRequest
+) -> AsyncIterator[BotProcess]:
+    marker = request.node.get_closest_marker("bot_env")
+    env = dict(marker.args[0]) if marker else {}
+    process = BotProcess(emu, fake, tmp_path, env)
+    await process.start()
+    await emu.wait_for_command("veo")
+    yield process
+    code = await process.stop()
+    assert code == 0, f"the bot did not shut down cleanly ({code}):\n{process.tail()}"
+    emu.assert_no_violations()

@@ -1,0 +1,144 @@
+"""Runs the bot exactly as production does — `python -m bot` in its own process — against the
+Discord emulator and the Segmind fake, both living in the test's event loop."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import os
+import signal
+import sys
+from collections.abc import Callable
+from pathlib import Path
+
+from bot.fake_segmind import FakeSegmind
+from tests.discord_emulator import DiscordEmulator
+
+ROOT = Path(__file__).resolve().parents[2]
+FAKE_KEY = "e2e-segmind-key-0123456789"
+STARTUP_TIMEOUT = 60.0
+
+
+class BotProcess:
+    """One bot process; its log lines are collected so a test can wait on them."""
+
+    def __init__(
+        self,
+        emu: DiscordEmulator,
+        fake: FakeSegmind,
+        workdir: Path,
+        env: dict[str, str] | None = None,
+    ) -> None:
+        self.emu = emu
+        self.fake = fake
+        self.workdir = workdir
+        self.extra_env = env or {}
+        self.lines: list[str] = []
+        self.proc: asyncio.subprocess.Process | None = None
+        self._reader: asyncio.Task[None] | None = None
+        self._new_line = asyncio.Condition()
+        self.log_path = workdir / "bot.log"
+
+    def environment(self) -> dict[str, str]:
+        inherited = {
+            k: v
+            for k, v in os.environ.items()
+            if not k.startswith(("DISCORD_", "SEGMIND_", "VEO_"))
+        }
+        return {
+            **inherited,
+            "PYTHONPATH": str(ROOT),
+            "PYTHONUNBUFFERED": "1",
+            "DISCORD_TOKEN": self.emu.token,
+            "DISCORD_API_BASE_URL": self.emu.api_base,
+            "DISCORD_GATEWAY_URL": self.emu.gateway_url,
+            "SEGMIND_BASE_URL": self.fake.base_url,
+            "SEGMIND_API_KEY": FAKE_KEY,
+            "SEGMIND_MAX_RPM": "6000",
+            "VEO_DB_PATH": str(self.workdir / "veo.sqlite3"),
+            "VEO_WORK_DIR": str(self.workdir / "work"),
+            "VEO_EDIT_INTERVAL": "0.2",
+            "VEO_POLL_FLOOR": "0.05",
+            "VEO_POLL_CEILING": "0.2",
+            **self.extra_env,
+        }
+
+    async def start(self) -> None:
+        self.lines.clear()
+        self.proc = await asyncio.create_subprocess_exec(
+            sys.executable,
+            "-m",
+            "bot",
+            cwd=self.workdir,
+            env=self.environment(),
+            stdout=asyncio.subprocess.PIPE,
+            stderr=asyncio.subprocess.STDOUT,
+        )
+        self._reader = asyncio.create_task(self._read(self.proc))
+        await self.wait_for_log("logged in as", timeout=STARTUP_TIMEOUT)
+
+    async def _read(self, proc: asyncio.subprocess.Process) -> None:
+        assert proc.stdout is not None
+        with self.log_path.open("a") as log:
+            while line := await proc.stdout.readline():
+                text = line.decode(errors="replace").rstrip()
+                log.write(text + "\n")
+                async with self._new_line:
+                    self.lines.append(text)
+                    self._new_line.notify_all()
+        async with self._new_line:
+            self._new_line.notify_all()
+
+    async def wait_for_log(self, fragment: str, *, timeout: float = 30.0) -> str:  # noqa: ASYNC109
+        def found() -> str | None:
+            return next((line for line in self.lines if fragment in line), None)
+
+        async def until() -> str:
+            async with self._new_line:
+                while (line := found()) is None:
+                    if self.proc is not None and self.proc.returncode is not None:
+                        raise AssertionError(
+                            f"bot exited ({self.proc.returncode}) before logging {fragment!r}:\n"
+                            + self.tail()
+                        )
+                    await self._new_line.wait()
+                return line
+
+        try:
+            return await asyncio.wait_for(until(), timeout)
+        except TimeoutError:
+            raise AssertionError(f"bot never logged {fragment!r}:\n{self.tail()}") from None
+
+    def tail(self, count: int = 40) -> str:
+        return "\n".join(self.lines[-count:])
+
+    async def stop(self, sig: signal.Signals = signal.SIGTERM, timeout: float = 20.0) -> int:  # noqa: ASYNC109
+        if self.proc is None or self.proc.returncode is not None:
+            return self.proc.returncode if self.proc else 0
+        self.proc.send_signal(sig)
+        try:
+            code = await asyncio.wait_for(self.proc.wait(), timeout)
+        except TimeoutError:
+            self.proc.kill()
+            code = await self.proc.wait()
+        if self._reader is not None:
+            with contextlib.suppress(asyncio.CancelledError):
+                await self._reader
+        return code
+
+    async def kill(self) -> None:
+        await self.stop(signal.SIGKILL)
+
+
+def final_message_filter(emu: DiscordEmulator, interaction_token: str) -> Callable[..., bool]:
+    """A timeline predicate: the bot's edit of this interaction's placeholder with a video."""
+
+    def predicate(record: object) -> bool:
+        params = getattr(record, "params", {})
+        return bool(
+            params.get("interaction_token") == interaction_token
+            and getattr(record, "method", "") == "PATCH"
+            and getattr(record, "files", None)
+        )
+
+    return predicate
