@@ -1,0 +1,124 @@
+"""Limits and moderation through Discord: windows, refunds, moderators only, export, the queue."""
+
+from __future__ import annotations
+
+import asyncio
+import csv
+import io
+import re
+
+import pytest
+
+from bot.fake_segmind import FakeSegmind
+from tests.discord_emulator import DiscordEmulator, User
+from tests.e2e.harness import BotProcess
+from tests.e2e.helpers import content_of, edits_for, final_for, private_answer
+
+
+async def _make(emu: DiscordEmulator, prompt: str, user: User) -> str:
+    handle = await emu.dispatch_slash_command("veo", {"prompt": prompt}, user=user)
+    await handle.wait_for_callback()
+    final = await final_for(emu, handle.token)
+    return str(final.json["content"])
+
+
+async def test_fourth_video_in_the_window_is_refused_and_a_failed_one_does_not_count(
+    emu: DiscordEmulator, fake: FakeSegmind, bot: BotProcess
+) -> None:
+    failed = await _make(emu, "[fake:fail] a storm", emu.member)
+    assert failed.startswith("❌")
+    for n in range(3):
+        assert "ready" in await _make(emu, f"calm sea {n}", emu.member)
+
+    handle = await emu.dispatch_slash_command("veo", {"prompt": "one more"}, user=emu.member)
+    await handle.wait_for_callback()
+    answer = await private_answer(emu, handle.token)
+    assert answer.ephemeral
+    assert re.search(
+        r"You have used 3 of 3 videos in the last 24 h — next one <t:\d+:R>", answer.content
+    ), answer.content
+    assert len(fake.submits) == 4  # the refused one never reached Segmind
+
+
+async def test_admin_commands_refuse_non_moderators_even_if_visible(
+    emu: DiscordEmulator, bot: BotProcess
+) -> None:
+    # Discord hides the command from members by default_member_permissions, but a server
+    # owner can clear that; the emulator dispatches it anyway, as Discord would then.
+    handle = await emu.dispatch_slash_command("veo-admin usage", {}, user=emu.member)
+    callback = await handle.wait_for_callback()
+    body = callback.json or {}
+    text = body.get("data", {}).get("content", "")
+    assert "Manage Server" in text
+    assert body["data"]["flags"] & 64  # ephemeral
+    synced = await emu.wait_for_command("veo-admin")
+    assert int(synced["default_member_permissions"]) == 1 << 5  # MANAGE_GUILD
+
+
+@pytest.mark.bot_env({"VEO_USER_CONCURRENCY": "5", "VEO_USER_LIMIT": "10"})
+async def test_export_is_a_csv_whose_rows_match_the_jobs(
+    emu: DiscordEmulator, fake: FakeSegmind, bot: BotProcess
+) -> None:
+    prompts = ['a "quoted", comma prompt', "=HYPERLINK(1)", "[fake:fail] broken"]
+    for prompt in prompts:
+        await _make(emu, prompt, emu.member)
+    handle = await emu.dispatch_slash_command("veo-admin export", {"days": 7}, user=emu.moderator)
+    await handle.wait_for_callback()
+    record = await emu.wait_for(
+        lambda r: r.params.get("interaction_token") == handle.token and bool(r.files)
+    )
+    rows = list(csv.DictReader(io.StringIO(record.files[0].data.decode())))
+    assert [r["prompt"] for r in rows] == [prompts[0], "'=HYPERLINK(1)", prompts[2]]
+    assert [r["state"] for r in rows] == ["delivered", "delivered", "failed"]
+    assert {r["user_id"] for r in rows} == {str(emu.member.id)}
+    assert [r["segmind_request_id"] for r in rows[:2]] == [
+        j.request_id for j in fake.jobs.values()
+    ][:2]
+    assert rows[0]["ledger"] == "charged"
+    assert rows[2]["ledger"] == "released"
+
+
+async def test_usage_reports_counts_and_cost(
+    emu: DiscordEmulator, fake: FakeSegmind, bot: BotProcess
+) -> None:
+    await _make(emu, "a quiet forest", emu.member)
+    handle = await emu.dispatch_slash_command(
+        "veo-admin usage", {"user": emu.member}, user=emu.moderator
+    )
+    await handle.wait_for_callback()
+    answer = await private_answer(emu, handle.token)
+    assert "Jobs: 1 · delivered 1" in answer.content
+    cost = next(iter(fake.jobs.values())).cost
+    assert f"${cost:.2f}" in answer.content
+
+
+@pytest.mark.bot_env({"VEO_MAX_CONCURRENT_JOBS": "2"})
+async def test_bot_queue_caps_jobs_at_segmind_and_positions_count_down(
+    emu: DiscordEmulator, fake: FakeSegmind, bot: BotProcess
+) -> None:
+    users = [emu.add_user(f"queued{n}") for n in range(5)]
+    for user in users:
+        emu.guild.add_member(user)
+    handles = []
+    for n, user in enumerate(users):
+        handle = await emu.dispatch_slash_command(
+            "veo", {"prompt": f"[fake:slow=1] clip {n}"}, user=user
+        )
+        await handle.wait_for_callback()
+        handles.append(handle)
+    finals = await asyncio.gather(*(final_for(emu, h.token, timeout=60) for h in handles))
+    assert all(len(f.files) == 1 for f in finals)
+    assert fake.max_in_flight <= 2
+    assert len(fake.submits) == 5
+
+    def positions(token: str) -> list[int]:
+        shown = [
+            re.search(r"(\d+)(?:st|nd|rd|th) in line", content_of(r)) for r in edits_for(emu, token)
+        ]
+        return [int(m.group(1)) for m in shown if m]
+
+    seen = [positions(h.token) for h in handles]
+    for shown in seen:
+        assert shown == sorted(shown, reverse=True), seen  # only ever moves forward
+    assert seen[4][:1] == [3], seen  # the fifth started 3rd in line…
+    assert 1 in seen[4], seen  # …and reached the front before it was sent
