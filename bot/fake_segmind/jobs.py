@@ -48,6 +48,7 @@ class Magic:
     credits: bool = False
     slow_seconds: float | None = None
     big_mb: float | None = None
+    bitrate_mb: float | None = None
 
 
 def parse_magic(prompt: str) -> Magic:
@@ -55,6 +56,7 @@ def parse_magic(prompt: str) -> Magic:
     fail = block = credits = False
     slow: float | None = None
     big: float | None = None
+    bitrate: float | None = None
     for match in _MAGIC.finditer(prompt):
         name = match["name"].lower()
         value = float(match["value"]) if match["value"] is not None else None
@@ -68,7 +70,16 @@ def parse_magic(prompt: str) -> Magic:
             slow = value
         elif name == "bigmb" and value is not None and value > 0:
             big = value
-    return Magic(fail=fail, block=block, credits=credits, slow_seconds=slow, big_mb=big)
+        elif name == "bitratemb" and value is not None and value > 0:
+            bitrate = value
+    return Magic(
+        fail=fail,
+        block=block,
+        credits=credits,
+        slow_seconds=slow,
+        big_mb=big,
+        bitrate_mb=bitrate,
+    )
 
 
 def price(params: VeoParams) -> float:

@@ -482,6 +482,7 @@ class FakeSegmind:
             fps=job.params.fps,
             audio=job.params.generate_audio,
             big_mb=job.magic.big_mb,
+            noise_mb=job.magic.bitrate_mb,
         )
         future = asyncio.get_running_loop().run_in_executor(None, ensure_rendered, spec)
         future.add_done_callback(self._log_render_failure)

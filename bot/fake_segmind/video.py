@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import atexit
 import math
+import os
 import shutil
 import struct
 import tempfile
@@ -48,6 +49,7 @@ class VideoSpec:
     fps: int
     audio: bool
     big_mb: float | None = None
+    noise_mb: float | None = None
 
     @property
     def file_name(self) -> str:
@@ -56,6 +58,8 @@ class VideoSpec:
         name += "-audio" if self.audio else "-silent"
         if self.big_mb is not None:
             name += f"-{self.big_mb:g}MiB"
+        if self.noise_mb is not None:
+            name += f"-noise{self.noise_mb:g}MiB"
         return name + ".mp4"
 
 
@@ -87,7 +91,9 @@ def _ensure_locked(spec: VideoSpec) -> Path:
         return path
     # Write beside and rename, so a crash never leaves a truncated clip under the real name.
     partial = path.with_suffix(".part")
-    if spec.big_mb is None:
+    if spec.noise_mb is not None:
+        _render_noise(spec, partial, round(spec.noise_mb * MIB))
+    elif spec.big_mb is None:
         _render(spec, partial)
     else:
         base = _ensure_locked(VideoSpec(spec.aspect, spec.duration, spec.fps, spec.audio))
@@ -154,6 +160,64 @@ def _frame(index: int, width: int, height: int, fps: int) -> Any:
     cr.update(bytes([128 + round(60 * math.cos(phase))]) * cr.buffer_size)
     frame.pts = index
     return frame
+
+
+def _render_noise(spec: VideoSpec, path: Path, total_bytes: int) -> None:
+    """A clip of random pixels encoded at the bitrate that makes the file about `total_bytes`.
+
+    Unlike `_pad`, every byte is picture: x264 cannot compress noise, so the video really is
+    that big at its bitrate and only a lower bitrate makes it smaller — what re-encoding tests
+    need. Frames are 2.5x the usual size (640x360 for 16:9) so the bitrate stays plausible.
+    """
+    base_w, base_h = FRAME_SIZES[spec.aspect]
+    width, height = base_w * 5 // 2 // 2 * 2, base_h * 5 // 2 // 2 * 2
+    audio_rate = 64_000 if spec.audio else 0
+    video_rate = max(int(total_bytes * 8 / spec.duration) - audio_rate, 100_000)
+    frame_count = spec.duration * spec.fps
+    with av.open(str(path), "w", format="mp4") as out:
+        video = out.add_stream("libx264", rate=spec.fps)
+        video.width = width
+        video.height = height
+        video.pix_fmt = "yuv420p"
+        video.bit_rate = video_rate
+        video.options = {
+            "preset": "ultrafast",
+            "maxrate": str(video_rate),
+            "bufsize": str(video_rate),
+        }
+        audio = None
+        if spec.audio:
+            audio = out.add_stream("aac", rate=SAMPLE_RATE, layout="mono")
+            audio.bit_rate = audio_rate
+        audio_pts = 0
+        tone = struct.pack(
+            f"<{AUDIO_FRAME_SAMPLES}f",
+            *(
+                0.2 * math.sin(2 * math.pi * TONE_HZ * i / SAMPLE_RATE)
+                for i in range(AUDIO_FRAME_SAMPLES)
+            ),
+        )
+        for index in range(frame_count):
+            frame = av.VideoFrame(width, height, "yuv420p")
+            for plane in frame.planes:
+                plane.update(os.urandom(plane.buffer_size))
+            frame.pts = index
+            for packet in video.encode(frame):
+                out.mux(packet)
+            while audio is not None and audio_pts < (index + 1) * SAMPLE_RATE // spec.fps:
+                chunk = av.AudioFrame(format="fltp", layout="mono", samples=AUDIO_FRAME_SAMPLES)
+                chunk.planes[0].update(tone)
+                chunk.sample_rate = SAMPLE_RATE
+                chunk.pts = audio_pts
+                chunk.time_base = Fraction(1, SAMPLE_RATE)
+                audio_pts += AUDIO_FRAME_SAMPLES
+                for packet in audio.encode(chunk):
+                    out.mux(packet)
+        for packet in video.encode():
+            out.mux(packet)
+        if audio is not None:
+            for packet in audio.encode():
+                out.mux(packet)
 
 
 def _pad(base: Path, path: Path, total_bytes: int) -> None:
