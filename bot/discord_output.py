@@ -17,8 +17,9 @@ from typing import TYPE_CHECKING, Any
 
 import discord
 
+from bot.encode import UploadPlan, plan_upload
 from bot.jobs import Finished, Receipt, params_of
-from bot.presenter import Delivered, Progress, failure_text, final_text, progress_text
+from bot.presenter import Delivered, Progress, Stage, failure_text, final_text, progress_text
 from bot.store import Job
 
 if TYPE_CHECKING:
@@ -32,6 +33,7 @@ INVALID_WEBHOOK_TOKEN = 50027
 UNKNOWN_MESSAGE = 10008
 MISSING_ACCESS = 50001
 MISSING_PERMISSIONS = 50013
+FILE_TOO_LARGE = 40005
 
 
 @dataclass
@@ -113,35 +115,71 @@ class DiscordOutput:
 
     async def deliver(self, job: Job, finished: Finished) -> Receipt:
         self._finish(job)
-        limit = job.upload_limit or discord.utils.DEFAULT_FILE_SIZE_LIMIT_BYTES
-        attach = finished.size <= limit
-        link_reason = None
-        if not attach:
-            link_reason = (
-                f"The video is {_mb(finished.size)}, over this server's {_mb(limit)} upload limit,"
-                " so here is a link instead (it lasts about a week)."
-            )
-        mention_id = job.user_id if self.mention_on_ready else None
-        text = final_text(
-            Delivered(
-                params=params_of(job),
-                took=finished.took,
-                cost=finished.cost,
-                attached=attach,
-                link=None if attach else finished.output_url,
-                link_reason=link_reason,
-                mention_user_id=mention_id,
-                demo=self.demo,
-            )
+        # The live interaction's limit (boosts included); with no usable token the upload goes
+        # with the bot token, so the guild's own limit applies.
+        token_alive = bool(job.interaction_token) and (
+            self.clock() - (job.interaction_created_at or 0.0) < TOKEN_SAFE_AGE
         )
-        files = [discord.File(finished.video, filename=f"veo-{job.id}.mp4")] if attach else []
-        mentions = discord.AllowedMentions(
-            everyone=False,
-            roles=False,
-            replied_user=False,
-            users=[discord.Object(job.user_id)] if mention_id else False,
+        guild = self.bot.get_guild(job.guild_id)
+        limit = (
+            job.upload_limit
+            if token_alive and job.upload_limit
+            else guild.filesize_limit
+            if guild is not None
+            else job.upload_limit or discord.utils.DEFAULT_FILE_SIZE_LIMIT_BYTES
         )
-        return await self._final(job, content=text, files=files, allowed_mentions=mentions)
+        # Named job-* so a crash mid-encode leaves nothing the next start does not clean.
+        fitted = finished.video.with_name(f"{finished.video.stem}.fit.mp4")
+        try:
+            plan = await plan_upload(
+                finished.video,
+                finished.size,
+                limit,
+                fitted,
+                on_encode=lambda: self.progress(job, Progress(Stage.ENCODING)),
+                label=f"job {job.id}",
+            )
+            self._finish(job)
+            mention_id = job.user_id if self.mention_on_ready else None
+            mentions = discord.AllowedMentions(
+                everyone=False,
+                roles=False,
+                replied_user=False,
+                users=[discord.Object(job.user_id)] if mention_id else False,
+            )
+
+            def message(plan: UploadPlan) -> tuple[str, list[discord.File]]:
+                text = final_text(
+                    Delivered(
+                        params=params_of(job),
+                        took=finished.took,
+                        cost=finished.cost,
+                        attached=plan.path is not None,
+                        link=None if plan.path else finished.output_url,
+                        link_reason=plan.link_reason(finished.size),
+                        note=plan.note,
+                        mention_user_id=mention_id,
+                        demo=self.demo,
+                    )
+                )
+                files = [discord.File(plan.path, filename=f"veo-{job.id}.mp4")] if plan.path else []
+                return text, files
+
+            text, files = message(plan)
+            try:
+                return await self._final(job, content=text, files=files, allowed_mentions=mentions)
+            except discord.HTTPException as exc:
+                if not files or not (exc.status == 413 or exc.code == FILE_TOO_LARGE):
+                    raise
+                # The route that took the upload had a smaller limit (a DM, a lost boost).
+                log.warning("job %s: Discord refused %s as too large", job.id, plan.size)
+                plan = UploadPlan(
+                    path=None, size=finished.size, limit=limit, why_not="Discord refused the file"
+                )
+                text, files = message(plan)
+                return await self._final(job, content=text, files=files, allowed_mentions=mentions)
+        finally:
+            fitted.unlink(missing_ok=True)
 
     async def _final(
         self,
@@ -213,7 +251,3 @@ def _is_gone(exc: discord.HTTPException) -> bool:
         403,
         404,
     )
-
-
-def _mb(size: int) -> str:
-    return f"{size / (1024 * 1024):.1f} MB"

@@ -222,6 +222,7 @@ class Guild:
     channels: dict[int, Channel] = field(default_factory=dict)
     members: dict[int, Member] = field(default_factory=dict)
     preferred_locale: str = "en-US"
+    upload_limit: int | None = None  # overrides the premium tier's limit (tests of tiny limits)
     _new_id: Callable[[], int] | None = field(default=None, repr=False)
 
     @property
@@ -230,6 +231,8 @@ class Guild:
 
     @property
     def filesize_limit(self) -> int:
+        if self.upload_limit is not None:
+            return self.upload_limit
         return PREMIUM_TIER_FILE_LIMIT.get(self.premium_tier, DEFAULT_FILE_LIMIT)
 
     def _mint(self) -> int:

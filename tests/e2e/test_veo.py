@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import re
 from typing import Any
 
 import aiohttp
@@ -133,19 +132,21 @@ async def test_prompt_with_mentions_pings_nobody_but_the_requester(
 
 
 @pytest.mark.bot_env({"VEO_USER_CONCURRENCY": "10", "VEO_USER_LIMIT": "10"})
-async def test_too_large_for_the_guild_is_linked_with_the_reason(
+async def test_too_large_for_the_guild_is_reencoded_to_fit(
     emu: DiscordEmulator, fake: FakeSegmind, bot: BotProcess
 ) -> None:
+    # 11 MiB of mostly padding: re-encoding drops it (the picture keeps its own bitrate).
+    # Real high-bitrate videos and the link fallback: tests/e2e/test_delivery.py.
     handle = await emu.dispatch_slash_command(
         "veo", {"prompt": "a big one [fake:bigMB=11]"}, user=emu.member
     )
     await handle.wait_for_callback()
     final = await _final(emu, handle.token)
-    assert not final.files
-    content = final.json["content"]
-    assert "upload limit" in content
-    job = next(iter(fake.jobs.values()))
-    assert re.search(rf"<http://127\.0\.0\.1:\d+/_fake/outputs/{job.request_id}\.mp4>", content)
+    assert len(final.files) == 1
+    assert final.files[0].size <= 10 * 1024 * 1024
+    assert "Re-encoded to fit this server's 10 MB upload limit" in final.json["content"]
+    info = probe(__import__("io").BytesIO(final.files[0].data))
+    assert info["video_codec"] == "h264"
 
 
 @pytest.mark.parametrize(
