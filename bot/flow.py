@@ -51,7 +51,14 @@ async def start_job(
         return None
 
     member = interaction.user
-    role_ids = [role.id for role in getattr(member, "roles", [])]
+    # Every role id Discord sent: `Member.roles` silently drops roles missing from the guild
+    # cache, and a stale cache must never change someone's limits.
+    raw_roles = getattr(member, "_roles", None)  # discord.py's SnowflakeList of payload ids
+    role_ids = (
+        [int(r) for r in raw_roles]
+        if raw_roles is not None
+        else [role.id for role in getattr(member, "roles", [])]
+    )
     message_id = await placeholder_id(interaction)
     new = NewJob(
         guild_id=interaction.guild.id,

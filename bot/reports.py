@@ -177,9 +177,44 @@ def audit_text(entries: list[AuditEntry]) -> str:
         return "No moderator changes recorded yet."
     lines = ["**Moderator changes**"]
     for entry in entries:
-        detail = ", ".join(f"{k}={v}" for k, v in entry.detail.items())
-        lines.append(f"{when(entry.created_at)} <@{entry.actor_id}> **{entry.action}** {detail}")
+        lines.append(
+            f"{when(entry.created_at)} <@{entry.actor_id}> **{entry.action}** "
+            + _audit_detail(entry.detail)
+        )
     return _clip("\n".join(lines))
+
+
+def _audit_detail(detail: dict[str, object]) -> str:
+    """Who or what was changed, and for limit changes only the fields that moved."""
+    parts: list[str] = []
+    old, new = detail.get("old"), detail.get("new")
+    targets_first = sorted(detail, key=lambda k: k not in ("user_id", "role_id", "channel_id"))
+    for key in targets_first:
+        value = detail[key]
+        if key in ("old", "new"):
+            continue
+        if key == "user_id":
+            parts.append(f"<@{value}>")
+        elif key == "role_id":
+            parts.append(f"<@&{value}>")
+        elif key == "channel_id":
+            parts.append(f"<#{value}>" if value else "no channel")
+        else:
+            parts.append(f"{key.replace('_', ' ')}: {value}")
+    if isinstance(old, dict) or isinstance(new, dict):
+        before = old if isinstance(old, dict) else {}
+        after = new if isinstance(new, dict) else {}
+        for field in sorted(set(before) | set(after)):
+            if before.get(field) != after.get(field):
+                parts.append(
+                    f"{field.replace('_', ' ')} {_or_default(before.get(field))} → "
+                    f"{_or_default(after.get(field))}"
+                )
+    return ", ".join(parts)
+
+
+def _or_default(value: object) -> str:
+    return "default" if value is None else str(value)
 
 
 def _override(override: LimitOverride) -> str:

@@ -6,6 +6,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import os
+import re
 import signal
 import sys
 from collections.abc import Callable
@@ -17,6 +18,7 @@ from tests.discord_emulator import DiscordEmulator
 ROOT = Path(__file__).resolve().parents[2]
 FAKE_KEY = "e2e-segmind-key-0123456789"
 STARTUP_TIMEOUT = 60.0
+SETTLED = r"job \d+ (delivered|failed|expired|unknown|cancelled)\b"
 
 
 class BotProcess:
@@ -34,6 +36,7 @@ class BotProcess:
         self.workdir = workdir
         self.extra_env = env or {}
         self.lines: list[str] = []
+        self.made = 0  # jobs a test has seen finish (see `settled`)
         self.proc: asyncio.subprocess.Process | None = None
         self._reader: asyncio.Task[None] | None = None
         self._new_line = asyncio.Condition()
@@ -89,9 +92,23 @@ class BotProcess:
         async with self._new_line:
             self._new_line.notify_all()
 
-    async def wait_for_log(self, fragment: str, *, timeout: float = 30.0) -> str:  # noqa: ASYNC109
+    async def wait_for_log(
+        self,
+        fragment: str,
+        *,
+        timeout: float = 30.0,  # noqa: ASYNC109
+        count: int = 1,
+        regex: bool = False,
+    ) -> str:
+        """Until the bot has logged `count` lines containing `fragment` (a regular expression
+        when `regex`); returns the last of them."""
+
+        def matches(line: str) -> bool:
+            return bool(re.search(fragment, line)) if regex else fragment in line
+
         def found() -> str | None:
-            return next((line for line in self.lines if fragment in line), None)
+            matching = [line for line in self.lines if matches(line)]
+            return matching[count - 1] if len(matching) >= count else None
 
         async def until() -> str:
             async with self._new_line:
@@ -126,6 +143,12 @@ class BotProcess:
                 await self._reader
         return code
 
+    async def settled(self, count: int, *, timeout: float = 30.0) -> None:  # noqa: ASYNC109
+        """Until `count` jobs have been recorded as finished. The final message reaches Discord
+        a moment before the job is recorded, so a test that starts the same member's next job
+        (or reads usage) right after seeing it must wait for this first."""
+        await self.wait_for_log(SETTLED, count=count, timeout=timeout, regex=True)
+
     async def kill(self) -> None:
         await self.stop(signal.SIGKILL)
 
@@ -142,3 +165,60 @@ def final_message_filter(emu: DiscordEmulator, interaction_token: str) -> Callab
         )
 
     return predicate
+
+
+# --- restart / exactly-once helpers (tests/e2e/test_restart.py, test_buttons.py, bench) -------
+
+
+async def wait_until(
+    predicate: Callable[[], object],
+    *,
+    timeout: float = 30.0,  # noqa: ASYNC109
+    what: str = "a condition",
+) -> None:
+    """For state the test process owns but cannot subscribe to (the fake's request log):
+    re-check every 10 ms until true. Not a sleep that hides a race: it waits for the fact."""
+    loop = asyncio.get_running_loop()
+    deadline = loop.time() + timeout
+    while not predicate():
+        if loop.time() > deadline:
+            raise AssertionError(f"timed out after {timeout}s waiting for {what}")
+        await asyncio.sleep(0.01)
+
+
+def video_uploads(emu: DiscordEmulator, job_id: int) -> list[object]:
+    """Every request Discord accepted that carried this job's video (edits and posts)."""
+    name = f"veo-{job_id}.mp4"
+    return [r for r in emu.timeline if r.status == 200 and any(f.filename == name for f in r.files)]
+
+
+def messages_with_video(emu: DiscordEmulator, job_id: int) -> list[object]:
+    """Live messages showing this job's video: what a member sees in Discord."""
+    name = f"veo-{job_id}.mp4"
+    return [
+        m
+        for m in emu.messages.values()
+        if not m.deleted and any(a.filename == name for a in m.attachments)
+    ]
+
+
+def db_rows(workdir: Path, sql: str, params: tuple[object, ...] = ()) -> list[tuple[object, ...]]:
+    """Read the bot's database (WAL, so safe while it runs)."""
+    import sqlite3
+
+    conn = sqlite3.connect(workdir / "veo.sqlite3")
+    try:
+        return conn.execute(sql, params).fetchall()
+    finally:
+        conn.close()
+
+
+def job_states(workdir: Path) -> dict[int, str]:
+    return {int(i): str(s) for i, s in db_rows(workdir, "SELECT id, state FROM jobs")}  # type: ignore[call-overload]
+
+
+def ledger(workdir: Path) -> dict[int, str]:
+    return {
+        int(i): str(s)  # type: ignore[call-overload]
+        for i, s in db_rows(workdir, "SELECT job_id, status FROM quota_ledger")
+    }

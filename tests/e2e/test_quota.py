@@ -15,20 +15,23 @@ from tests.e2e.harness import BotProcess
 from tests.e2e.helpers import content_of, edits_for, final_for, private_answer
 
 
-async def _make(emu: DiscordEmulator, prompt: str, user: User) -> str:
+async def _make(emu: DiscordEmulator, bot: BotProcess, prompt: str, user: User) -> str:
+    """One video, waited for until the bot has recorded it (not just shown it)."""
     handle = await emu.dispatch_slash_command("veo", {"prompt": prompt}, user=user)
     await handle.wait_for_callback()
     final = await final_for(emu, handle.token)
+    bot.made += 1
+    await bot.settled(bot.made)
     return str(final.json["content"])
 
 
 async def test_fourth_video_in_the_window_is_refused_and_a_failed_one_does_not_count(
     emu: DiscordEmulator, fake: FakeSegmind, bot: BotProcess
 ) -> None:
-    failed = await _make(emu, "[fake:fail] a storm", emu.member)
+    failed = await _make(emu, bot, "[fake:fail] a storm", emu.member)
     assert failed.startswith("❌")
     for n in range(3):
-        assert "ready" in await _make(emu, f"calm sea {n}", emu.member)
+        assert "ready" in await _make(emu, bot, f"calm sea {n}", emu.member)
 
     handle = await emu.dispatch_slash_command("veo", {"prompt": "one more"}, user=emu.member)
     await handle.wait_for_callback()
@@ -61,7 +64,7 @@ async def test_export_is_a_csv_whose_rows_match_the_jobs(
 ) -> None:
     prompts = ['a "quoted", comma prompt', "=HYPERLINK(1)", "[fake:fail] broken"]
     for prompt in prompts:
-        await _make(emu, prompt, emu.member)
+        await _make(emu, bot, prompt, emu.member)
     handle = await emu.dispatch_slash_command("veo-admin export", {"days": 7}, user=emu.moderator)
     await handle.wait_for_callback()
     record = await emu.wait_for(
@@ -81,7 +84,7 @@ async def test_export_is_a_csv_whose_rows_match_the_jobs(
 async def test_usage_reports_counts_and_cost(
     emu: DiscordEmulator, fake: FakeSegmind, bot: BotProcess
 ) -> None:
-    await _make(emu, "a quiet forest", emu.member)
+    await _make(emu, bot, "a quiet forest", emu.member)
     handle = await emu.dispatch_slash_command(
         "veo-admin usage", {"user": emu.member}, user=emu.moderator
     )
@@ -122,3 +125,60 @@ async def test_bot_queue_caps_jobs_at_segmind_and_positions_count_down(
         assert shown == sorted(shown, reverse=True), seen  # only ever moves forward
     assert seen[4][:1] == [3], seen  # the fifth started 3rd in line…
     assert 1 in seen[4], seen  # …and reached the front before it was sent
+
+
+async def _admin(emu: DiscordEmulator, command: str, options: dict[str, object]) -> str:
+    handle = await emu.dispatch_slash_command(command, options, user=emu.moderator)
+    callback = await handle.wait_for_callback()
+    data = (callback.json or {}).get("data", {})
+    if data.get("content"):  # answered directly
+        assert data["flags"] & 64
+        return str(data["content"])
+    return (await private_answer(emu, handle.token)).content
+
+
+async def _refusal(emu: DiscordEmulator, user: User) -> str:
+    handle = await emu.dispatch_slash_command("veo", {"prompt": "please"}, user=user)
+    await handle.wait_for_callback()
+    return (await private_answer(emu, handle.token)).content
+
+
+async def test_moderator_sets_limits_blocks_resets_and_every_change_is_audited(
+    emu: DiscordEmulator, fake: FakeSegmind, bot: BotProcess
+) -> None:
+    saved = await _admin(emu, "veo-admin limits set", {"videos": 1, "window_hours": 12.0})
+    assert "1 videos per 12 h" in saved
+    assert "ready" in await _make(emu, bot, "first", emu.member)
+    refused = await _refusal(emu, emu.member)
+    assert "You have used 1 of 1 videos in the last 12 h" in refused
+
+    await _admin(emu, "veo-admin reset", {"user": emu.member})
+    assert "ready" in await _make(emu, bot, "after reset", emu.member)
+
+    await _admin(emu, "veo-admin block", {"user": emu.member, "reason": "spam"})
+    assert "You are not allowed to use /veo here (spam)" in await _refusal(emu, emu.member)
+    await _admin(emu, "veo-admin unblock", {"user": emu.member})
+    assert "1 of 1" in await _refusal(emu, emu.member)  # unblocked, back to the window
+
+    shown = await _admin(emu, "veo-admin limits show", {})
+    assert "1 (server) videos per 12.0 (server) h" in shown
+    audit = await _admin(emu, "veo-admin audit", {})
+    for action in ("limits.set", "window.reset", "block", "unblock"):
+        assert f"**{action}**" in audit, audit
+    assert "user limit default → 1" in audit
+    assert f"**block** <@{emu.member.id}>, reason: spam" in audit
+    assert audit.count(f"<@{emu.moderator.id}>") >= 4
+    assert len(fake.submits) == 2
+
+
+async def test_role_override_most_generous_role_wins(
+    emu: DiscordEmulator, fake: FakeSegmind, bot: BotProcess
+) -> None:
+    vip = emu.guild.add_role("vip")
+    member = emu.guild.members[emu.member.id]
+    member.role_ids.append(vip.id)
+    await _admin(emu, "veo-admin limits set", {"videos": 1})
+    await _admin(emu, "veo-admin limits role", {"role": vip, "videos": 2})
+    assert "ready" in await _make(emu, bot, "one", emu.member)
+    assert "ready" in await _make(emu, bot, "two", emu.member)
+    assert "2 of 2" in await _refusal(emu, emu.member)
