@@ -7,6 +7,7 @@ import time
 import uuid
 from collections.abc import Callable
 
+import aiohttp
 import discord
 from discord import app_commands
 from discord.ext import commands
@@ -20,7 +21,7 @@ from bot.store import Store
 
 log = logging.getLogger(__name__)
 
-EXTENSIONS = ("cogs.veo", "cogs.admin")
+EXTENSIONS = ("cogs.veo", "cogs.admin", "cogs.image")
 
 # Exactly what the bot uses: reading the channel it answers in, posting and editing its own
 # messages with a video attached, and reading the message a member replied to.
@@ -101,6 +102,8 @@ class VeoBot(commands.Bot):
         self.segmind: sm.SegmindClient | None = None
         self.jobs: JobService | None = None
         self.output: DiscordOutput | None = None
+        # Shared by everything that fetches from the web (input images), closed in close().
+        self.session: aiohttp.ClientSession | None = None
         self._fake: object | None = None
 
     @property
@@ -109,6 +112,7 @@ class VeoBot(commands.Bot):
 
     async def setup_hook(self) -> None:
         settings = self.settings
+        self.session = aiohttp.ClientSession()
         self.store = await Store.open(settings.veo_db_path)
         base_url, key = await self._segmind_endpoint()
         self.segmind = sm.SegmindClient(
@@ -192,6 +196,10 @@ class VeoBot(commands.Bot):
             len(self.guilds),
         )
 
+    async def on_message(self, message: discord.Message) -> None:
+        """No prefix commands: mentions are handled by the image cog's listener. Without this,
+        every `@Veo …` would be parsed as a command and logged as CommandNotFound."""
+
     async def close(self) -> None:
         if self.jobs is not None:
             await self.jobs.stop()
@@ -200,6 +208,8 @@ class VeoBot(commands.Bot):
             await self.segmind.close()
         if self.store is not None:
             await self.store.close()
+        if self.session is not None:
+            await self.session.close()
         stop = getattr(self._fake, "stop", None)
         if stop is not None:
             await stop()

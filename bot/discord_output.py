@@ -19,7 +19,15 @@ import discord
 
 from bot.encode import UploadPlan, plan_upload
 from bot.jobs import Finished, Receipt, params_of
-from bot.presenter import Delivered, Progress, Stage, failure_text, final_text, progress_text
+from bot.presenter import (
+    Delivered,
+    Progress,
+    Stage,
+    failure_text,
+    final_text,
+    progress_text,
+    source_image_embed,
+)
 from bot.store import Job
 
 if TYPE_CHECKING:
@@ -147,6 +155,8 @@ class DiscordOutput:
                 replied_user=False,
                 users=[discord.Object(job.user_id)] if mention_id else False,
             )
+            # Image-to-video: show the source image beside the video (only when there is one).
+            extra = {"embeds": [source_image_embed(job.image_url)]} if job.image_url else {}
 
             def message(plan: UploadPlan) -> tuple[str, list[discord.File]]:
                 text = final_text(
@@ -167,7 +177,9 @@ class DiscordOutput:
 
             text, files = message(plan)
             try:
-                return await self._final(job, content=text, files=files, allowed_mentions=mentions)
+                return await self._final(
+                    job, content=text, files=files, allowed_mentions=mentions, **extra
+                )
             except discord.HTTPException as exc:
                 if not files or not (exc.status == 413 or exc.code == FILE_TOO_LARGE):
                     raise
@@ -177,7 +189,9 @@ class DiscordOutput:
                     path=None, size=finished.size, limit=limit, why_not="Discord refused the file"
                 )
                 text, files = message(plan)
-                return await self._final(job, content=text, files=files, allowed_mentions=mentions)
+                return await self._final(
+                    job, content=text, files=files, allowed_mentions=mentions, **extra
+                )
         finally:
             fitted.unlink(missing_ok=True)
 
@@ -188,11 +202,16 @@ class DiscordOutput:
         content: str,
         files: list[discord.File],
         allowed_mentions: discord.AllowedMentions,
+        **extra: Any,
     ) -> Receipt:
         if job.placeholder_message_id is not None:
             try:
                 method = await self._edit(
-                    job, content=content, attachments=files, allowed_mentions=allowed_mentions
+                    job,
+                    content=content,
+                    attachments=files,
+                    allowed_mentions=allowed_mentions,
+                    **extra,
                 )
                 return Receipt(message_id=job.placeholder_message_id, method=method)
             except discord.HTTPException as exc:
@@ -204,7 +223,11 @@ class DiscordOutput:
         channel = self.bot.get_partial_messageable(job.channel_id, guild_id=job.guild_id)
         try:
             message = await channel.send(
-                content, files=files, allowed_mentions=allowed_mentions, nonce=f"veo-{job.id}"
+                content,
+                files=files,
+                allowed_mentions=allowed_mentions,
+                nonce=f"veo-{job.id}",
+                **extra,
             )
             return Receipt(message_id=message.id, method="channel-post")
         except discord.HTTPException as exc:
@@ -214,7 +237,7 @@ class DiscordOutput:
         for file in files:
             file.reset()
         user = await self.bot.fetch_user(job.user_id)
-        message = await user.send(content, files=files, allowed_mentions=allowed_mentions)
+        message = await user.send(content, files=files, allowed_mentions=allowed_mentions, **extra)
         return Receipt(message_id=message.id, method="dm")
 
     # ------------------------------------------------------------------------------- editing

@@ -1,20 +1,31 @@
-"""From an acknowledged interaction to a queued job: shared by `/veo`, the context menu and buttons.
+"""From a member's request to a queued job: shared by `/veo`, the context menu and mention replies.
 
-The caller has already deferred publicly (the 3-second rule). Anything refused here — a bad
-option, a limit, the database being down — removes the public "thinking…" placeholder and
-answers privately, so a refusal never clutters the channel and nothing is charged.
+Two front doors, one hallway. An interaction (slash command, modal) has already been deferred
+publicly (the 3-second rule); a mention in a channel gets a placeholder reply at once, for the
+same reason. Then the same checks run in the same order — options, the input image (its head
+only), the limits — and anything refused is told to the member *before* anything is charged or
+sent to Segmind:
+
+- interaction: the public "thinking…" placeholder is removed and the refusal sent privately;
+- message: the placeholder reply is edited into the refusal. It stays in the channel (it is a
+  reply to the member's own public message, so it explains why nothing happened) and pings
+  nobody.
 """
 
 from __future__ import annotations
 
 import logging
 import secrets
+from collections.abc import Awaitable, Callable
+from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
 import discord
 
+from bot.config import Settings
+from bot.images import ImageRejected, inspect_image
 from bot.jobs import NewJob
-from bot.params import InvalidParams, parse_params
+from bot.params import InvalidParams, VeoParams, parse_params
 from bot.quota import Refusal, render_refusal
 from bot.store import StoreUnavailable
 
@@ -24,6 +35,135 @@ if TYPE_CHECKING:
 log = logging.getLogger(__name__)
 
 SEED_MAX = 2**32 - 1
+IMAGE_EXTENSIONS = (".png", ".jpg", ".jpeg", ".webp", ".gif", ".bmp", ".heic", ".avif", ".tiff")
+CHECKING_TEXT = "⏳ Checking the image…"
+STORE_DOWN = (
+    "The bot cannot reach its database right now, so /veo is paused to keep limits exact. "
+    "Please try again later."
+)
+
+
+class Refused(Exception):
+    """The request cannot go ahead; `str()` is the message for the member."""
+
+
+@dataclass(frozen=True)
+class ImageSource:
+    """An image a member pointed at, with what Discord told us about it (if anything)."""
+
+    url: str
+    content_type: str | None = None
+    size: int | None = None
+
+    @classmethod
+    def from_attachment(cls, attachment: discord.Attachment) -> ImageSource:
+        return cls(attachment.url, attachment.content_type, attachment.size)
+
+
+def default_params(settings: Settings, prompt: str) -> dict[str, Any]:
+    """A raw request with the server's defaults, for entry points that only ask for a prompt."""
+    return {
+        "prompt": prompt,
+        "aspect_ratio": settings.veo_default_aspect.value,
+        "duration": settings.veo_default_duration,
+        "fps": settings.veo_default_fps,
+        "resolution": settings.veo_default_resolution.value,
+        "generate_audio": settings.veo_default_audio,
+        "seed": 0,
+    }
+
+
+def find_image(message: discord.Message) -> ImageSource | None:
+    """The first image a message carries: an attachment, else an embed's image.
+
+    Anything that looks like a picture is returned — a GIF too — so that the check that follows
+    can tell the member exactly why it will not do; files that are plainly not pictures (a .txt,
+    a video) are not images at all."""
+    for attachment in message.attachments:
+        content_type = (attachment.content_type or "").split(";")[0].strip().lower()
+        if content_type.startswith("image/") or (
+            not content_type and attachment.filename.lower().endswith(IMAGE_EXTENSIONS)
+        ):
+            return ImageSource.from_attachment(attachment)
+    for embed in message.embeds:
+        # Prefer Discord's media proxy: the bot then fetches from Discord, not from any site
+        # a member linked.
+        if embed.image.url:
+            return ImageSource(embed.image.proxy_url or embed.image.url)
+        if embed.type == "image" and embed.thumbnail.url:
+            return ImageSource(embed.thumbnail.proxy_url or embed.thumbnail.url)
+    return None
+
+
+async def prepare_params(
+    bot: VeoBot,
+    raw: dict[str, Any],
+    image: ImageSource | None,
+    *,
+    aspect_given: bool,
+) -> VeoParams:
+    """Validate the options and the image (head only); raises `Refused`. No side effects."""
+    if image is not None:
+        assert bot.session is not None
+        try:
+            info = await inspect_image(
+                bot.session,
+                image.url,
+                max_bytes=bot.settings.veo_max_image_bytes,
+                declared_type=image.content_type,
+                declared_size=image.size,
+            )
+        except ImageRejected as exc:
+            log.info("image refused (%s): %s", image.url.split("?", 1)[0], exc)
+            raise Refused(str(exc)) from None
+        raw["image_url"] = image.url
+        closest = info.closest_aspect()
+        if not aspect_given and closest is not None:
+            raw["aspect_ratio"] = closest.value
+    if not raw.get("seed"):
+        # Choose the seed ourselves so the final message can say which one made this video.
+        raw["seed"] = secrets.randbelow(SEED_MAX) + 1
+    try:
+        return parse_params(raw)
+    except InvalidParams as exc:
+        raise Refused(exc.user_message) from None
+
+
+async def reserve(bot: VeoBot, new: NewJob) -> int:
+    """Check the limits and queue; returns the job id or raises `Refused`."""
+    assert bot.jobs is not None
+    try:
+        outcome = await bot.jobs.enqueue(new)
+    except StoreUnavailable:
+        log.exception("database unavailable; refusing a job from user %s", new.user_id)
+        raise Refused(STORE_DOWN) from None
+    if isinstance(outcome, Refusal):
+        raise Refused(render_refusal(outcome))
+    log.info("job %s queued for user %s in guild %s", outcome, new.user_id, new.guild_id)
+    return outcome
+
+
+async def _start(
+    bot: VeoBot,
+    raw: dict[str, Any],
+    image: ImageSource | None,
+    aspect_given: bool,
+    build: Callable[[VeoParams], Awaitable[NewJob]],
+    refuse_with: Callable[[str], Awaitable[None]],
+) -> int | None:
+    try:
+        params = await prepare_params(bot, raw, image, aspect_given=aspect_given)
+        return await reserve(bot, await build(params))
+    except Refused as exc:
+        await refuse_with(str(exc))
+        return None
+
+
+def _role_ids(member: discord.abc.User) -> tuple[int, ...]:
+    return tuple(role.id for role in getattr(member, "roles", []))
+
+
+# ---------------------------------------------------------------------------- interactions
 
 
 async def start_job(
@@ -31,61 +171,34 @@ async def start_job(
     interaction: discord.Interaction[VeoBot],
     raw: dict[str, Any],
     *,
-    image: discord.Attachment | None = None,
+    image: discord.Attachment | ImageSource | None = None,
     aspect_given: bool = True,
 ) -> int | None:
     """Validate, reserve and queue; returns the job id, or None when refused (user told)."""
-    assert bot.jobs is not None
     if interaction.guild is None or interaction.channel_id is None:
         await refuse(interaction, "Use /veo in a server channel.")
         return None
-    if image is not None:
-        raw["image_url"] = image.url
-    if not raw.get("seed"):
-        # Choose the seed ourselves so the final message can say which one made this video.
-        raw["seed"] = secrets.randbelow(SEED_MAX) + 1
-    try:
-        params = parse_params(raw)
-    except InvalidParams as exc:
-        await refuse(interaction, exc.user_message)
-        return None
+    guild_id, channel_id = interaction.guild.id, interaction.channel_id
+    if isinstance(image, discord.Attachment):
+        image = ImageSource.from_attachment(image)
 
-    member = interaction.user
-    # Every role id Discord sent: `Member.roles` silently drops roles missing from the guild
-    # cache, and a stale cache must never change someone's limits.
-    raw_roles = getattr(member, "_roles", None)  # discord.py's SnowflakeList of payload ids
-    role_ids = (
-        [int(r) for r in raw_roles]
-        if raw_roles is not None
-        else [role.id for role in getattr(member, "roles", [])]
-    )
-    message_id = await placeholder_id(interaction)
-    new = NewJob(
-        guild_id=interaction.guild.id,
-        channel_id=interaction.channel_id,
-        user_id=member.id,
-        role_ids=tuple(role_ids),
-        params=params,
-        interaction_token=interaction.token,
-        interaction_created_at=interaction.created_at.timestamp(),
-        message_id=message_id,
-        upload_limit=interaction.filesize_limit,
-    )
-    try:
-        outcome = await bot.jobs.enqueue(new)
-    except StoreUnavailable:
-        log.exception("database unavailable; refusing /veo from user %s", member.id)
-        await refuse(
-            interaction,
-            "The bot cannot reach its database right now, so /veo is paused to keep limits "
-            "exact. Please try again later.",
+    async def build(params: VeoParams) -> NewJob:
+        return NewJob(
+            guild_id=guild_id,
+            channel_id=channel_id,
+            user_id=interaction.user.id,
+            role_ids=_role_ids(interaction.user),
+            params=params,
+            interaction_token=interaction.token,
+            interaction_created_at=interaction.created_at.timestamp(),
+            message_id=await placeholder_id(interaction),
+            upload_limit=interaction.filesize_limit,
         )
-        return None
-    if isinstance(outcome, Refusal):
-        await refuse(interaction, render_refusal(outcome))
-        return None
-    log.info("job %s queued for user %s in guild %s", outcome, member.id, interaction.guild.id)
-    return outcome
+
+    async def refuse_with(text: str) -> None:
+        await refuse(interaction, text)
+
+    return await _start(bot, raw, image, aspect_given, build, refuse_with)
 
 
 async def placeholder_id(interaction: discord.Interaction[VeoBot]) -> int | None:
@@ -108,3 +221,65 @@ async def refuse(interaction: discord.Interaction[VeoBot], text: str) -> None:
         await interaction.followup.send(text, ephemeral=True)
     except discord.HTTPException as exc:
         log.warning("interaction %s: refusal not delivered (%s)", interaction.id, exc)
+
+
+# -------------------------------------------------------------------------------- messages
+
+
+async def reply_quietly(message: discord.Message, text: str) -> discord.Message | None:
+    """A reply that pings nobody, not even the author; None when it cannot be posted."""
+    try:
+        return await message.reply(
+            text, mention_author=False, allowed_mentions=discord.AllowedMentions.none()
+        )
+    except discord.HTTPException as exc:
+        log.warning(
+            "message %s: cannot reply in channel %s (%s %s)",
+            message.id,
+            message.channel.id,
+            exc.status,
+            exc.code,
+        )
+        return None
+
+
+async def start_job_from_message(
+    bot: VeoBot,
+    message: discord.Message,
+    raw: dict[str, Any],
+    *,
+    image: ImageSource,
+    aspect_given: bool = False,
+) -> int | None:
+    """`start_job` for a member's message (a mention): the placeholder is the bot's reply.
+
+    There is no interaction token, so every later edit of the placeholder goes through the
+    channel with the bot token, and the upload limit is the guild's."""
+    guild = message.guild
+    if guild is None:
+        await reply_quietly(message, "Mention me in a server channel to animate an image.")
+        return None
+    placeholder = await reply_quietly(message, CHECKING_TEXT)
+    if placeholder is None:
+        return None
+
+    async def build(params: VeoParams) -> NewJob:
+        return NewJob(
+            guild_id=guild.id,
+            channel_id=message.channel.id,
+            user_id=message.author.id,
+            role_ids=_role_ids(message.author),
+            params=params,
+            interaction_token=None,
+            interaction_created_at=None,
+            message_id=placeholder.id,
+            upload_limit=guild.filesize_limit,
+        )
+
+    async def refuse_with(text: str) -> None:
+        try:
+            await placeholder.edit(content=text, allowed_mentions=discord.AllowedMentions.none())
+        except discord.HTTPException as exc:
+            log.warning("message %s: refusal not shown (%s %s)", message.id, exc.status, exc.code)
+
+    return await _start(bot, raw, image, aspect_given, build, refuse_with)

@@ -151,3 +151,34 @@ def _fit(text: str) -> str:
     if len(text) <= CONTENT_LIMIT:
         return text
     return text[: CONTENT_LIMIT - 1] + "…"
+
+
+def source_image_embed(image_url: str) -> discord.Embed:
+    """Shows, beside the finished video, the image it was animated from."""
+    return discord.Embed(description="Animated from this image").set_thumbnail(url=image_url)
+
+
+# Image-to-video by mention (`@Veo make the waves crash` in a reply to a picture).
+MENTION_USAGE = (
+    "To animate an image, reply to it and mention me with what should happen "
+    "(`@Veo make the waves crash`), or use **Apps → Animate with Veo** on the message. "
+    "For a video from text only, use `/veo`."
+)
+NO_PROMPT = "Tell me what should happen after the mention, e.g. `@Veo make the waves crash`."
+NO_IMAGE_MENU = (
+    "This message has no image to animate (Veo takes PNG, JPEG or WebP attachments or image "
+    "embeds)."
+)
+NOT_ACCEPTING = "The bot is restarting — try again in a minute."
+
+
+def reply_without_image_hint(*, content_intent: bool) -> str:
+    """One line for a reply whose target shows no image: point to the context menu, which
+    always sees the message, and to the setting that lets the bot see images in replies."""
+    text = (
+        "I can't see an image in the message you replied to — right-click it "
+        "(long-press on mobile) → **Apps → Animate with Veo**."
+    )
+    if not content_intent:
+        text += " (Bot owner: DISCORD_MESSAGE_CONTENT_INTENT=true lets me read images in replies.)"
+    return text
