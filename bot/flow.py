@@ -160,6 +160,11 @@ async def _start(
 
 
 def _role_ids(member: discord.abc.User) -> tuple[int, ...]:
+    """Every role id Discord sent with the member. `Member.roles` would silently drop roles
+    missing from the guild cache, and a stale cache must never change someone's limits."""
+    raw = getattr(member, "_roles", None)  # discord.py's SnowflakeList of the payload's ids
+    if raw is not None:
+        return tuple(int(role_id) for role_id in raw)
     return tuple(role.id for role in getattr(member, "roles", []))
 
 
