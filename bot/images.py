@@ -134,7 +134,13 @@ async def inspect_image(
         raise ImageRejected("The image could not be fetched; try again in a moment.") from exc
     kind = sniff(head)
     if kind is None:
-        raise ImageRejected(_wrong_type(declared_type or served_type or "this file"))
+        claimed = (declared_type or served_type or "").split(";")[0].strip()
+        if claimed in ACCEPTED.values():
+            raise ImageRejected(
+                f"This file is labelled {claimed}, but its contents are not a PNG, JPEG or WebP "
+                "image (a renamed GIF or video?). Veo can only animate those three."
+            )
+        raise ImageRejected(_wrong_type(claimed or "this file"))
     size = total if total is not None else declared_size
     found = dimensions(kind, head)
     width, height = found if found else (None, None)
@@ -154,9 +160,14 @@ def _total_size(response: aiohttp.ClientResponse) -> int | None:
 
 def _too_big(size: int, limit: int) -> str:
     return (
-        f"The image is {size / 1_048_576:.1f} MB; Veo takes images up to "
-        f"{limit / 1_048_576:.0f} MB. Try a smaller version."
+        f"The image is {_mb(size)}; Veo takes images up to {_mb(limit)}. "
+        "Try a smaller version."
     )
+
+
+def _mb(size: int) -> str:
+    megabytes = size / 1_048_576
+    return f"{megabytes:.1f} MB" if megabytes < 10 else f"{megabytes:.0f} MB"
 
 
 def _wrong_type(what: str) -> str:

@@ -8,7 +8,7 @@ import discord
 from discord import app_commands
 from discord.ext import commands
 
-from bot.flow import start_job
+from bot.flow import default_params, start_job
 from bot.params import Aspect, Resolution
 
 if TYPE_CHECKING:
@@ -63,16 +63,16 @@ class Veo(commands.Cog):
     ) -> None:
         # Discord allows 3 s for the first answer: acknowledge before any I/O.
         await interaction.response.defer(thinking=True)
-        settings = self.bot.settings
-        raw: dict[str, object] = {
-            "prompt": prompt,
-            "aspect_ratio": aspect.value if aspect else settings.veo_default_aspect.value,
-            "duration": duration.value if duration else settings.veo_default_duration,
-            "fps": fps.value if fps else settings.veo_default_fps,
-            "resolution": resolution.value if resolution else settings.veo_default_resolution.value,
-            "generate_audio": settings.veo_default_audio if audio is None else audio,
-            "seed": seed or 0,
+        raw = default_params(self.bot.settings, prompt)
+        chosen = {
+            "aspect_ratio": aspect.value if aspect else None,
+            "duration": duration.value if duration else None,
+            "fps": fps.value if fps else None,
+            "resolution": resolution.value if resolution else None,
+            "generate_audio": audio,
+            "seed": seed,
         }
+        raw.update({name: value for name, value in chosen.items() if value is not None})
         await start_job(self.bot, interaction, raw, image=image, aspect_given=aspect is not None)
 
 

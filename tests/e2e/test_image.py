@@ -192,7 +192,7 @@ async def test_oversized_image_is_refused_before_segmind_and_costs_nothing(
     )
     await handle.wait_for_callback()
     text = await _private_answer(emu, handle.token)
-    assert "1.5 MB" in text and "up to 1 MB" in text
+    assert "1.5 MB" in text and "up to 1.0 MB" in text
     assert fake.submits == []
     # The placeholder was removed, nothing stays in the channel.
     assert handle.original_message().deleted
@@ -401,6 +401,6 @@ async def test_mention_with_an_oversized_image_is_refused_in_the_placeholder(
     )
     placeholder = await _bot_reply_to(emu, ask)
     text = await _refusal_edit(emu, placeholder)
-    assert "2.0 MB" in text and "up to 1 MB" in text
+    assert "2.0 MB" in text and "up to 1.0 MB" in text
     assert fake.submits == []
     assert emu.message(placeholder.id).mentions == []
