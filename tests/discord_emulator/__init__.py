@@ -4,7 +4,7 @@ See README.md in this folder for the API and the spec allowances.
 """
 
 from .clock import EmulatorClock
-from .emulator import DiscordEmulator, point_discord_py_at
+from .emulator import NONCE_WINDOW, DiscordEmulator, RequestHold, point_discord_py_at
 from .interactions import CdnFile, InteractionHandle, OptionType
 from .messages import StoredAttachment, StoredMessage
 from .spec import ALLOWANCES, DEFAULT_SPEC_PATH, SpecMissingError, load_spec
@@ -14,6 +14,7 @@ from .world import Channel, Guild, Intents, Member, Permissions, Role, User
 __all__ = [
     "ALLOWANCES",
     "DEFAULT_SPEC_PATH",
+    "NONCE_WINDOW",
     "CdnFile",
     "Channel",
     "DiscordEmulator",
@@ -27,6 +28,7 @@ __all__ = [
     "Member",
     "OptionType",
     "Permissions",
+    "RequestHold",
     "RequestRecord",
     "Role",
     "SpecMissingError",

@@ -7,6 +7,7 @@ against Discord's OpenAPI spec (``emu.violations``).
 
 from __future__ import annotations
 
+import asyncio
 import base64
 import hashlib
 import math
@@ -89,6 +90,47 @@ class _RateLimit:
     hits: dict[str, list[float]] = field(default_factory=dict)
 
 
+# Discord: with `enforce_nonce`, a message with the same nonce from the same author "in the past
+# few minutes" is returned instead of created. The exact window is undocumented (unverified).
+NONCE_WINDOW = 300.0
+
+
+@dataclass
+class RequestHold:
+    """Parks matching REST requests after their body arrived and before Discord acts on them,
+    until the test calls `release()` (the request is then served normally, even if the client
+    died meanwhile: Discord finishes what it fully received) or `drop()` (the connection is cut
+    and nothing happens: the request never took effect). See `DiscordEmulator.hold_requests`."""
+
+    route: str
+    when: Callable[[RequestRecord], bool] | None
+    remaining: int
+    held: list[RequestRecord] = field(default_factory=list)
+    _arrived: asyncio.Event = field(default_factory=asyncio.Event)
+    _decided: asyncio.Event = field(default_factory=asyncio.Event)
+    _serve: bool = True
+
+    async def arrived(self, timeout: float = 10.0) -> RequestRecord:  # noqa: ASYNC109
+        """The first request parked by this hold (waits for it)."""
+        await asyncio.wait_for(self._arrived.wait(), timeout)
+        return self.held[0]
+
+    def release(self) -> None:
+        self._serve = True
+        self._decided.set()
+
+    def drop(self) -> None:
+        self._serve = False
+        self._decided.set()
+
+    async def park(self, record: RequestRecord) -> bool:
+        """True: serve the request; False: drop it."""
+        self.held.append(record)
+        self._arrived.set()
+        await self._decided.wait()
+        return self._serve
+
+
 _MENTION_USER = re.compile(r"<@!?(\d+)>")
 _MENTION_ROLE = re.compile(r"<@&(\d+)>")
 
@@ -137,6 +179,9 @@ class DiscordEmulator:
         self._notifier = Notifier()
         self._arrivals = 0
         self._faults: list[_InjectedFault] = []
+        self._holds: list[RequestHold] = []
+        # (author id, nonce) -> (message id, emulator time it was created)
+        self._nonces: dict[tuple[int, str], tuple[int, float]] = {}
         self._rate_limits: dict[str, _RateLimit] = {}
         self._rate_limited: list[RequestRecord] = []
         self._gateway = Gateway(self, heartbeat_interval_ms)
@@ -222,6 +267,8 @@ class DiscordEmulator:
         self.port = server.sockets[0].getsockname()[1]  # type: ignore[attr-defined]
 
     async def stop(self) -> None:
+        for hold in self._holds:
+            hold.drop()
         await self._gateway.close_all()
         if self._runner is not None:
             await self._runner.cleanup()
@@ -419,6 +466,49 @@ class DiscordEmulator:
             raise ValueError("code must be 50013 (Missing Permissions) or 50001 (Missing Access)")
         channel.overwrites = [o for o in channel.overwrites if o.target_id != self.bot_user.id]
         channel.overwrites.append(Overwrite(self.bot_user.id, 1, deny=deny))
+
+    def hold_requests(
+        self,
+        route: str,
+        *,
+        when: Callable[[RequestRecord], bool] | None = None,
+        times: int = 1,
+    ) -> RequestHold:
+        """Park the next ``times`` requests to ``route`` (matching ``when``) once their body has
+        arrived, before auth, faults or the handler run: ``await hold.arrived()`` then
+        ``hold.release()`` or ``hold.drop()``. Lets a test kill the bot while an upload is on
+        the wire and choose whether Discord applied it."""
+        self._check_route(route)
+        hold = RequestHold(route, when, times)
+        self._holds.append(hold)
+        return hold
+
+    def _take_hold(self, record: RequestRecord) -> RequestHold | None:
+        for hold in self._holds:
+            if hold.route != record.route or hold.remaining <= 0:
+                continue
+            if hold.when is not None and not hold.when(record):
+                continue
+            hold.remaining -= 1
+            return hold
+        return None
+
+    def _deduplicated(self, author_id: int, body: dict[str, Any]) -> StoredMessage | None:
+        """The message an earlier create with this nonce made, if ``enforce_nonce`` asks for
+        deduplication and it is recent and still there."""
+        nonce = body.get("nonce")
+        if nonce is None or not body.get("enforce_nonce"):
+            return None
+        seen = self._nonces.get((author_id, str(nonce)))
+        if seen is None or self.clock.now() - seen[1] > NONCE_WINDOW:
+            return None
+        message = self.messages.get(seen[0])
+        return None if message is None or message.deleted else message
+
+    def _remember_nonce(self, author_id: int, body: dict[str, Any], message: StoredMessage) -> None:
+        nonce = body.get("nonce")
+        if nonce is not None and body.get("enforce_nonce"):
+            self._nonces[(author_id, str(nonce))] = (message.id, self.clock.now())
 
     async def announce_channel_update(self, channel_id: int) -> None:
         """Tell connected bots about a changed channel (after ``deny_channel``)."""

@@ -269,6 +269,9 @@ class RestApi:
             if route is None:
                 self.emu.unhandled.append(record)
                 raise DiscordError(404, 0, "404: Not Found")
+            hold = self.emu._take_hold(record)
+            if hold is not None and not await hold.park(record):
+                raise _Dropped
             if route.auth == "bot" and record.auth != "Bot":
                 raise DiscordError(401, 0, "401: Unauthorized")
             self._take_fault(record)
@@ -289,6 +292,14 @@ class RestApi:
             headers = {**headers, **err.headers}
             if err.status == 429:
                 self.emu._rate_limited.append(record)
+        except _Dropped:
+            # A hold dropped it: recorded with status 0, never acted on, connection cut.
+            record.responded_at = self.emu.clock.now()
+            self.emu.timeline.append(record)
+            await self.emu._notifier.notify()
+            if request.transport is not None:
+                request.transport.close()
+            return web.Response(status=500)
         record.responded_at = self.emu.clock.now()
         self.emu.timeline.append(record)
         await self.emu._notifier.notify()
@@ -542,6 +553,9 @@ class RestApi:
         self._require(channel, needed)
         self.emu._check_upload_limit(record.files, self.emu.filesize_limit(channel.id))
         body = record.json or {}
+        existing = self.emu._deduplicated(self.emu.bot_user.id, body)
+        if existing is not None:
+            return self.emu._render(existing)
         reference = body.get("message_reference")
         if reference and reference.get("message_id") is not None:
             target = self.emu.messages.get(int(reference["message_id"]))
@@ -563,6 +577,7 @@ class RestApi:
                 "channel_id": str(reference.get("channel_id") or channel.id),
                 **({"guild_id": str(guild.id)} if guild else {}),
             }
+        self.emu._remember_nonce(self.emu.bot_user.id, body, message)
         await self.emu._broadcast_message("MESSAGE_CREATE", message)
         return self.emu._render(message)
 
@@ -773,6 +788,10 @@ class RestApi:
         if not _truthy(record.query.get("wait")):
             return None
         return self.emu._render(message)
+
+
+class _Dropped(Exception):
+    """A `RequestHold` dropped the request: no answer, no effect."""
 
 
 def _truthy(value: str | None) -> bool:
