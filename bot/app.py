@@ -21,7 +21,7 @@ from bot.store import Store
 
 log = logging.getLogger(__name__)
 
-EXTENSIONS = ("cogs.veo", "cogs.admin", "cogs.image")
+EXTENSIONS = ("cogs.veo", "cogs.admin", "cogs.image", "cogs.buttons")
 
 # Exactly what the bot uses: reading the channel it answers in, posting and editing its own
 # messages with a video attached, and reading the message a member replied to.

@@ -4,6 +4,15 @@ Every edit goes through the stored interaction token while it is alive (so it wo
 restart too, with no live `Interaction` object), then through the channel with the bot token,
 then — for the final message only — as a new channel message, then as a DM. A job counts as
 delivered only when one of those succeeded.
+
+Exactly once: before each final route is tried its name is recorded (`checkpoint_route`), and
+`find_delivery` can tell afterwards — even from another process — whether a route already
+landed: the placeholder carries our `veo-<job>.mp4` (or the video link), or a message of ours
+in the channel or the DM does. Posts carry the nonce `veo-<job>` (DMs `veo-<job>-dm`), which
+Discord deduplicates for a few minutes.
+
+Buttons (Cancel while queued; Again / Edit prompt / Delete on the video) come from
+`components`, set by the buttons cog, so this module needs no import from `cogs`.
 """
 
 from __future__ import annotations
@@ -13,12 +22,13 @@ import logging
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, Protocol
 
+import aiohttp
 import discord
 
 from bot.encode import UploadPlan, plan_upload
-from bot.jobs import Finished, Receipt, params_of
+from bot.jobs import Finished, OutputUnavailable, Receipt, checkpoint_route, params_of
 from bot.presenter import (
     Delivered,
     Progress,
@@ -27,6 +37,7 @@ from bot.presenter import (
     final_text,
     progress_text,
     source_image_embed,
+    with_cancel_note,
 )
 from bot.store import Job
 
@@ -42,6 +53,15 @@ UNKNOWN_MESSAGE = 10008
 MISSING_ACCESS = 50001
 MISSING_PERMISSIONS = 50013
 FILE_TOO_LARGE = 40005
+HISTORY_SEARCHED = 50  # messages looked through for an earlier post after a restart
+
+
+class JobComponents(Protocol):
+    """The buttons shown on a job's messages (implemented by `cogs.buttons`)."""
+
+    def queued(self, job: Job) -> discord.ui.View: ...
+
+    def delivered(self, job: Job) -> discord.ui.View: ...
 
 
 @dataclass
@@ -49,6 +69,7 @@ class _Throttle:
     last_text: str | None = None
     last_sent: float = float("-inf")
     pending: str | None = None
+    pending_queued: bool = False  # the pending text is for a job in the bot's queue
     timer: asyncio.Task[None] | None = None
     lock: asyncio.Lock = field(default_factory=asyncio.Lock)
 
@@ -71,20 +92,43 @@ class DiscordOutput:
         self.demo = demo
         self.clock = clock
         self._throttles: dict[int, _Throttle] = {}
+        # One lock per job serialises its edits, so a late progress edit can never land on
+        # top of the final message; `_closed` jobs get no more progress edits at all.
+        self._locks: dict[int, asyncio.Lock] = {}
+        self._closed: set[int] = set()
+        self.components: JobComponents | None = None
+
+    def _lock(self, job_id: int) -> asyncio.Lock:
+        return self._locks.setdefault(job_id, asyncio.Lock())
+
+    async def retire(self, job_id: int) -> None:
+        """No more progress edits for this job (cancelled, finished); waits for one in flight."""
+        self._closed.add(job_id)
+        throttle = self._throttles.pop(job_id, None)
+        if throttle is not None and throttle.timer is not None:
+            throttle.timer.cancel()
+        async with self._lock(job_id):
+            pass
 
     # ------------------------------------------------------------------------------ progress
 
     async def progress(self, job: Job, progress: Progress) -> None:
+        if job.id in self._closed:
+            return
         text = progress_text(params_of(job), progress, demo=self.demo)
+        if progress.stage in (Stage.SUBMITTING, Stage.WAITING, Stage.GENERATING):
+            text = with_cancel_note(text)
         throttle = self._throttles.setdefault(job.id, _Throttle())
         if text == throttle.last_text or text == throttle.pending:
             return
+        queued = progress.stage is Stage.QUEUED
         wait = throttle.last_sent + self.edit_interval - time.monotonic()
         if wait <= 0 and throttle.timer is None:
-            await self._send_progress(job, throttle, text)
+            await self._send_progress(job, throttle, text, queued)
             return
         # Too soon: keep only the newest text and send it when the interval has passed.
         throttle.pending = text
+        throttle.pending_queued = queued
         if throttle.timer is None:
             throttle.timer = asyncio.create_task(
                 self._send_later(job, throttle, max(wait, 0.0)), name=f"edit-{job.id}"
@@ -95,14 +139,20 @@ class DiscordOutput:
         throttle.timer = None
         text, throttle.pending = throttle.pending, None
         if text is not None and text != throttle.last_text:
-            await self._send_progress(job, throttle, text)
+            await self._send_progress(job, throttle, text, throttle.pending_queued)
 
-    async def _send_progress(self, job: Job, throttle: _Throttle, text: str) -> None:
-        async with throttle.lock:
+    async def _send_progress(self, job: Job, throttle: _Throttle, text: str, queued: bool) -> None:
+        async with self._lock(job.id):
+            if job.id in self._closed:
+                return
             throttle.last_sent = time.monotonic()
             throttle.last_text = text
+            # Cancel is offered only while the job waits in the bot's own queue.
+            view = self.components.queued(job) if queued and self.components else None
             try:
-                await self._edit(job, content=text, allowed_mentions=discord.AllowedMentions.none())
+                await self._edit(
+                    job, content=text, allowed_mentions=discord.AllowedMentions.none(), view=view
+                )
             except discord.HTTPException as exc:
                 # Progress is best effort; the final message has its own fallbacks.
                 log.info("job %s: progress edit failed (%s %s)", job.id, exc.status, exc.code)
@@ -118,7 +168,11 @@ class DiscordOutput:
         self._finish(job)
         text = failure_text(params_of(job), message, job_id=job.id)
         await self._final(
-            job, content=text, files=[], allowed_mentions=discord.AllowedMentions.none()
+            job,
+            content=text,
+            files=[],
+            allowed_mentions=discord.AllowedMentions.none(),
+            view=None,  # no Cancel left behind on a failed job
         )
 
     async def deliver(self, job: Job, finished: Finished) -> Receipt:
@@ -204,8 +258,42 @@ class DiscordOutput:
         allowed_mentions: discord.AllowedMentions,
         **extra: Any,
     ) -> Receipt:
+        """The last word on a job. A delivery (no `view` given) gets the video's buttons and
+        records each route before trying it; transient trouble raises `OutputUnavailable`."""
+        await self.retire(job.id)
+        delivery = "view" not in extra
+        if delivery and self.components is not None:
+            extra["view"] = self.components.delivered(job)
+        async with self._lock(job.id):
+            try:
+                return await self._final_routes(
+                    job,
+                    content=content,
+                    files=files,
+                    allowed_mentions=allowed_mentions,
+                    delivery=delivery,
+                    **extra,
+                )
+            except (discord.DiscordServerError, aiohttp.ClientError, TimeoutError) as exc:
+                raise OutputUnavailable(str(exc)) from exc
+
+    async def _final_routes(
+        self,
+        job: Job,
+        *,
+        content: str,
+        files: list[discord.File],
+        allowed_mentions: discord.AllowedMentions,
+        delivery: bool,
+        **extra: Any,
+    ) -> Receipt:
+        async def checkpoint(route: str) -> None:
+            if delivery:
+                await checkpoint_route(route)
+
         if job.placeholder_message_id is not None:
             try:
+                await checkpoint("placeholder")
                 method = await self._edit(
                     job,
                     content=content,
@@ -218,10 +306,10 @@ class DiscordOutput:
                 if not _is_gone(exc):
                     raise
                 log.info("job %s: placeholder unusable (%s), posting anew", job.id, exc.code)
-            for file in files:
-                file.reset()
+            files = _fresh(files)
         channel = self.bot.get_partial_messageable(job.channel_id, guild_id=job.guild_id)
         try:
+            await checkpoint("channel-post")
             message = await channel.send(
                 content,
                 files=files,
@@ -234,11 +322,83 @@ class DiscordOutput:
             if not _is_gone(exc):
                 raise
             log.info("job %s: cannot post in channel (%s), sending a DM", job.id, exc.code)
-        for file in files:
-            file.reset()
+        files = _fresh(files)
+        await checkpoint("dm")
         user = await self.bot.fetch_user(job.user_id)
-        message = await user.send(content, files=files, allowed_mentions=allowed_mentions, **extra)
+        message = await user.send(
+            content,
+            files=files,
+            allowed_mentions=allowed_mentions,
+            nonce=f"veo-{job.id}-dm",
+            **extra,
+        )
         return Receipt(message_id=message.id, method="dm")
+
+    # ------------------------------------------------------------------- finding a delivery
+
+    async def find_delivery(self, job: Job) -> Receipt | None:
+        """Where an earlier attempt already delivered this job's video, if anywhere.
+
+        Looks only where the write-ahead route says an attempt may have gone: the placeholder
+        (always), the channel's recent messages after a channel post was tried, the DM after a
+        DM was tried. A message that is gone or cannot be seen counts as not delivered there.
+        Raises on anything else (a server error): the caller cannot tell."""
+        tried = job.delivery_method
+        if job.placeholder_message_id is not None:
+            message = await self._fetch_placeholder(job)
+            if message is not None and self._carries_video(job, message):
+                method = tried if tried in ("interaction", "channel-edit") else "placeholder"
+                return Receipt(message_id=message.id, method=method)
+        if tried in ("channel-post", "dm"):
+            channel = self.bot.get_partial_messageable(job.channel_id, guild_id=job.guild_id)
+            found = await self._search(channel, job)
+            if found is not None:
+                return Receipt(message_id=found.id, method="channel-post")
+        if tried == "dm":
+            user = await self.bot.fetch_user(job.user_id)
+            found = await self._search(user.dm_channel or await user.create_dm(), job)
+            if found is not None:
+                return Receipt(message_id=found.id, method="dm")
+        return None
+
+    async def _fetch_placeholder(self, job: Job) -> discord.Message | None:
+        assert job.placeholder_message_id is not None
+        token_age = self.clock() - (job.interaction_created_at or 0.0)
+        try:
+            if job.interaction_token and token_age < TOKEN_SAFE_AGE:
+                webhook = discord.Webhook.partial(
+                    self.bot.application_id or 0, job.interaction_token, client=self.bot
+                )
+                try:
+                    return await webhook.fetch_message(job.placeholder_message_id)
+                except discord.HTTPException as exc:
+                    if not (exc.status == 401 or exc.code == INVALID_WEBHOOK_TOKEN):
+                        raise
+            channel = self.bot.get_partial_messageable(job.channel_id, guild_id=job.guild_id)
+            return await channel.fetch_message(job.placeholder_message_id)
+        except discord.HTTPException as exc:
+            if _is_gone(exc):
+                return None
+            raise
+
+    async def _search(self, channel: discord.abc.Messageable, job: Job) -> discord.Message | None:
+        try:
+            async for message in channel.history(limit=HISTORY_SEARCHED):
+                if self._carries_video(job, message):
+                    return message
+        except discord.HTTPException as exc:
+            if _is_gone(exc):
+                return None
+            raise
+        return None
+
+    def _carries_video(self, job: Job, message: discord.Message) -> bool:
+        """Our message with this job's video attached, or its link."""
+        if self.bot.user is not None and message.author.id != self.bot.user.id:
+            return False
+        if any(a.filename == f"veo-{job.id}.mp4" for a in message.attachments):
+            return True
+        return bool(job.output_url) and f"<{job.output_url}>" in message.content
 
     # ------------------------------------------------------------------------------- editing
 
@@ -258,14 +418,35 @@ class DiscordOutput:
                 if not (exc.status == 401 or exc.code == INVALID_WEBHOOK_TOKEN):
                     raise
                 log.info("job %s: interaction token expired, editing with the bot token", job.id)
-            for file in fields.get("attachments", []):
-                if isinstance(file, discord.File):
-                    file.reset()
+            if "attachments" in fields:
+                fields["attachments"] = _fresh(fields["attachments"])
         message = self.bot.get_partial_messageable(
             job.channel_id, guild_id=job.guild_id
         ).get_partial_message(job.placeholder_message_id)
         await message.edit(**fields)
         return "channel-edit"
+
+
+def _fresh(files: list[discord.File]) -> list[discord.File]:
+    """Files for the next route: discord.py closes a `File` once a request carried it, so a
+    fallback cannot just rewind it; files opened from a path are opened again."""
+    fresh = []
+    for file in files:
+        path = getattr(file.fp, "name", None)
+        if isinstance(path, str):
+            file.close()
+            fresh.append(
+                discord.File(
+                    path,
+                    filename=file.filename,
+                    spoiler=file.spoiler,
+                    description=file.description,
+                )
+            )
+        else:
+            file.reset()
+            fresh.append(file)
+    return fresh
 
 
 def _is_gone(exc: discord.HTTPException) -> bool:

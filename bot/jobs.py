@@ -9,8 +9,13 @@ tell what already happened:
 
 - `submitting` without a request id after a crash means the POST may or may not have reached
   Segmind: it is never re-sent (a second POST is a second bill); the job becomes `unknown`.
-- `delivering` after a crash is finished by the output, which checks what already reached
-  Discord, so a video is posted exactly once.
+- Delivery is exactly once. Before each delivery route is tried, its name is written to the
+  job (`delivery_method`, still in `delivering`): a write-ahead note of where the video may have
+  landed. Every attempt — the first, a retry after a transient error, or the resume of a
+  `delivering` job after a restart — first asks the output whether an earlier attempt already
+  reached Discord (`JobOutput.find_delivery`: the placeholder carries the video, or a message
+  of ours in the channel/DM does); only if not is the video sent again. Channel and DM posts
+  also carry a fixed nonce, so Discord itself drops a repeat within a few minutes.
 
 The output (Discord, in production) is told about progress through `JobOutput`; this module
 imports nothing from Discord.
@@ -22,7 +27,8 @@ import asyncio
 import contextlib
 import logging
 import time
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable
+from contextvars import ContextVar
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Literal, Protocol
@@ -31,11 +37,13 @@ from bot import segmind as sm
 from bot.params import VeoParams
 from bot.presenter import Progress, Stage
 from bot.quota import LimitDefaults, Refusal
-from bot.store import Job, ReleaseReason, ReserveRequest, Store
+from bot.store import IN_FLIGHT_STATES, Job, ReleaseReason, ReserveRequest, Store
 
 log = logging.getLogger(__name__)
 
 SUBMIT_DRAIN_SECONDS = 5.0  # on shutdown, let a POST already on the wire finish and be recorded
+DELIVERY_ATTEMPTS = 4  # transient Discord trouble (5xx, timeouts) is retried, looking first
+DELIVERY_BACKOFF = 2.0  # seconds before the 2nd attempt; doubles each time
 
 
 @dataclass(frozen=True)
@@ -51,6 +59,12 @@ class NewJob:
     interaction_created_at: float | None
     message_id: int | None
     upload_limit: int | None
+
+
+def may_act_on(job: Job | None, actor_id: int, *, moderator: bool) -> bool:
+    """Cancel or delete: the requester, or a moderator (Manage Server). A job the database no
+    longer knows is a moderator's call only."""
+    return moderator or (job is not None and job.user_id == actor_id)
 
 
 def params_of(job: Job) -> VeoParams:
@@ -69,6 +83,22 @@ class Finished:
     cost: float | None
 
 
+# The write-ahead hook of the delivery running in this task: the output awaits it with a route
+# name ("interaction", "channel-edit", "channel-post", "dm") right before trying that route, so
+# a restart knows where the video may already be. A context variable keeps `deliver()`'s
+# signature small, and each job task sees only its own.
+delivery_checkpoint: ContextVar[Callable[[str], Awaitable[None]] | None] = ContextVar(
+    "delivery_checkpoint", default=None
+)
+
+
+async def checkpoint_route(route: str) -> None:
+    """Called by the output before it tries a delivery route (no-op outside a delivery)."""
+    hook = delivery_checkpoint.get()
+    if hook is not None:
+        await hook(route)
+
+
 @dataclass(frozen=True)
 class Receipt:
     """Where the video ended up; stored with the job."""
@@ -83,10 +113,29 @@ class JobOutput(Protocol):
     async def progress(self, job: Job, progress: Progress) -> None: ...
 
     async def deliver(self, job: Job, finished: Finished) -> Receipt:
-        """Post the finished video. Raise if no route reached the requester."""
+        """Post the finished video. Raise `OutputUnavailable` for trouble worth retrying,
+        anything else if no route reached the requester."""
+        ...
+
+    async def find_delivery(self, job: Job) -> Receipt | None:
+        """Where an earlier attempt already put this job's video (None: nowhere). Raise when it
+        cannot tell."""
         ...
 
     async def failed(self, job: Job, message: str) -> None: ...
+
+
+class OutputUnavailable(Exception):
+    """The output could not be reached for now (server error, timeout): try again later."""
+
+
+CancelOutcome = Literal["cancelled", "not_allowed", "too_late", "finished", "missing"]
+
+
+@dataclass(frozen=True)
+class CancelResult:
+    outcome: CancelOutcome
+    job: Job | None
 
 
 class JobService:
@@ -187,6 +236,35 @@ class JobService:
     @property
     def accepting(self) -> bool:
         return self._accepting
+
+    async def get(self, job_id: int) -> Job | None:
+        """One job, for the buttons that act on it."""
+        return await self.store.get_job(job_id)
+
+    async def cancel(self, job_id: int, *, actor_id: int, moderator: bool) -> CancelResult:
+        """Drop a job still waiting in the bot's own queue and refund it.
+
+        Only the requester or a moderator may. Segmind has no cancel call, so once the job
+        left the queue (`submitting` or later) it can no longer be cancelled."""
+        job = await self.store.get_job(job_id)
+        if job is None:
+            return CancelResult("missing", None)
+        if not may_act_on(job, actor_id, moderator=moderator):
+            return CancelResult("not_allowed", job)
+        if not await self.store.transition(
+            job_id, ("queued",), "cancelled", error="cancelled before it was sent to Veo"
+        ):
+            current = await self.store.get_job(job_id) or job
+            outcome: CancelOutcome = "too_late" if current.state in IN_FLIGHT_STATES else "finished"
+            return CancelResult(outcome, current)
+        await self.store.release(job_id, "cancelled", self.limit_defaults)
+        if actor_id != job.user_id:
+            await self.store.record_audit(
+                job.guild_id, actor_id, "job.cancel", {"job_id": job_id, "user_id": job.user_id}
+            )
+        log.info("job %s cancelled in the queue by user %s", job_id, actor_id)
+        self.wake()  # the jobs behind it move up
+        return CancelResult("cancelled", await self.store.get_job(job_id))
 
     # ----------------------------------------------------------------------------- dispatching
 
@@ -299,6 +377,9 @@ class JobService:
         await self._deliver(await self._job(job.id), result.output_urls[0], took, result.cost)
 
     async def _deliver(self, job: Job, output_url: str, took: float, cost: float | None) -> None:
+        """From `completed` (or `delivering` after a restart): download once, deliver once."""
+        if job.state == "delivering" and await self._found_earlier_delivery(job):
+            return
         await self._progress(job, Progress(Stage.DOWNLOADING))
         video = self.work_dir / f"job-{job.id}.mp4"
         try:
@@ -309,28 +390,86 @@ class JobService:
         try:
             if not await self.store.transition(job.id, ("completed", "delivering"), "delivering"):
                 return
+            job = await self._job(job.id)
+            await self._progress(job, Progress(Stage.UPLOADING))
+
+            async def checkpoint(route: str) -> None:
+                await self.store.transition(
+                    job.id, ("delivering",), "delivering", delivery_method=route
+                )
+
             finished = Finished(video=video, size=size, output_url=output_url, took=took, cost=cost)
+            delivery_checkpoint.set(checkpoint)  # this job task's context only
+            await self._deliver_attempts(job, finished)
+        finally:
+            video.unlink(missing_ok=True)
+
+    async def _deliver_attempts(self, job: Job, finished: Finished) -> None:
+        """Deliver, retrying transient trouble; before every retry, look for the last attempt."""
+        for attempt in range(DELIVERY_ATTEMPTS):
+            if attempt:
+                await asyncio.sleep(DELIVERY_BACKOFF * 2 ** (attempt - 1))
+                if await self._found_earlier_delivery(await self._job(job.id)):
+                    return
             try:
                 receipt = await self.output.deliver(job, finished)
+            except OutputUnavailable as exc:
+                log.warning(
+                    "job %s: delivery attempt %d failed (%s)", job.id, attempt + 1, exc.__cause__
+                )
+                continue
             except Exception as exc:
                 log.exception("job %s: delivery failed", job.id)
                 await self._fail(
                     job, "failed", exc, release_reason="delivery_failed", tell_user=False
                 )
                 return
-            await self.store.transition(
-                job.id,
-                ("delivering",),
-                "delivered",
-                delivered_at=self.clock(),
-                delivered_message_id=receipt.message_id,
-                delivery_method=receipt.method,
-                bytes=size,
-            )
-            await self.store.charge(job.id, cost)
-            log.info("job %s delivered (%s, %d bytes)", job.id, receipt.method, size)
-        finally:
-            video.unlink(missing_ok=True)
+            await self._delivered(job, receipt, finished.size, finished.cost)
+            return
+        log.error("job %s: Discord kept failing; the video was not delivered", job.id)
+        await self._fail(
+            job,
+            "failed",
+            sm.Unavailable("Discord kept failing"),
+            release_reason="delivery_failed",
+            tell_user=False,
+        )
+
+    async def _found_earlier_delivery(self, job: Job) -> bool:
+        """True (and the job settled as delivered) when an earlier attempt reached Discord."""
+        try:
+            receipt = await self.output.find_delivery(job)
+        except Exception:
+            # Cannot tell: delivering again risks a duplicate, not delivering loses a paid
+            # video. The placeholder edit is idempotent and posts carry a nonce, so send.
+            log.exception("job %s: could not check for an earlier delivery; sending", job.id)
+            return False
+        if receipt is None:
+            return False
+        log.info(
+            "job %s: already delivered before the restart (%s); not sending again",
+            job.id,
+            receipt.method,
+        )
+        await self._delivered(job, receipt, job.bytes, job.cost)
+        return True
+
+    async def _delivered(
+        self, job: Job, receipt: Receipt, size: int | None, cost: float | None
+    ) -> None:
+        # Charged first, so a job never reads as delivered-but-free; if the process dies in
+        # between, the resume finds the video, and charge() is idempotent.
+        await self.store.charge(job.id, cost)
+        await self.store.transition(
+            job.id,
+            ("delivering",),
+            "delivered",
+            delivered_at=self.clock(),
+            delivered_message_id=receipt.message_id,
+            delivery_method=receipt.method,
+            bytes=size,
+        )
+        log.info("job %s delivered (%s, %s bytes)", job.id, receipt.method, size)
 
     # ---------------------------------------------------------------------------- endings
 
@@ -363,7 +502,8 @@ class JobService:
             "limit. A moderator can check the job in the logs."
         )
         log.error(
-            "job %s: submit outcome unknown (%s); not resubmitting — check Segmind's dashboard",
+            "job %s unknown: the submit's outcome is unknown (%s); not resubmitting — a "
+            "moderator should check Segmind's dashboard for a request made at this time",
             job.id,
             type(exc).__name__ if exc else "crash during submit",
         )

@@ -182,3 +182,21 @@ def reply_without_image_hint(*, content_intent: bool) -> str:
     if not content_intent:
         text += " (Bot owner: DISCORD_MESSAGE_CONTENT_INTENT=true lets me read images in replies.)"
     return text
+
+
+# Buttons on a job's messages (cogs/buttons.py).
+NOT_CANCELLABLE = "-# It can no longer be cancelled: Veo is working on it."
+
+
+def with_cancel_note(text: str) -> str:
+    """A placeholder past the bot's queue says why its Cancel button is gone."""
+    return _fit(f"{text}\n{NOT_CANCELLABLE}")
+
+
+def cancelled_text(params: VeoParams, *, by_moderator: bool) -> str:
+    who = "a moderator" if by_moderator else "its requester"
+    lines = [
+        f"🚫 **Cancelled** by {who} before it was sent to Veo. Nothing was charged.",
+        safe_prompt(params.prompt, limit=300),
+    ]
+    return _fit("\n".join(lines))

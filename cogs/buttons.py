@@ -1,0 +1,327 @@
+"""Buttons on a job's messages that keep working after a restart.
+
+Each button is a `discord.ui.DynamicItem`: the job id travels in its `custom_id`, so any
+process — not only the one that sent the message — can answer a press. Registered with
+`bot.add_dynamic_items` when this extension loads (inside `setup_hook`).
+
+- Cancel (`veo:cancel:<job>`) on a placeholder while the job waits in the bot's own queue.
+- Again (`veo:again:<job>`), Edit prompt (`veo:edit:<job>`), Delete (`veo:delete:<job>`) on
+  the finished video. Again and Edit prompt start a new job through `bot.flow.start_job`,
+  exactly like `/veo` (deferred first, same limits).
+
+The decisions (who may cancel, what the new job asks for) live in `bot/`; this module renders.
+"""
+
+from __future__ import annotations
+
+import logging
+import re
+from typing import TYPE_CHECKING, Any
+
+import discord
+from discord.ext import commands
+
+from bot.flow import ImageSource, refuse, start_job
+from bot.jobs import may_act_on, params_of
+from bot.presenter import NOT_CANCELLABLE, cancelled_text
+from bot.store import Job
+
+if TYPE_CHECKING:
+    from bot.app import VeoBot
+
+log = logging.getLogger(__name__)
+
+PROMPT_MAX = 4000  # as /veo's `prompt` option and Discord's text input allow
+
+
+def _is_moderator(interaction: discord.Interaction[VeoBot]) -> bool:
+    return interaction.guild is not None and interaction.permissions.manage_guild
+
+
+async def _private(interaction: discord.Interaction[VeoBot], text: str) -> None:
+    try:
+        if interaction.response.is_done():
+            await interaction.followup.send(text, ephemeral=True)
+        else:
+            await interaction.response.send_message(text, ephemeral=True)
+    except discord.HTTPException as exc:
+        log.info("could not answer interaction %s: %s", interaction.id, exc)
+
+
+async def _accepting(interaction: discord.Interaction[VeoBot]) -> bool:
+    """Component presses bypass the command tree's check: refuse them while shutting down."""
+    jobs = interaction.client.jobs
+    if jobs is None or not jobs.accepting:
+        await _private(interaction, "The bot is restarting — try again in a minute.")
+        return False
+    return True
+
+
+def _rerun_request(
+    job: Job, prompt: str | None = None
+) -> tuple[dict[str, Any], ImageSource | None]:
+    """The raw request of a new job like `job`: same options, a new seed, maybe a new prompt."""
+    raw = params_of(job).model_dump(mode="json")
+    raw["seed"] = 0  # start_job picks a fresh one and shows it
+    if prompt is not None:
+        raw["prompt"] = prompt
+    image_url = raw.pop("image_url", None)
+    return raw, ImageSource(image_url) if image_url else None
+
+
+async def _start_again(
+    interaction: discord.Interaction[VeoBot], job_id: int, prompt: str | None
+) -> None:
+    """Deferred already: a new job like `job_id`, through the same flow and limits as /veo."""
+    bot = interaction.client
+    assert bot.jobs is not None
+    job = await bot.jobs.get(job_id)
+    if job is None:
+        await refuse(interaction, "That video is no longer in the bot's records.")
+        return
+    raw, image = _rerun_request(job, prompt)
+    new_id = await start_job(bot, interaction, raw, image=image, aspect_given=True)
+    if new_id is not None:
+        log.info("job %s started from job %s by user %s", new_id, job_id, interaction.user.id)
+
+
+class CancelButton(
+    discord.ui.DynamicItem[discord.ui.Button[Any]], template=r"veo:cancel:(?P<job>[0-9]+)"
+):
+    def __init__(self, job_id: int) -> None:
+        super().__init__(
+            discord.ui.Button(
+                label="Cancel",
+                style=discord.ButtonStyle.secondary,
+                custom_id=f"veo:cancel:{job_id}",
+            )
+        )
+        self.job_id = job_id
+
+    @classmethod
+    async def from_custom_id(
+        cls,
+        interaction: discord.Interaction[Any],
+        item: discord.ui.Item[Any],
+        match: re.Match[str],
+        /,
+    ) -> CancelButton:
+        return cls(int(match["job"]))
+
+    async def interaction_check(self, interaction: discord.Interaction[VeoBot]) -> bool:  # type: ignore[override]
+        return await _accepting(interaction)
+
+    async def callback(self, interaction: discord.Interaction[VeoBot]) -> None:  # type: ignore[override]
+        bot = interaction.client
+        assert bot.jobs is not None and bot.output is not None
+        await interaction.response.defer()
+        moderator = _is_moderator(interaction)
+        result = await bot.jobs.cancel(
+            self.job_id, actor_id=interaction.user.id, moderator=moderator
+        )
+        if result.outcome == "cancelled" and result.job is not None:
+            await bot.output.retire(self.job_id)
+            by_moderator = interaction.user.id != result.job.user_id
+            await interaction.edit_original_response(
+                content=cancelled_text(params_of(result.job), by_moderator=by_moderator),
+                view=None,
+                allowed_mentions=discord.AllowedMentions.none(),
+            )
+            return
+        answers = {
+            "not_allowed": "Only the person who asked for this video or a moderator can cancel it.",
+            "too_late": "This video can no longer be cancelled: Veo is already making it.",
+            "finished": "This job has already ended.",
+            "missing": "That job is no longer in the bot's records.",
+        }
+        log.info("job %s: cancel by %s refused (%s)", self.job_id, interaction.user.id, result)
+        await _private(interaction, answers.get(result.outcome, NOT_CANCELLABLE))
+
+
+class AgainButton(
+    discord.ui.DynamicItem[discord.ui.Button[Any]], template=r"veo:again:(?P<job>[0-9]+)"
+):
+    def __init__(self, job_id: int) -> None:
+        super().__init__(
+            discord.ui.Button(
+                label="Again",
+                emoji="🔁",
+                style=discord.ButtonStyle.primary,
+                custom_id=f"veo:again:{job_id}",
+            )
+        )
+        self.job_id = job_id
+
+    @classmethod
+    async def from_custom_id(
+        cls,
+        interaction: discord.Interaction[Any],
+        item: discord.ui.Item[Any],
+        match: re.Match[str],
+        /,
+    ) -> AgainButton:
+        return cls(int(match["job"]))
+
+    async def interaction_check(self, interaction: discord.Interaction[VeoBot]) -> bool:  # type: ignore[override]
+        return await _accepting(interaction)
+
+    async def callback(self, interaction: discord.Interaction[VeoBot]) -> None:  # type: ignore[override]
+        # A new public placeholder, before any I/O (the 3-second rule).
+        await interaction.response.defer(thinking=True)
+        await _start_again(interaction, self.job_id, prompt=None)
+
+
+class EditPromptModal(discord.ui.Modal):
+    def __init__(self, job_id: int, prompt: str) -> None:
+        super().__init__(title="Edit the prompt", custom_id=f"veo:edit-modal:{job_id}", timeout=900)
+        self.job_id = job_id
+        self.prompt: discord.ui.TextInput[EditPromptModal] = discord.ui.TextInput(
+            label="Prompt",
+            style=discord.TextStyle.paragraph,
+            default=prompt[:PROMPT_MAX],
+            max_length=PROMPT_MAX,
+            custom_id="prompt",
+        )
+        self.add_item(self.prompt)
+
+    async def interaction_check(self, interaction: discord.Interaction[VeoBot]) -> bool:  # type: ignore[override]
+        return await _accepting(interaction)
+
+    async def on_submit(self, interaction: discord.Interaction[VeoBot]) -> None:  # type: ignore[override]
+        await interaction.response.defer(thinking=True)
+        await _start_again(interaction, self.job_id, prompt=self.prompt.value)
+
+
+class EditPromptButton(
+    discord.ui.DynamicItem[discord.ui.Button[Any]], template=r"veo:edit:(?P<job>[0-9]+)"
+):
+    def __init__(self, job_id: int) -> None:
+        super().__init__(
+            discord.ui.Button(
+                label="Edit prompt",
+                emoji="✏️",
+                style=discord.ButtonStyle.secondary,
+                custom_id=f"veo:edit:{job_id}",
+            )
+        )
+        self.job_id = job_id
+
+    @classmethod
+    async def from_custom_id(
+        cls,
+        interaction: discord.Interaction[Any],
+        item: discord.ui.Item[Any],
+        match: re.Match[str],
+        /,
+    ) -> EditPromptButton:
+        return cls(int(match["job"]))
+
+    async def interaction_check(self, interaction: discord.Interaction[VeoBot]) -> bool:  # type: ignore[override]
+        return await _accepting(interaction)
+
+    async def callback(self, interaction: discord.Interaction[VeoBot]) -> None:  # type: ignore[override]
+        jobs = interaction.client.jobs
+        assert jobs is not None
+        # A modal must be the first answer, so this one read comes before it (one indexed
+        # SELECT, far inside the 3 s).
+        job = await jobs.get(self.job_id)
+        if job is None:
+            await _private(interaction, "That video is no longer in the bot's records.")
+            return
+        await interaction.response.send_modal(EditPromptModal(self.job_id, params_of(job).prompt))
+
+
+class DeleteButton(
+    discord.ui.DynamicItem[discord.ui.Button[Any]], template=r"veo:delete:(?P<job>[0-9]+)"
+):
+    def __init__(self, job_id: int) -> None:
+        super().__init__(
+            discord.ui.Button(
+                label="Delete",
+                emoji="🗑️",
+                style=discord.ButtonStyle.danger,
+                custom_id=f"veo:delete:{job_id}",
+            )
+        )
+        self.job_id = job_id
+
+    @classmethod
+    async def from_custom_id(
+        cls,
+        interaction: discord.Interaction[Any],
+        item: discord.ui.Item[Any],
+        match: re.Match[str],
+        /,
+    ) -> DeleteButton:
+        return cls(int(match["job"]))
+
+    async def callback(self, interaction: discord.Interaction[VeoBot]) -> None:  # type: ignore[override]
+        jobs = interaction.client.jobs
+        assert jobs is not None
+        await interaction.response.defer(ephemeral=True, thinking=True)
+        job = await jobs.get(self.job_id)
+        if not may_act_on(job, interaction.user.id, moderator=_is_moderator(interaction)):
+            await _private(
+                interaction,
+                "Only the person who asked for this video or a moderator can delete it.",
+            )
+            return
+        message = interaction.message
+        try:
+            if message is not None:
+                await message.delete()
+        except discord.NotFound:
+            pass  # someone was quicker
+        except discord.HTTPException as exc:
+            log.warning("job %s: could not delete the video message (%s)", self.job_id, exc)
+            await _private(interaction, "Discord would not let me delete that message.")
+            return
+        log.info("job %s: video message deleted by user %s", self.job_id, interaction.user.id)
+        if job is not None and interaction.user.id != job.user_id and interaction.guild:
+            await jobs.store.record_audit(
+                interaction.guild.id,
+                interaction.user.id,
+                "video.delete",
+                {"job_id": job.id, "user_id": job.user_id},
+            )
+        await _private(interaction, "Deleted.")
+
+
+DYNAMIC_ITEMS = (CancelButton, AgainButton, EditPromptButton, DeleteButton)
+
+
+class Components:
+    """`bot.discord_output.JobComponents`: the views the output attaches to a job's messages."""
+
+    def queued(self, job: Job) -> discord.ui.View:
+        view = discord.ui.View(timeout=None)
+        view.add_item(CancelButton(job.id))
+        return view
+
+    def delivered(self, job: Job) -> discord.ui.View:
+        view = discord.ui.View(timeout=None)
+        for item in (AgainButton(job.id), EditPromptButton(job.id), DeleteButton(job.id)):
+            view.add_item(item)
+        return view
+
+
+class Buttons(commands.Cog):
+    def __init__(self, bot: VeoBot) -> None:
+        self.bot = bot
+
+    async def cog_load(self) -> None:
+        if self.bot.output is not None:
+            self.bot.output.components = Components()
+
+    async def cog_unload(self) -> None:
+        if self.bot.output is not None:
+            self.bot.output.components = None
+
+
+async def setup(bot: VeoBot) -> None:
+    bot.add_dynamic_items(*DYNAMIC_ITEMS)
+    await bot.add_cog(Buttons(bot))
+
+
+async def teardown(bot: VeoBot) -> None:
+    bot.remove_dynamic_items(*DYNAMIC_ITEMS)
