@@ -1,0 +1,121 @@
+"""Delivery: from Segmind's COMPLETED to the upload starting, and memory while 10 videos of
+8 MiB are delivered at once (attached, no re-encode: they fit the 10 MiB limit).
+
+    .venv/bin/python bench/delivery.py [--videos 10] [--mb 8]
+
+Times come from the fake (when the bot's poll saw COMPLETED, when its download began) and the
+emulator (when the upload request arrived), one clock. The download itself is timed alone
+over the same loopback and subtracted. RSS of the bot is sampled every 5 ms from /proc.
+Goals: <= 200 ms besides the download; peak RSS growth <= 1.2 x the bytes in flight.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import statistics
+import sys
+import time
+from pathlib import Path
+
+import aiohttp
+
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+
+from bench.common import dispatch_many, memory_kib, rig, until
+
+FAST_POLLS = {"SEGMIND_MAX_RPM": "10000", "VEO_POLL_FLOOR": "0.05", "VEO_POLL_CEILING": "0.2"}
+
+
+async def run(videos: int = 10, mb: float = 8) -> dict[str, float]:
+    async with rig(FAST_POLLS, processing_seconds=4.0) as r:
+        samples: list[tuple[float, int]] = []
+        stop = asyncio.Event()
+
+        async def sample() -> None:
+            while not stop.is_set():
+                samples.append((time.monotonic(), memory_kib(r.pid)))
+                await asyncio.sleep(0.005)
+
+        sampler = asyncio.create_task(sample())
+        handles = await dispatch_many(r.emu, videos, f"[fake:bitrateMB={mb:g}] delivery")
+        tokens = {h.token for h in handles}
+
+        def uploads() -> list:  # type: ignore[type-arg]
+            return [
+                q
+                for q in r.emu.timeline
+                if q.params.get("interaction_token") in tokens and q.method == "PATCH" and q.files
+            ]
+
+        await until(lambda: len(uploads()) >= videos, 120, "every upload")
+        stop.set()
+        await sampler
+
+        wall_to_mono = time.time() - time.monotonic()  # the emulator's clock is wall time
+        jobs = {job.request_id: job for job in r.fake.jobs.values()}
+        seen, started = {}, {}
+        for q in r.fake.requests:
+            rid = next((i for i in jobs if i in q.path), None)
+            if rid is None:
+                continue
+            if q.route == "output":
+                started.setdefault(rid, q.at)
+            elif q.status == 200 and q.at >= jobs[rid].finished_at:
+                seen.setdefault(rid, q.at)
+        upload_at = sorted(q.received_at - wall_to_mono for q in uploads())
+        # Jobs finish together, so pair the i-th completion with the i-th upload.
+        seen_at = sorted(seen.values())
+        sizes = [q.files[0].size for q in uploads()]
+        download = await _time_download(f"{r.fake.base_url}/_fake/outputs/{next(iter(jobs))}.mp4")
+        totals = [u - s for u, s in zip(upload_at, seen_at, strict=False)]
+        to_download = [started[i] - seen[i] for i in seen if i in started]
+        first_download = min(started.values())
+        baseline = [kib for at, kib in samples if at <= first_download][-1]
+        peak = max(kib for _, kib in samples)
+        in_flight = sum(sizes)
+        return {
+            "videos": len(sizes),
+            "total_ms": 1000 * statistics.median(totals),
+            "total_max_ms": 1000 * max(totals),
+            "download_ms": 1000 * download,
+            "overhead_ms": 1000 * (statistics.median(totals) - download),
+            "to_download_ms": 1000 * statistics.median(to_download),
+            "rss_growth_mb": (peak - baseline) / 1024,
+            "in_flight_mb": in_flight / 2**20,
+            "ratio": (peak - baseline) * 1024 / in_flight,
+        }
+
+
+async def _time_download(url: str) -> float:
+    times = []
+    async with aiohttp.ClientSession() as session:
+        for _ in range(3):
+            began = time.monotonic()
+            async with session.get(url) as response:
+                async for _chunk in response.content.iter_chunked(1 << 16):
+                    pass
+            times.append(time.monotonic() - began)
+    return statistics.median(times)
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0] if __doc__ else None)
+    parser.add_argument("--videos", type=int, default=10)
+    parser.add_argument("--mb", type=float, default=8)
+    args = parser.parse_args()
+    x = asyncio.run(run(args.videos, args.mb))
+    print(
+        f"{x['videos']:.0f} videos at once: COMPLETED seen -> upload start median "
+        f"{x['total_ms']:.0f} ms (max {x['total_max_ms']:.0f}); download alone "
+        f"{x['download_ms']:.0f} ms; besides the download {x['overhead_ms']:.0f} ms "
+        f"(seen -> download start {x['to_download_ms']:.0f} ms) (goal <= 200 ms)"
+    )
+    print(
+        f"peak RSS growth {x['rss_growth_mb']:.1f} MB for {x['in_flight_mb']:.1f} MB in flight "
+        f"= {x['ratio']:.2f} x (goal <= 1.2 x)"
+    )
+
+
+if __name__ == "__main__":
+    main()
