@@ -155,7 +155,11 @@ class VeoBot(commands.Bot):
             return settings.segmind_base_url, settings.segmind_api_key.get_secret_value()
         from bot.fake_segmind import FakeSegmind
 
-        fake = FakeSegmind(api_key=DEMO_KEY, queue_seconds=3.0, processing_seconds=20.0)
+        # Slow enough that an owner trying the bot sees the placeholder move.
+        demo_seconds = settings.veo_demo_seconds
+        fake = FakeSegmind(
+            api_key=DEMO_KEY, queue_seconds=demo_seconds * 0.15, processing_seconds=demo_seconds
+        )
         await fake.start(host="127.0.0.1", port=0)
         self._fake = fake
         banner = "=" * 72

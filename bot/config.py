@@ -41,6 +41,7 @@ class Settings(BaseSettings):
     segmind_base_url: str = "https://api.segmind.com"
     segmind_max_rpm: int = Field(default=50, ge=1, le=10_000)
     segmind_timeout: float = Field(default=30.0, gt=0)
+    veo_demo_seconds: float = Field(default=20.0, ge=0)
 
     # Storage
     veo_db_path: Path = Path("data/veo.sqlite3")
