@@ -53,6 +53,12 @@ class VeoTree(app_commands.CommandTree["VeoBot"]):
     ) -> None:
         if isinstance(error, app_commands.CheckFailure):
             text = str(error) or "You cannot use this command here."
+        elif isinstance(error, app_commands.TransformerError):
+            # Usually a channel, role or member the bot cannot see.
+            text = (
+                f"I can't use `{error.value}` for that option — if it is a channel, give me "
+                "View Channel and Send Messages there."
+            )
         else:
             ref = uuid.uuid4().hex[:8]
             command = interaction.command.qualified_name if interaction.command else "?"

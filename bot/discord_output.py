@@ -27,6 +27,7 @@ from typing import TYPE_CHECKING, Any, Protocol
 import aiohttp
 import discord
 
+from bot import reports
 from bot.encode import UploadPlan, plan_upload
 from bot.jobs import Finished, OutputUnavailable, Receipt, checkpoint_route, params_of
 from bot.presenter import (
@@ -99,6 +100,30 @@ class DiscordOutput:
 
     def _lock(self, job_id: int) -> asyncio.Lock:
         return self._locks.setdefault(job_id, asyncio.Lock())
+
+    async def finished(self, job: Job) -> None:
+        """Post the outcome to the guild's moderator log channel, if it has one, and forget
+        the job's throttle and lock (they would otherwise grow with every job)."""
+        self._throttles.pop(job.id, None)
+        self._locks.pop(job.id, None)
+        self._closed.discard(job.id)
+        store = self.bot.store
+        channel_id = await store.get_log_channel(job.guild_id) if store is not None else None
+        if channel_id is None:
+            return
+        channel = self.bot.get_partial_messageable(channel_id, guild_id=job.guild_id)
+        try:
+            await channel.send(
+                reports.log_line(job), allowed_mentions=discord.AllowedMentions.none()
+            )
+        except discord.HTTPException as exc:
+            log.warning(
+                "job %s: cannot post in the log channel %s (%s %s)",
+                job.id,
+                channel_id,
+                exc.status,
+                exc.code,
+            )
 
     async def retire(self, job_id: int) -> None:
         """No more progress edits for this job (cancelled, finished); waits for one in flight."""

@@ -159,10 +159,7 @@ def _total_size(response: aiohttp.ClientResponse) -> int | None:
 
 
 def _too_big(size: int, limit: int) -> str:
-    return (
-        f"The image is {_mb(size)}; Veo takes images up to {_mb(limit)}. "
-        "Try a smaller version."
-    )
+    return f"The image is {_mb(size)}; Veo takes images up to {_mb(limit)}. Try a smaller version."
 
 
 def _mb(size: int) -> str:

@@ -124,6 +124,10 @@ class JobOutput(Protocol):
 
     async def failed(self, job: Job, message: str) -> None: ...
 
+    async def finished(self, job: Job) -> None:
+        """The job reached its end (as recorded in `job`): tell moderators, forget it."""
+        ...
+
 
 class OutputUnavailable(Exception):
     """The output could not be reached for now (server error, timeout): try again later."""
@@ -264,7 +268,9 @@ class JobService:
             )
         log.info("job %s cancelled in the queue by user %s", job_id, actor_id)
         self.wake()  # the jobs behind it move up
-        return CancelResult("cancelled", await self.store.get_job(job_id))
+        cancelled = await self.store.get_job(job_id)
+        await self._finished(cancelled)
+        return CancelResult("cancelled", cancelled)
 
     # ----------------------------------------------------------------------------- dispatching
 
@@ -470,6 +476,7 @@ class JobService:
             bytes=size,
         )
         log.info("job %s delivered (%s, %s bytes)", job.id, receipt.method, size)
+        await self._finished(await self.store.get_job(job.id))
 
     # ---------------------------------------------------------------------------- endings
 
@@ -484,16 +491,23 @@ class JobService:
     ) -> None:
         message = user_message(exc)
         log.warning("job %s %s: %s (%s)", job.id, state, message, type(exc).__name__)
+        action = OWNER_ACTIONS.get(type(exc))
+        if action is not None:
+            log.error("job %s: the bot owner must act: %s", job.id, action)
         moved = await self.store.transition(
             job.id,
             ("queued", "submitting", "submitted", "completed", "delivering"),
             state,
             error=message,
         )
-        if moved:
-            await self.store.release(job.id, release_reason, self.limit_defaults)
+        refunded = moved and (
+            await self.store.release(job.id, release_reason, self.limit_defaults) == "released"
+        )
         if tell_user:
-            await self._safely(self.output.failed(job, message), job.id)
+            shown = f"{message} {NOT_COUNTED}" if refunded else message
+            await self._safely(self.output.failed(job, shown), job.id)
+        if moved:
+            await self._finished(await self.store.get_job(job.id))
 
     async def _unknown(self, job: Job, exc: BaseException | None) -> None:
         message = (
@@ -507,9 +521,12 @@ class JobService:
             job.id,
             type(exc).__name__ if exc else "crash during submit",
         )
-        if await self.store.transition(job.id, ("submitting",), "unknown", error=message):
+        moved = await self.store.transition(job.id, ("submitting",), "unknown", error=message)
+        if moved:
             await self.store.release(job.id, "unknown", self.limit_defaults)
         await self._safely(self.output.failed(job, message), job.id)
+        if moved:
+            await self._finished(await self.store.get_job(job.id))
 
     # ---------------------------------------------------------------------------- resuming
 
@@ -543,6 +560,10 @@ class JobService:
             raise LookupError(f"job {job_id} vanished from the database")
         return job
 
+    async def _finished(self, job: Job | None) -> None:
+        if job is not None:
+            await self._safely(self.output.finished(job), job.id)
+
     async def _progress(self, job: Job, progress: Progress) -> None:
         await self._safely(self.output.progress(job, progress), job.id)
 
@@ -559,6 +580,14 @@ class JobService:
             leftover.unlink(missing_ok=True)
 
 
+NOT_COUNTED = "This does not count against your limit."
+OWNER_ACTIONS: dict[type[BaseException], str] = {
+    sm.InsufficientCredits: "the Segmind account is out of credits — top it up at segmind.com",
+    sm.AuthError: "Segmind refused SEGMIND_API_KEY — check the key in the bot's settings",
+    sm.ModelGone: "Segmind no longer offers veo-3-fast — check for a bot update",
+}
+
+
 def user_message(exc: BaseException) -> str:
     """The sentence a Discord user sees for a failure; never a traceback or a secret."""
     if isinstance(exc, sm.ContentBlocked):
@@ -566,12 +595,9 @@ def user_message(exc: BaseException) -> str:
     if isinstance(exc, sm.GenerationFailed):
         return f"Veo could not make this video: {exc.reason}"
     if isinstance(exc, sm.InsufficientCredits):
-        return (
-            "The bot's Segmind credits ran out — a moderator has been told in the logs. "
-            "Nothing was charged to your limit."
-        )
+        return "The bot's Segmind credits ran out — a moderator has been told in the logs."
     if isinstance(exc, sm.RateLimited):
-        return "Segmind is busy, try again in a few minutes. Nothing was charged to your limit."
+        return "Segmind is busy, try again in a few minutes."
     if isinstance(exc, sm.AuthError):
         return "The bot's Segmind key was refused — a moderator needs to check the bot's settings."
     if isinstance(exc, sm.NotFound):

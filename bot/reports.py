@@ -55,6 +55,32 @@ def money(amount: float | None) -> str:
     return "—" if amount is None else f"${amount:.2f}"
 
 
+STATE_MARKS = {"delivered": "✅", "cancelled": "🚫", "expired": "⌛", "unknown": "❓"}
+
+
+def log_line(job: Job) -> str:
+    """One line per finished job for the moderators' log channel."""
+    prompt = job.prompt.replace("\n", " ").replace("`", "'")
+    if len(prompt) > PROMPT_IN_LIST:
+        prompt = prompt[: PROMPT_IN_LIST - 1] + "…"
+    parts = [
+        f"{STATE_MARKS.get(job.state, '❌')} `#{job.id}` <@{job.user_id}> **{job.state}**",
+        f"`{prompt}`",
+    ]
+    if job.charged_amount is not None and job.ledger_status == "charged":
+        parts.append(money(job.charged_amount))
+    if job.ledger_status == "released":
+        parts.append("refunded")
+    if job.submitted_at is not None and job.completed_at is not None:
+        parts.append(f"{job.completed_at - job.submitted_at:.0f} s")
+    link = message_url(job)
+    if link:
+        parts.append(f"[message](<{link}>)")
+    if job.error and job.state != "delivered":
+        parts.append("— " + job.error.replace("\n", " ")[:200])
+    return _clip(" · ".join(parts))
+
+
 def usage_text(summary: UsageSummary, *, who: str, days: float) -> str:
     return (
         f"**Usage for {who}, last {days:g} day(s)**\n"

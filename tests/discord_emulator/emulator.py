@@ -518,6 +518,14 @@ class DiscordEmulator:
                 "CHANNEL_UPDATE", found[0].payload(), intent=Intents.GUILDS
             )
 
+    async def announce_channel_create(self, channel_id: int) -> None:
+        """Tell connected bots about a channel added while they are online (as Discord does
+        when a moderator creates one)."""
+        found = self.world.channel(channel_id)
+        if found is None:
+            raise KeyError(f"no channel {channel_id}")
+        await self._gateway.broadcast("CHANNEL_CREATE", found[0].payload(), intent=Intents.GUILDS)
+
     async def delete_message(self, channel_id: int, message_id: int) -> None:
         """Delete a message as a user or moderator would; later requests for it get 10008."""
         message = self.messages.get(message_id)

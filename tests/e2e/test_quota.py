@@ -182,3 +182,42 @@ async def test_role_override_most_generous_role_wins(
     assert "ready" in await _make(emu, bot, "one", emu.member)
     assert "ready" in await _make(emu, bot, "two", emu.member)
     assert "2 of 2" in await _refusal(emu, emu.member)
+
+
+async def test_log_channel_gets_one_line_per_finished_job(
+    emu: DiscordEmulator, fake: FakeSegmind, bot: BotProcess
+) -> None:
+    log_channel = emu.guild.add_text_channel("veo-log")
+    await emu.announce_channel_create(log_channel.id)
+    saved = await _admin(emu, "veo-admin limits log-channel", {"channel": log_channel})
+    assert f"<#{log_channel.id}>" in saved
+
+    failed = await _make(emu, bot, "[fake:fail] storm", emu.member)
+    assert "This does not count against your limit." in failed
+    await _make(emu, bot, "calm", emu.member)
+
+    posts = await emu.wait_for(
+        lambda r: (
+            r.route == "POST /channels/{channel_id}/messages"
+            and r.params.get("channel_id") == str(log_channel.id)
+            and "delivered" in content_of(r)
+        )
+    )
+    lines = [
+        content_of(m)
+        for m in emu.requests("POST /channels/{channel_id}/messages")
+        if m.params.get("channel_id") == str(log_channel.id)
+    ]
+    assert len(lines) == 2, lines
+    assert "**failed**" in lines[0] and "refunded" in lines[0] and "storm" in lines[0]
+    assert "**delivered**" in lines[1] and "$0.60" in lines[1]
+    assert posts.json["allowed_mentions"]["parse"] == []  # names the member, pings nobody
+
+
+async def test_log_channel_the_bot_cannot_see_gets_a_clear_answer(
+    emu: DiscordEmulator, bot: BotProcess
+) -> None:
+    hidden = emu.guild.add_text_channel("secret")  # never announced: not in the bot's view
+    answer = await _admin(emu, "veo-admin limits log-channel", {"channel": hidden})
+    assert "View Channel and Send Messages" in answer
+    assert "went wrong" not in answer
