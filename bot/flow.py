@@ -35,6 +35,7 @@ if TYPE_CHECKING:
 log = logging.getLogger(__name__)
 
 SEED_MAX = 2**32 - 1
+PLACEHOLDER_KEY = "veo_placeholder_id"
 IMAGE_EXTENSIONS = (".png", ".jpg", ".jpeg", ".webp", ".gif", ".bmp", ".heic", ".avif", ".tiff")
 CHECKING_TEXT = "⏳ Checking the image…"
 STORE_DOWN = (
@@ -206,8 +207,21 @@ async def start_job(
     return await _start(bot, raw, image, aspect_given, build, refuse_with)
 
 
+async def defer_public(interaction: discord.Interaction[VeoBot]) -> None:
+    """Acknowledge at once with a public "thinking…" placeholder (Discord allows 3 s).
+
+    The callback's answer names the placeholder message, so it is kept for `placeholder_id`
+    and no extra request is needed to learn it — it matters when many arrive at once."""
+    callback = await interaction.response.defer(thinking=True)
+    if callback is not None and callback.message_id is not None:
+        interaction.extras[PLACEHOLDER_KEY] = callback.message_id
+
+
 async def placeholder_id(interaction: discord.Interaction[VeoBot]) -> int | None:
     """The id of the public "thinking…" message, so it can be edited after a restart."""
+    known = interaction.extras.get(PLACEHOLDER_KEY)
+    if isinstance(known, int):
+        return known
     try:
         message = await interaction.original_response()
     except discord.HTTPException as exc:

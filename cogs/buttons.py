@@ -21,7 +21,7 @@ from typing import TYPE_CHECKING, Any
 import discord
 from discord.ext import commands
 
-from bot.flow import ImageSource, refuse, start_job
+from bot.flow import ImageSource, defer_public, refuse, start_job
 from bot.jobs import may_act_on, params_of
 from bot.presenter import NOT_CANCELLABLE, cancelled_text
 from bot.store import Job
@@ -167,7 +167,7 @@ class AgainButton(
 
     async def callback(self, interaction: discord.Interaction[VeoBot]) -> None:  # type: ignore[override]
         # A new public placeholder, before any I/O (the 3-second rule).
-        await interaction.response.defer(thinking=True)
+        await defer_public(interaction)
         await _start_again(interaction, self.job_id, prompt=None)
 
 
@@ -188,7 +188,7 @@ class EditPromptModal(discord.ui.Modal):
         return await _accepting(interaction)
 
     async def on_submit(self, interaction: discord.Interaction[VeoBot]) -> None:  # type: ignore[override]
-        await interaction.response.defer(thinking=True)
+        await defer_public(interaction)
         await _start_again(interaction, self.job_id, prompt=self.prompt.value)
 
 

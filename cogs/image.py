@@ -24,6 +24,7 @@ from discord.ext import commands
 from bot.flow import (
     ImageSource,
     default_params,
+    defer_public,
     find_image,
     reply_quietly,
     start_job,
@@ -92,7 +93,7 @@ class AnimateModal(discord.ui.Modal):
 
     async def on_submit(self, interaction: discord.Interaction[VeoBot]) -> None:  # type: ignore[override]
         # Discord allows 3 s for the first answer: acknowledge before any I/O.
-        await interaction.response.defer(thinking=True)
+        await defer_public(interaction)
         choice = self.aspect.values[0] if self.aspect.values else FOLLOW_IMAGE
         raw = default_params(self.bot.settings, self.prompt.value)
         aspect_given = choice != FOLLOW_IMAGE

@@ -8,7 +8,7 @@ import discord
 from discord import app_commands
 from discord.ext import commands
 
-from bot.flow import default_params, start_job
+from bot.flow import default_params, defer_public, start_job
 from bot.params import Aspect, Resolution
 
 if TYPE_CHECKING:
@@ -62,7 +62,7 @@ class Veo(commands.Cog):
         image: discord.Attachment | None = None,
     ) -> None:
         # Discord allows 3 s for the first answer: acknowledge before any I/O.
-        await interaction.response.defer(thinking=True)
+        await defer_public(interaction)
         raw = default_params(self.bot.settings, prompt)
         chosen = {
             "aspect_ratio": aspect.value if aspect else None,

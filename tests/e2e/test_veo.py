@@ -68,9 +68,11 @@ async def test_happy_path_defers_first_shows_progress_and_attaches_the_video(
     assert not (callback.json or {}).get("data", {}).get("flags")  # not ephemeral
 
     final = await _final(emu, handle.token)
-    # Defer came before anything else the bot did for this interaction.
+    # Defer came before anything else the bot did for this interaction, and its answer named
+    # the placeholder: no extra request to look it up.
     first = min(handle.requests(), key=lambda r: r.index)
     assert first.route.startswith("POST /interactions/")
+    assert not [r for r in handle.requests() if r.method == "GET"]
 
     # One Segmind job, with the options the member chose.
     assert len(fake.submits) == 1
