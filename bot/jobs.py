@@ -172,6 +172,7 @@ class JobService:
         self._dispatcher: asyncio.Task[None] | None = None
         self._accepting = True
         self._submitting: set[int] = set()  # jobs whose POST may be on the wire right now
+        self._announced: dict[int, int] = {}  # queued job id -> the place in line last shown
 
     # ----------------------------------------------------------------- lifecycle of the service
 
@@ -294,8 +295,20 @@ class JobService:
         await self._announce_positions()
 
     async def _announce_positions(self) -> None:
-        for position, job in enumerate(await self.store.queued_jobs(), start=1):
-            await self._progress(job, Progress(Stage.QUEUED, position=position))
+        """Tell each waiting job its place in line — only the jobs whose place changed, so a
+        burst of n requests costs O(n) edits and renders, not O(n²)."""
+        queued = await self.store.queued_ids()
+        positions = {job_id: place for place, job_id in enumerate(queued, start=1)}
+        for job_id in [j for j in self._announced if j not in positions]:
+            del self._announced[job_id]
+        for job_id, place in positions.items():
+            if self._announced.get(job_id) == place:
+                continue
+            job = await self.store.get_job(job_id)
+            if job is None or job.state != "queued":
+                continue
+            self._announced[job_id] = place
+            await self._progress(job, Progress(Stage.QUEUED, position=place))
 
     def _spawn(self, job_id: int, coro: object) -> None:
         task: asyncio.Task[None] = asyncio.create_task(coro, name=f"job-{job_id}")  # type: ignore[arg-type]

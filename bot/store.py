@@ -1102,6 +1102,11 @@ class Store:
         )
         return [_job(r) for r in rows]
 
+    async def queued_ids(self) -> list[int]:
+        """The ids of every `queued` job in queue order: cheap enough to read on every change."""
+        rows = await self._fetchall("SELECT id FROM jobs WHERE state = 'queued' ORDER BY queue_seq")
+        return [int(r[0]) for r in rows]
+
     async def queue_position(self, job_id: int) -> int | None:
         """1 for the next job to start; None when the job is not queued (any more)."""
         row = await self._fetchone(
