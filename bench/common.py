@@ -54,11 +54,12 @@ async def rig(
     *,
     queue_seconds: float = 0.1,
     processing_seconds: float = 1.0,
+    validate: bool = True,
 ) -> AsyncIterator[Rig]:
     """Emulator + fake here, the bot as a subprocess in a throw-away directory."""
     with tempfile.TemporaryDirectory(prefix="veo-bench-") as tmp:
         async with (
-            DiscordEmulator() as emu,
+            DiscordEmulator(validate=validate) as emu,
             FakeSegmind(
                 api_key=FAKE_KEY, queue_seconds=queue_seconds, processing_seconds=processing_seconds
             ) as fake,
