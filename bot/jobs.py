@@ -359,7 +359,10 @@ class JobService:
             await self._progress(
                 job,
                 Progress(
-                    stage, elapsed=self.clock() - started, estimate=self.segmind.estimate_seconds()
+                    stage,
+                    elapsed=self.clock() - started,
+                    estimate=self.segmind.estimate_seconds(),
+                    since=started,
                 ),
             )
 

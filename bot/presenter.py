@@ -75,6 +75,9 @@ class Progress:
     elapsed: float = 0.0
     estimate: float | None = None
     position: int | None = None  # 1-based place in the bot's own queue
+    # When the job reached Segmind (epoch seconds). Shown as a Discord timestamp, which every
+    # client keeps counting by itself, so the text need not be edited on every poll.
+    since: float | None = None
 
 
 def progress_text(params: VeoParams, progress: Progress, *, demo: bool = False) -> str:
@@ -86,11 +89,12 @@ def progress_text(params: VeoParams, progress: Progress, *, demo: bool = False) 
     elif stage is Stage.SUBMITTING:
         head = "⏳ **Queued** — sending to Veo…"
     elif stage is Stage.WAITING:
-        head = f"⏳ **Queued at Segmind** — {clock(progress.elapsed)} so far"
+        head = f"⏳ **Queued at Segmind** — {_elapsed(progress)}"
     elif stage is Stage.GENERATING:
-        head = f"🎬 **Generating** — {clock(progress.elapsed)} so far"
+        head = f"🎬 **Generating** — {_elapsed(progress)}"
         if progress.estimate:
-            head += f", usually about {clock(progress.estimate)}"
+            # Rounded, so a learning estimate does not trigger an edit for every second it moves.
+            head += f"; it usually takes about {clock(round(progress.estimate / 10) * 10)}"
     elif stage is Stage.DOWNLOADING:
         head = "📥 **Downloading** the video…"
     elif stage is Stage.ENCODING:
@@ -101,6 +105,12 @@ def progress_text(params: VeoParams, progress: Progress, *, demo: bool = False) 
     if demo:
         lines.append("-# Demo mode: a test clip, no Segmind credits used.")
     return _fit("\n".join(lines))
+
+
+def _elapsed(progress: Progress) -> str:
+    if progress.since is not None:
+        return f"started <t:{int(progress.since)}:R>"
+    return f"{clock(progress.elapsed)} so far"
 
 
 @dataclass(frozen=True)

@@ -65,7 +65,7 @@ def test_long_prompt_keeps_message_under_discord_limit() -> None:
 def test_progress_says_where_the_job_is() -> None:
     params = VeoParams(prompt="a cat")
     assert "3rd in line" in progress_text(params, Progress(Stage.QUEUED, position=3))
-    generating = progress_text(params, Progress(Stage.GENERATING, elapsed=42, estimate=80))
+    generating = progress_text(params, Progress(Stage.GENERATING, elapsed=42, estimate=78))
     assert "Generating" in generating and "0:42" in generating and "1:20" in generating
 
 
@@ -90,6 +90,15 @@ def test_link_line_says_why() -> None:
         )
     )
     assert "Too big for this server." in text and "<https://cdn/x.mp4>" in text
+
+
+def test_generating_text_stays_the_same_while_discord_counts_the_time() -> None:
+    params = VeoParams(prompt="a cat")
+    first = progress_text(params, Progress(Stage.GENERATING, 5, 81.0, since=1_700_000_000))
+    later = progress_text(params, Progress(Stage.GENERATING, 65, 83.9, since=1_700_000_000))
+    assert first == later  # no edit needed: the client renders <t:…:R> live
+    assert "started <t:1700000000:R>" in first
+    assert "about 1:20" in first
 
 
 def test_ordinals() -> None:
