@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import logging
 import time
-import uuid
 from collections.abc import Callable
 
 import aiohttp
@@ -17,6 +16,7 @@ from bot.config import Settings
 from bot.discord_output import DiscordOutput
 from bot.jobs import JobService
 from bot.quota import LimitDefaults
+from bot.replies import send_ephemeral, unexpected
 from bot.store import Store
 
 log = logging.getLogger(__name__)
@@ -60,28 +60,9 @@ class VeoTree(app_commands.CommandTree["VeoBot"]):
                 "View Channel and Send Messages there."
             )
         else:
-            ref = uuid.uuid4().hex[:8]
             command = interaction.command.qualified_name if interaction.command else "?"
-            log.error(
-                "unhandled error in /%s (ref %s, interaction %s)",
-                command,
-                ref,
-                interaction.id,
-                exc_info=error,
-            )
-            text = f"Something went wrong on the bot's side (ref `{ref}`). Nothing was charged."
+            text = unexpected(f"/{command} (interaction {interaction.id})", error)
         await send_ephemeral(interaction, text)
-
-
-async def send_ephemeral(interaction: discord.Interaction[VeoBot], text: str) -> None:
-    """Answer privately whatever state the interaction is in (fresh, deferred, expired)."""
-    try:
-        if interaction.response.is_done():
-            await interaction.followup.send(text, ephemeral=True)
-        else:
-            await interaction.response.send_message(text, ephemeral=True)
-    except discord.HTTPException as exc:
-        log.info("could not answer interaction %s: %s", interaction.id, exc)
 
 
 class VeoBot(commands.Bot):
@@ -100,6 +81,9 @@ class VeoBot(commands.Bot):
             # Nobody is pinged unless a message explicitly allows its requester.
             allowed_mentions=discord.AllowedMentions.none(),
             member_cache_flags=discord.MemberCacheFlags.none(),
+            # The bot never reads cached messages; without the cache every MESSAGE_UPDATE (one
+            # per placeholder edit) is O(1) instead of a scan of the last 1,000 messages.
+            max_messages=None,
             chunk_guilds_at_startup=False,
         )
         self.settings = settings
