@@ -24,6 +24,7 @@ from discord.ext import commands
 from bot.flow import ImageSource, defer_public, refuse, start_job
 from bot.jobs import may_act_on, params_of
 from bot.presenter import NOT_CANCELLABLE, cancelled_text
+from bot.replies import send_ephemeral
 from bot.store import Job
 
 if TYPE_CHECKING:
@@ -38,21 +39,11 @@ def _is_moderator(interaction: discord.Interaction[VeoBot]) -> bool:
     return interaction.guild is not None and interaction.permissions.manage_guild
 
 
-async def _private(interaction: discord.Interaction[VeoBot], text: str) -> None:
-    try:
-        if interaction.response.is_done():
-            await interaction.followup.send(text, ephemeral=True)
-        else:
-            await interaction.response.send_message(text, ephemeral=True)
-    except discord.HTTPException as exc:
-        log.info("could not answer interaction %s: %s", interaction.id, exc)
-
-
 async def _accepting(interaction: discord.Interaction[VeoBot]) -> bool:
     """Component presses bypass the command tree's check: refuse them while shutting down."""
     jobs = interaction.client.jobs
     if jobs is None or not jobs.accepting:
-        await _private(interaction, "The bot is restarting — try again in a minute.")
+        await send_ephemeral(interaction, "The bot is restarting — try again in a minute.")
         return False
     return True
 
@@ -135,7 +126,7 @@ class CancelButton(
             "missing": "That job is no longer in the bot's records.",
         }
         log.info("job %s: cancel by %s refused (%s)", self.job_id, interaction.user.id, result)
-        await _private(interaction, answers.get(result.outcome, NOT_CANCELLABLE))
+        await send_ephemeral(interaction, answers.get(result.outcome, NOT_CANCELLABLE))
 
 
 class AgainButton(
@@ -226,7 +217,7 @@ class EditPromptButton(
         # SELECT, far inside the 3 s).
         job = await jobs.get(self.job_id)
         if job is None:
-            await _private(interaction, "That video is no longer in the bot's records.")
+            await send_ephemeral(interaction, "That video is no longer in the bot's records.")
             return
         await interaction.response.send_modal(EditPromptModal(self.job_id, params_of(job).prompt))
 
@@ -261,7 +252,7 @@ class DeleteButton(
         await interaction.response.defer(ephemeral=True, thinking=True)
         job = await jobs.get(self.job_id)
         if not may_act_on(job, interaction.user.id, moderator=_is_moderator(interaction)):
-            await _private(
+            await send_ephemeral(
                 interaction,
                 "Only the person who asked for this video or a moderator can delete it.",
             )
@@ -274,7 +265,7 @@ class DeleteButton(
             pass  # someone was quicker
         except discord.HTTPException as exc:
             log.warning("job %s: could not delete the video message (%s)", self.job_id, exc)
-            await _private(interaction, "Discord would not let me delete that message.")
+            await send_ephemeral(interaction, "Discord would not let me delete that message.")
             return
         log.info("job %s: video message deleted by user %s", self.job_id, interaction.user.id)
         if job is not None and interaction.user.id != job.user_id and interaction.guild:
@@ -284,7 +275,7 @@ class DeleteButton(
                 "video.delete",
                 {"job_id": job.id, "user_id": job.user_id},
             )
-        await _private(interaction, "Deleted.")
+        await send_ephemeral(interaction, "Deleted.")
 
 
 DYNAMIC_ITEMS = (CancelButton, AgainButton, EditPromptButton, DeleteButton)

@@ -14,7 +14,6 @@ from __future__ import annotations
 
 import logging
 import re
-import uuid
 from typing import TYPE_CHECKING
 
 import discord
@@ -38,6 +37,7 @@ from bot.presenter import (
     NOT_ACCEPTING,
     reply_without_image_hint,
 )
+from bot.replies import send_ephemeral, unexpected
 
 if TYPE_CHECKING:
     from bot.app import VeoBot
@@ -104,16 +104,7 @@ class AnimateModal(discord.ui.Modal):
     async def on_error(  # type: ignore[override]
         self, interaction: discord.Interaction[VeoBot], error: Exception
     ) -> None:
-        ref = uuid.uuid4().hex[:8]
-        log.error("unhandled error in the animate modal (ref %s)", ref, exc_info=error)
-        text = f"Something went wrong on the bot's side (ref `{ref}`). Nothing was charged."
-        try:
-            if interaction.response.is_done():
-                await interaction.followup.send(text, ephemeral=True)
-            else:
-                await interaction.response.send_message(text, ephemeral=True)
-        except discord.HTTPException as exc:
-            log.info("could not answer interaction %s: %s", interaction.id, exc)
+        await send_ephemeral(interaction, unexpected("the animate modal", error))
 
 
 class ImageToVideo(commands.Cog):
@@ -153,13 +144,8 @@ class ImageToVideo(commands.Cog):
             return
         try:
             await self._from_mention(message, mention.sub(" ", message.content).strip())
-        except Exception:
-            ref = uuid.uuid4().hex[:8]
-            log.exception("unhandled error answering mention %s (ref %s)", message.id, ref)
-            await reply_quietly(
-                message,
-                f"Something went wrong on the bot's side (ref `{ref}`). Nothing was charged.",
-            )
+        except Exception as exc:
+            await reply_quietly(message, unexpected(f"the answer to mention {message.id}", exc))
 
     async def _from_mention(self, message: discord.Message, prompt: str) -> None:
         jobs = self.bot.jobs

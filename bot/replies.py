@@ -1,0 +1,30 @@
+"""Answering a member when something did not go to plan: privately, and never a traceback."""
+
+from __future__ import annotations
+
+import logging
+import uuid
+from typing import Any
+
+import discord
+
+log = logging.getLogger(__name__)
+
+
+def unexpected(where: str, error: BaseException) -> str:
+    """Log an error nobody handled under a short reference; the sentence to show the member
+    carries the same reference, so a moderator can find the traceback in the log."""
+    ref = uuid.uuid4().hex[:8]
+    log.error("unhandled error in %s (ref %s)", where, ref, exc_info=error)
+    return f"Something went wrong on the bot's side (ref `{ref}`). Nothing was charged."
+
+
+async def send_ephemeral(interaction: discord.Interaction[Any], text: str) -> None:
+    """Answer privately whatever state the interaction is in (fresh, deferred, expired)."""
+    try:
+        if interaction.response.is_done():
+            await interaction.followup.send(text, ephemeral=True)
+        else:
+            await interaction.response.send_message(text, ephemeral=True)
+    except discord.HTTPException as exc:
+        log.info("could not answer interaction %s: %s", interaction.id, exc)
