@@ -54,6 +54,9 @@ _FAULT_ERRORS: dict[int, str] = {
 }
 
 
+_CHUNK = 256 * 1024
+
+
 @dataclass
 class RecordedRequest:
     """One request as the fake saw it.
@@ -70,6 +73,7 @@ class RecordedRequest:
     clock: float
     status: int | None = None
     dropped: bool = False
+    finished: float | None = None  # time.monotonic() when the answer was fully sent
 
 
 class _InjectBody(BaseModel):
@@ -330,6 +334,8 @@ class FakeSegmind:
             record.dropped = True
         else:
             record.status = response.status
+        if response.prepared:  # streamed by the handler itself: the answer is complete now
+            record.finished = time.monotonic()
         return response
 
     def _authenticate(self, request: web.Request) -> web.Response | None:
@@ -571,7 +577,17 @@ class FakeSegmind:
             return _error(404, "Not found")
         # shield: a client hanging up must not cancel the render other downloads wait for.
         path = await asyncio.shield(render)
-        return web.FileResponse(path, headers={"Content-Type": "video/mp4"})
+        # Streamed here rather than as a FileResponse so the request log knows when the
+        # download ended (benchmarks subtract each download from the delivery time).
+        response = web.StreamResponse(
+            headers={"Content-Type": "video/mp4", "Content-Length": str(path.stat().st_size)}
+        )
+        await response.prepare(request)
+        with path.open("rb") as video:
+            while chunk := video.read(_CHUNK):
+                await response.write(chunk)
+        await response.write_eof()
+        return response
 
     # ---- admin routes ----------------------------------------------------------------------
 
