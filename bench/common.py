@@ -28,7 +28,7 @@ CLOCK_TICKS = os.sysconf("SC_CLK_TCK")
 # Production values for what the e2e harness speeds up, and no per-user caps.
 PRODUCTION = {
     "VEO_EDIT_INTERVAL": "5.0",
-    "VEO_POLL_FLOOR": "2.0",
+    "VEO_POLL_FLOOR": "1.5",
     "VEO_POLL_CEILING": "20.0",
     "VEO_USER_LIMIT": "100000",
     "VEO_USER_CONCURRENCY": "100000",

@@ -56,7 +56,7 @@ class Settings(BaseSettings):
     veo_default_audio: bool = True
 
     # Polling (seconds). The schedule adapts between floor and ceiling; the deadline is hard.
-    veo_poll_floor: float = Field(default=2.0, gt=0)
+    veo_poll_floor: float = Field(default=1.5, gt=0)
     veo_poll_ceiling: float = Field(default=20.0, gt=0)
     veo_job_deadline: float = Field(default=1800.0, gt=0)
 

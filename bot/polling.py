@@ -45,9 +45,11 @@ Sleep = Callable[[float], Awaitable[None]]
 # reports 11 s to 6 min at peak. Until real durations arrive, these pseudo-observations (worth
 # `prior_weight` real ones in total) stand in for them; they fade as the bot learns.
 DEFAULT_PRIOR: tuple[float, ...] = (40.0, 50.0, 60.0, 70.0, 80.0, 85.0, 90.0, 100.0, 120.0, 150.0)
-# Tuned with bench/polling.py: at 0.2 a job lasting 40–120 s (uniform) costs under 1/3 of the
-# SDK's 1-s polls for about 1 s of mean detection lag; the 2 s floor is what bounds the lag.
-DEFAULT_SPACING = 0.2
+# Tuned with bench/polling.py: with spacing 0.25 and a 1.5 s floor, jobs lasting 40–120 s cost
+# about 0.3 of the SDK's 1-s polls for about 0.85 s of mean detection lag. The floor bounds the
+# lag (about half of it inside the dense window): at 2 s the lag sat right at 1 s.
+DEFAULT_SPACING = 0.25
+DEFAULT_FLOOR = 1.5
 
 
 class RateLimiter:
@@ -216,7 +218,7 @@ class PollSchedule:
         self,
         samples: Sequence[tuple[float, float]],
         *,
-        floor: float = 2.0,
+        floor: float = DEFAULT_FLOOR,
         ceiling: float = 20.0,
         spacing: float = DEFAULT_SPACING,
         step: float = 0.5,
@@ -366,7 +368,7 @@ class Poller:
         limiter: RateLimiter,
         *,
         estimator: DurationEstimator | None = None,
-        floor: float = 2.0,
+        floor: float = DEFAULT_FLOOR,
         ceiling: float = 20.0,
         spacing: float = DEFAULT_SPACING,
         clock: Clock = time.monotonic,

@@ -44,7 +44,7 @@ from urllib.parse import quote, urlsplit
 import aiohttp
 
 from bot.params import MODEL_SLUG, VeoParams
-from bot.polling import Clock, DeadlineReached, Poller, RateLimiter, Sleep
+from bot.polling import DEFAULT_FLOOR, Clock, DeadlineReached, Poller, RateLimiter, Sleep
 
 log = logging.getLogger(__name__)
 
@@ -446,7 +446,7 @@ class SegmindClient:
         sleep: Sleep = asyncio.sleep,
         rng: random.Random | None = None,
         wall_clock: Clock = time.time,
-        poll_floor: float = 2.0,
+        poll_floor: float = DEFAULT_FLOOR,
         poll_ceiling: float = 20.0,
         job_deadline: float = 1800.0,
         max_attempts: int = 5,
