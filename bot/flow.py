@@ -27,6 +27,7 @@ from bot.images import ImageRejected, inspect_image
 from bot.jobs import NewJob
 from bot.params import InvalidParams, VeoParams, parse_params
 from bot.quota import Refusal, render_refusal
+from bot.reports import message_url
 from bot.store import StoreUnavailable
 
 if TYPE_CHECKING:
@@ -139,9 +140,19 @@ async def reserve(bot: VeoBot, new: NewJob) -> int:
         log.exception("database unavailable; refusing a job from user %s", new.user_id)
         raise Refused(STORE_DOWN) from None
     if isinstance(outcome, Refusal):
-        raise Refused(render_refusal(outcome))
+        raise Refused(await _with_link(bot, outcome))
     log.info("job %s queued for user %s in guild %s", outcome, new.user_id, new.guild_id)
     return outcome
+
+
+async def _with_link(bot: VeoBot, refusal: Refusal) -> str:
+    """The refusal, with a link to the job still in progress when that is the reason."""
+    text = render_refusal(refusal)
+    if refusal.kind != "concurrency" or refusal.in_flight_job_id is None or bot.jobs is None:
+        return text
+    job = await bot.jobs.get(refusal.in_flight_job_id)
+    link = message_url(job) if job is not None else None
+    return f"{text} ([see it]({link}))" if link else text
 
 
 async def _start(

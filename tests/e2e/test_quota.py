@@ -221,3 +221,20 @@ async def test_log_channel_the_bot_cannot_see_gets_a_clear_answer(
     answer = await _admin(emu, "veo-admin limits log-channel", {"channel": hidden})
     assert "View Channel and Send Messages" in answer
     assert "went wrong" not in answer
+
+
+async def test_double_click_is_refused_with_a_link_to_the_job_in_progress(
+    emu: DiscordEmulator, fake: FakeSegmind, bot: BotProcess
+) -> None:
+    first = await emu.dispatch_slash_command(
+        "veo", {"prompt": "[fake:slow=2] a slow one"}, user=emu.member
+    )
+    await first.wait_for_callback()
+    await bot.wait_for_log("job 1 queued")
+    refused = await _refusal(emu, emu.member)
+    placeholder = first.original_message()
+    assert "One video at a time — yours is still generating" in refused
+    link = f"https://discord.com/channels/{emu.guild.id}/{emu.channel.id}/{placeholder.id}"
+    assert f"([see it]({link}))" in refused
+    assert len((await final_for(emu, first.token)).files) == 1
+    assert len(fake.submits) == 1
