@@ -24,7 +24,7 @@ from discord.ext import commands
 from bot.flow import ImageSource, defer_public, refuse, start_job
 from bot.jobs import may_act_on, params_of
 from bot.presenter import NOT_CANCELLABLE, cancelled_text
-from bot.replies import send_ephemeral
+from bot.replies import send_ephemeral, unexpected
 from bot.store import Job
 
 if TYPE_CHECKING:
@@ -162,25 +162,43 @@ class AgainButton(
         await _start_again(interaction, self.job_id, prompt=None)
 
 
-class EditPromptModal(discord.ui.Modal):
-    def __init__(self, job_id: int, prompt: str) -> None:
-        super().__init__(title="Edit the prompt", custom_id=f"veo:edit-modal:{job_id}", timeout=900)
-        self.job_id = job_id
-        self.prompt: discord.ui.TextInput[EditPromptModal] = discord.ui.TextInput(
+EDIT_MODAL = re.compile(r"veo:edit-modal:(?P<job>[0-9]+)")
+
+
+def edit_prompt_modal(job_id: int, prompt: str) -> discord.ui.Modal:
+    """The "Edit prompt" form. It is sent already stopped, so discord.py keeps no copy in
+    memory: its submit is handled by `Buttons.on_interaction` from the job id in its custom id,
+    and still works when the bot restarted while the member was typing."""
+    modal = discord.ui.Modal(title="Edit the prompt", custom_id=f"veo:edit-modal:{job_id}")
+    modal.add_item(
+        discord.ui.TextInput(
             label="Prompt",
             style=discord.TextStyle.paragraph,
             default=prompt[:PROMPT_MAX],
             max_length=PROMPT_MAX,
             custom_id="prompt",
         )
-        self.add_item(self.prompt)
+    )
+    modal.stop()
+    return modal
 
-    async def interaction_check(self, interaction: discord.Interaction[VeoBot]) -> bool:  # type: ignore[override]
-        return await _accepting(interaction)
 
-    async def on_submit(self, interaction: discord.Interaction[VeoBot]) -> None:  # type: ignore[override]
-        await defer_public(interaction)
-        await _start_again(interaction, self.job_id, prompt=self.prompt.value)
+def submitted_value(data: Any, custom_id: str) -> str | None:
+    """A text input's value from a raw modal submit (in action rows or in labels)."""
+    if isinstance(data, dict):
+        if data.get("custom_id") == custom_id and "value" in data:
+            return str(data["value"])
+        children = data.get("components") or ([data["component"]] if "component" in data else [])
+        for child in children:
+            found = submitted_value(child, custom_id)
+            if found is not None:
+                return found
+    elif isinstance(data, list):
+        for child in data:
+            found = submitted_value(child, custom_id)
+            if found is not None:
+                return found
+    return None
 
 
 class EditPromptButton(
@@ -219,7 +237,7 @@ class EditPromptButton(
         if job is None:
             await send_ephemeral(interaction, "That video is no longer in the bot's records.")
             return
-        await interaction.response.send_modal(EditPromptModal(self.job_id, params_of(job).prompt))
+        await interaction.response.send_modal(edit_prompt_modal(self.job_id, params_of(job).prompt))
 
 
 class DeleteButton(
@@ -307,6 +325,24 @@ class Buttons(commands.Cog):
     async def cog_unload(self) -> None:
         if self.bot.output is not None:
             self.bot.output.components = None
+
+    @commands.Cog.listener()
+    async def on_interaction(self, interaction: discord.Interaction[VeoBot]) -> None:
+        """Submits of the "Edit prompt" form, whichever process opened it."""
+        if interaction.type is not discord.InteractionType.modal_submit:
+            return
+        data: dict[str, Any] = dict(interaction.data or {})
+        match = EDIT_MODAL.fullmatch(str(data.get("custom_id", "")))
+        if match is None:
+            return
+        try:
+            if not await _accepting(interaction):
+                return
+            await defer_public(interaction)
+            prompt = submitted_value(data.get("components"), "prompt") or ""
+            await _start_again(interaction, int(match["job"]), prompt=prompt)
+        except Exception as exc:
+            await send_ephemeral(interaction, unexpected("the edit-prompt form", exc))
 
 
 async def setup(bot: VeoBot) -> None:

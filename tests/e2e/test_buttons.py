@@ -126,6 +126,12 @@ async def test_buttons_on_a_video_work_after_a_restart(
     (video,) = messages_with_video(emu, 1)
     assert _custom_ids(video) == ["veo:again:1", "veo:edit:1", "veo:delete:1"]
 
+    # The edit form is opened before the restart and submitted after it.
+    edit = await emu.dispatch_component("veo:edit:1", video, user=emu.member)
+    await edit.wait_for_callback()
+    assert edit.callback_type == 9
+    assert "a paper boat" in str(edit.modal)
+
     await proc.kill()  # a new process answers every press below
     await proc.start()
 
@@ -138,11 +144,7 @@ async def test_buttons_on_a_video_work_after_a_restart(
     assert second["prompt"] == first["prompt"] and second["duration"] == 4
     assert second["seed"] != first["seed"]
 
-    # Edit prompt: a modal pre-filled with the old prompt, then a new job.
-    edit = await emu.dispatch_component("veo:edit:1", video, user=emu.member)
-    await edit.wait_for_callback()
-    assert edit.callback_type == 9
-    assert "a paper boat" in str(edit.modal)
+    # Edit prompt: the form pre-filled with the old prompt, sent after the restart: a new job.
     submitted = await emu.dispatch_modal_submit(
         "veo:edit-modal:1", {"prompt": "a paper boat in a storm"}, user=emu.member
     )
