@@ -19,10 +19,12 @@ import uuid
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from http import HTTPStatus
+from pathlib import Path
 from types import TracebackType
 from typing import Any, Self, TypeVar
 
 from aiohttp import web
+from aiohttp.abc import AbstractStreamWriter
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
 from bot.fake_segmind.faults import Fault, FaultQueue, Route
@@ -54,7 +56,7 @@ _FAULT_ERRORS: dict[int, str] = {
 }
 
 
-_CHUNK = 256 * 1024
+_RECORD = "veo_fake_record"
 
 
 @dataclass
@@ -73,7 +75,22 @@ class RecordedRequest:
     clock: float
     status: int | None = None
     dropped: bool = False
-    finished: float | None = None  # time.monotonic() when the answer was fully sent
+    finished: float | None = None  # time.monotonic() when an output file was fully sent
+
+
+class _TimedFileResponse(web.FileResponse):
+    """A FileResponse that notes in the request log when the whole file was sent, so
+    benchmarks can subtract each download from the time a delivery took."""
+
+    def __init__(self, path: Path, *, record: RecordedRequest | None, **kwargs: Any) -> None:
+        super().__init__(path, **kwargs)
+        self._record = record
+
+    async def prepare(self, request: web.BaseRequest) -> AbstractStreamWriter | None:
+        writer = await super().prepare(request)  # aiohttp sends the file in here
+        if self._record is not None:
+            self._record.finished = time.monotonic()
+        return writer
 
 
 class _InjectBody(BaseModel):
@@ -323,6 +340,7 @@ class FakeSegmind:
             clock=self.now(),
         )
         self.requests.append(record)
+        request[_RECORD] = record
         try:
             response = await handler(request)
         except web.HTTPMethodNotAllowed:
@@ -334,8 +352,6 @@ class FakeSegmind:
             record.dropped = True
         else:
             record.status = response.status
-        if response.prepared:  # streamed by the handler itself: the answer is complete now
-            record.finished = time.monotonic()
         return response
 
     def _authenticate(self, request: web.Request) -> web.Response | None:
@@ -577,17 +593,8 @@ class FakeSegmind:
             return _error(404, "Not found")
         # shield: a client hanging up must not cancel the render other downloads wait for.
         path = await asyncio.shield(render)
-        # Streamed here rather than as a FileResponse so the request log knows when the
-        # download ended (benchmarks subtract each download from the delivery time).
-        response = web.StreamResponse(
-            headers={"Content-Type": "video/mp4", "Content-Length": str(path.stat().st_size)}
-        )
-        await response.prepare(request)
-        with path.open("rb") as video:
-            while chunk := video.read(_CHUNK):
-                await response.write(chunk)
-        await response.write_eof()
-        return response
+        record: RecordedRequest | None = request.get(_RECORD)
+        return _TimedFileResponse(path, record=record, headers={"Content-Type": "video/mp4"})
 
     # ---- admin routes ----------------------------------------------------------------------
 
