@@ -56,9 +56,6 @@ _FAULT_ERRORS: dict[int, str] = {
 }
 
 
-_RECORD = "veo_fake_record"
-
-
 @dataclass
 class RecordedRequest:
     """One request as the fake saw it.
@@ -76,6 +73,9 @@ class RecordedRequest:
     status: int | None = None
     dropped: bool = False
     finished: float | None = None  # time.monotonic() when an output file was fully sent
+
+
+_RECORD = web.RequestKey("fake_segmind_record", RecordedRequest)
 
 
 class _TimedFileResponse(web.FileResponse):
