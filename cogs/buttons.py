@@ -16,7 +16,7 @@ from __future__ import annotations
 
 import logging
 import re
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, ClassVar, Self
 
 import discord
 from discord.ext import commands
@@ -76,15 +76,24 @@ async def _start_again(
         log.info("job %s started from job %s by user %s", new_id, job_id, interaction.user.id)
 
 
-class CancelButton(
-    discord.ui.DynamicItem[discord.ui.Button[Any]], template=r"veo:cancel:(?P<job>[0-9]+)"
-):
+class _JobButton(discord.ui.DynamicItem[discord.ui.Button[Any]], template=r"veo:(?!)"):
+    """A button about one job. The job id lives in the custom id (`veo:<action>:<id>`), so the
+    button works after any restart. Subclasses name the action and the look; this base's own
+    template never matches and it is never registered."""
+
+    action: ClassVar[str]
+    button_label: ClassVar[str]
+    button_emoji: ClassVar[str | None] = None
+    button_style: ClassVar[discord.ButtonStyle] = discord.ButtonStyle.secondary
+    refuse_while_stopping: ClassVar[bool] = True
+
     def __init__(self, job_id: int) -> None:
         super().__init__(
             discord.ui.Button(
-                label="Cancel",
-                style=discord.ButtonStyle.secondary,
-                custom_id=f"veo:cancel:{job_id}",
+                label=self.button_label,
+                emoji=self.button_emoji,
+                style=self.button_style,
+                custom_id=f"veo:{self.action}:{job_id}",
             )
         )
         self.job_id = job_id
@@ -96,11 +105,16 @@ class CancelButton(
         item: discord.ui.Item[Any],
         match: re.Match[str],
         /,
-    ) -> CancelButton:
+    ) -> Self:
         return cls(int(match["job"]))
 
     async def interaction_check(self, interaction: discord.Interaction[VeoBot]) -> bool:  # type: ignore[override]
-        return await _accepting(interaction)
+        return not self.refuse_while_stopping or await _accepting(interaction)
+
+
+class CancelButton(_JobButton, template=r"veo:cancel:(?P<job>[0-9]+)"):
+    action = "cancel"
+    button_label = "Cancel"
 
     async def callback(self, interaction: discord.Interaction[VeoBot]) -> None:  # type: ignore[override]
         bot = interaction.client
@@ -129,32 +143,11 @@ class CancelButton(
         await send_ephemeral(interaction, answers.get(result.outcome, NOT_CANCELLABLE))
 
 
-class AgainButton(
-    discord.ui.DynamicItem[discord.ui.Button[Any]], template=r"veo:again:(?P<job>[0-9]+)"
-):
-    def __init__(self, job_id: int) -> None:
-        super().__init__(
-            discord.ui.Button(
-                label="Again",
-                emoji="🔁",
-                style=discord.ButtonStyle.primary,
-                custom_id=f"veo:again:{job_id}",
-            )
-        )
-        self.job_id = job_id
-
-    @classmethod
-    async def from_custom_id(
-        cls,
-        interaction: discord.Interaction[Any],
-        item: discord.ui.Item[Any],
-        match: re.Match[str],
-        /,
-    ) -> AgainButton:
-        return cls(int(match["job"]))
-
-    async def interaction_check(self, interaction: discord.Interaction[VeoBot]) -> bool:  # type: ignore[override]
-        return await _accepting(interaction)
+class AgainButton(_JobButton, template=r"veo:again:(?P<job>[0-9]+)"):
+    action = "again"
+    button_label = "Again"
+    button_emoji = "🔁"
+    button_style = discord.ButtonStyle.primary
 
     async def callback(self, interaction: discord.Interaction[VeoBot]) -> None:  # type: ignore[override]
         # A new public placeholder, before any I/O (the 3-second rule).
@@ -201,32 +194,10 @@ def submitted_value(data: Any, custom_id: str) -> str | None:
     return None
 
 
-class EditPromptButton(
-    discord.ui.DynamicItem[discord.ui.Button[Any]], template=r"veo:edit:(?P<job>[0-9]+)"
-):
-    def __init__(self, job_id: int) -> None:
-        super().__init__(
-            discord.ui.Button(
-                label="Edit prompt",
-                emoji="✏️",
-                style=discord.ButtonStyle.secondary,
-                custom_id=f"veo:edit:{job_id}",
-            )
-        )
-        self.job_id = job_id
-
-    @classmethod
-    async def from_custom_id(
-        cls,
-        interaction: discord.Interaction[Any],
-        item: discord.ui.Item[Any],
-        match: re.Match[str],
-        /,
-    ) -> EditPromptButton:
-        return cls(int(match["job"]))
-
-    async def interaction_check(self, interaction: discord.Interaction[VeoBot]) -> bool:  # type: ignore[override]
-        return await _accepting(interaction)
+class EditPromptButton(_JobButton, template=r"veo:edit:(?P<job>[0-9]+)"):
+    action = "edit"
+    button_label = "Edit prompt"
+    button_emoji = "✏️"
 
     async def callback(self, interaction: discord.Interaction[VeoBot]) -> None:  # type: ignore[override]
         jobs = interaction.client.jobs
@@ -240,29 +211,12 @@ class EditPromptButton(
         await interaction.response.send_modal(edit_prompt_modal(self.job_id, params_of(job).prompt))
 
 
-class DeleteButton(
-    discord.ui.DynamicItem[discord.ui.Button[Any]], template=r"veo:delete:(?P<job>[0-9]+)"
-):
-    def __init__(self, job_id: int) -> None:
-        super().__init__(
-            discord.ui.Button(
-                label="Delete",
-                emoji="🗑️",
-                style=discord.ButtonStyle.danger,
-                custom_id=f"veo:delete:{job_id}",
-            )
-        )
-        self.job_id = job_id
-
-    @classmethod
-    async def from_custom_id(
-        cls,
-        interaction: discord.Interaction[Any],
-        item: discord.ui.Item[Any],
-        match: re.Match[str],
-        /,
-    ) -> DeleteButton:
-        return cls(int(match["job"]))
+class DeleteButton(_JobButton, template=r"veo:delete:(?P<job>[0-9]+)"):
+    action = "delete"
+    button_label = "Delete"
+    button_emoji = "🗑️"
+    button_style = discord.ButtonStyle.danger
+    refuse_while_stopping = False  # tidying up needs no new job
 
     async def callback(self, interaction: discord.Interaction[VeoBot]) -> None:  # type: ignore[override]
         jobs = interaction.client.jobs
