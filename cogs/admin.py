@@ -108,6 +108,7 @@ class VeoAdmin(commands.GroupCog, group_name="veo-admin", group_description="Mod
         )
 
     @app_commands.command(name="top", description="Members who made the most videos")
+    @app_commands.describe(days="How many days back to count")
     async def top(
         self, interaction: Interaction, days: app_commands.Range[int, 1, 365] = 7
     ) -> None:
@@ -116,6 +117,7 @@ class VeoAdmin(commands.GroupCog, group_name="veo-admin", group_description="Mod
         await interaction.followup.send(reports.top_text(rows, days=days), ephemeral=True)
 
     @app_commands.command(name="jobs", description="Recent jobs with links to their messages")
+    @app_commands.describe(user="Only this member's jobs", limit="How many jobs to list")
     async def jobs(
         self,
         interaction: Interaction,
@@ -129,6 +131,7 @@ class VeoAdmin(commands.GroupCog, group_name="veo-admin", group_description="Mod
         await interaction.followup.send(reports.jobs_text(rows), ephemeral=True)
 
     @app_commands.command(name="export", description="All jobs of this server as a CSV file")
+    @app_commands.describe(days="Jobs from how many days back")
     async def export(
         self, interaction: Interaction, days: app_commands.Range[int, 1, 3650] = 30
     ) -> None:
@@ -141,6 +144,7 @@ class VeoAdmin(commands.GroupCog, group_name="veo-admin", group_description="Mod
         )
 
     @app_commands.command(name="audit", description="Recent changes moderators made")
+    @app_commands.describe(limit="How many changes to list")
     async def audit(
         self, interaction: Interaction, limit: app_commands.Range[int, 1, 50] = 20
     ) -> None:
@@ -151,6 +155,7 @@ class VeoAdmin(commands.GroupCog, group_name="veo-admin", group_description="Mod
     # --------------------------------------------------------------------------- members
 
     @app_commands.command(name="block", description="Stop a member from using /veo here")
+    @app_commands.describe(user="The member to block", reason="Shown to them when they try")
     async def block(
         self, interaction: Interaction, user: discord.User, reason: str | None = None
     ) -> None:
@@ -162,6 +167,7 @@ class VeoAdmin(commands.GroupCog, group_name="veo-admin", group_description="Mod
         )
 
     @app_commands.command(name="unblock", description="Let a blocked member use /veo again")
+    @app_commands.describe(user="The member to unblock")
     async def unblock(self, interaction: Interaction, user: discord.User) -> None:
         done = await _store(interaction).unblock_user(
             _guild_id(interaction), user.id, actor_id=interaction.user.id
@@ -170,6 +176,7 @@ class VeoAdmin(commands.GroupCog, group_name="veo-admin", group_description="Mod
         await interaction.response.send_message(text, ephemeral=True)
 
     @app_commands.command(name="reset", description="Clear a member's usage window")
+    @app_commands.describe(user="Whose usage window to clear")
     async def reset(self, interaction: Interaction, user: discord.User) -> None:
         await _store(interaction).reset_user_window(
             _guild_id(interaction), user.id, actor_id=interaction.user.id
@@ -227,7 +234,12 @@ class VeoAdmin(commands.GroupCog, group_name="veo-admin", group_description="Mod
 
     @limits.command(name="role", description="Limits for members with a role")
     @app_commands.describe(
-        exempt="No count limit for this role", clear="Remove this role's override"
+        role="The role these limits apply to",
+        videos="Videos per member per window",
+        window_hours="Length of the rolling window in hours",
+        at_once="Jobs one member may have in progress",
+        exempt="No count limit for this role",
+        clear="Remove this role's override",
     )
     async def limits_role(
         self,
@@ -258,6 +270,13 @@ class VeoAdmin(commands.GroupCog, group_name="veo-admin", group_description="Mod
         )
 
     @limits.command(name="user", description="Limits for one member (beats their roles)")
+    @app_commands.describe(
+        user="The member these limits apply to",
+        videos="Videos per window for this member",
+        window_hours="Length of the rolling window in hours",
+        at_once="Jobs this member may have in progress",
+        clear="Remove this member's override",
+    )
     async def limits_user(
         self,
         interaction: Interaction,
