@@ -210,6 +210,15 @@ class _Cancelled(Exception):
     pass
 
 
+def media_duration(container: Any, video: Any) -> float | None:
+    """Seconds, from the container's header or else the video stream's own; None if neither."""
+    if container.duration is not None:
+        return float(container.duration / av.time_base)
+    if video.duration is not None and video.time_base is not None:
+        return float(video.duration * video.time_base)
+    return None
+
+
 def _inspect(src: Path) -> tuple[int, _Source]:
     size = src.stat().st_size
     with av.open(str(src), "r") as container:
@@ -217,11 +226,8 @@ def _inspect(src: Path) -> tuple[int, _Source]:
             raise EncodeFailed("the file holds no video")
         video = container.streams.video[0]
         audio = container.streams.audio[0] if container.streams.audio else None
-        if container.duration is not None:
-            duration = container.duration / av.time_base
-        elif video.duration is not None and video.time_base is not None:
-            duration = float(video.duration * video.time_base)
-        else:
+        duration = media_duration(container, video)
+        if duration is None:
             raise EncodeFailed("the video has no duration")
         return size, _Source(
             duration=duration,

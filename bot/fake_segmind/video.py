@@ -14,12 +14,15 @@ import shutil
 import struct
 import tempfile
 import threading
+from collections.abc import Iterable, Iterator
 from dataclasses import dataclass
 from fractions import Fraction
 from pathlib import Path
 from typing import IO, Any
 
 import av
+
+from bot.encode import media_duration
 
 # Even dimensions: yuv420p subsamples chroma by two in both directions.
 FRAME_SIZES: dict[str, tuple[int, int]] = {
@@ -102,16 +105,16 @@ def _ensure_locked(spec: VideoSpec) -> Path:
     return path
 
 
+# One audio frame of a quiet sine tone, reused for every frame of every clip.
+_TONE = struct.pack(
+    f"<{AUDIO_FRAME_SAMPLES}f",
+    *(0.2 * math.sin(2 * math.pi * TONE_HZ * i / SAMPLE_RATE) for i in range(AUDIO_FRAME_SAMPLES)),
+)
+
+
 def _render(spec: VideoSpec, path: Path) -> None:
     width, height = FRAME_SIZES[spec.aspect]
     frame_count = spec.duration * spec.fps
-    tone = struct.pack(
-        f"<{AUDIO_FRAME_SAMPLES}f",
-        *(
-            0.2 * math.sin(2 * math.pi * TONE_HZ * i / SAMPLE_RATE)
-            for i in range(AUDIO_FRAME_SAMPLES)
-        ),
-    )
     with av.open(str(path), "w", format="mp4") as out:
         video = out.add_stream("libx264", rate=spec.fps)
         video.width = width
@@ -120,25 +123,31 @@ def _render(spec: VideoSpec, path: Path) -> None:
         # ultrafast keeps a 240-frame clip well under a second; quality is irrelevant here.
         video.options = {"preset": "ultrafast", "crf": "30"}
         audio = out.add_stream("aac", rate=SAMPLE_RATE, layout="mono") if spec.audio else None
-        audio_pts = 0
-        for index in range(frame_count):
-            for packet in video.encode(_frame(index, width, height, spec.fps)):
-                out.mux(packet)
-            # Interleave audio up to the end of this video frame so players stream it smoothly.
-            while audio is not None and audio_pts < (index + 1) * SAMPLE_RATE // spec.fps:
-                chunk = av.AudioFrame(format="fltp", layout="mono", samples=AUDIO_FRAME_SAMPLES)
-                chunk.planes[0].update(tone)
-                chunk.sample_rate = SAMPLE_RATE
-                chunk.pts = audio_pts
-                chunk.time_base = Fraction(1, SAMPLE_RATE)
-                audio_pts += AUDIO_FRAME_SAMPLES
-                for packet in audio.encode(chunk):
-                    out.mux(packet)
-        for packet in video.encode():
+        frames = (_frame(index, width, height, spec.fps) for index in range(frame_count))
+        _mux(out, video, audio, frames, spec.fps)
+
+
+def _mux(out: Any, video: Any, audio: Any, frames: Iterable[Any], fps: int) -> None:
+    """Encode `frames` into `video`, with a tone on `audio` (when there is one) interleaved up
+    to the end of each video frame so players stream it smoothly; then flush both."""
+    audio_pts = 0
+    for index, frame in enumerate(frames):
+        for packet in video.encode(frame):
             out.mux(packet)
-        if audio is not None:
-            for packet in audio.encode():
+        while audio is not None and audio_pts < (index + 1) * SAMPLE_RATE // fps:
+            chunk = av.AudioFrame(format="fltp", layout="mono", samples=AUDIO_FRAME_SAMPLES)
+            chunk.planes[0].update(_TONE)
+            chunk.sample_rate = SAMPLE_RATE
+            chunk.pts = audio_pts
+            chunk.time_base = Fraction(1, SAMPLE_RATE)
+            audio_pts += AUDIO_FRAME_SAMPLES
+            for packet in audio.encode(chunk):
                 out.mux(packet)
+    for packet in video.encode():
+        out.mux(packet)
+    if audio is not None:
+        for packet in audio.encode():
+            out.mux(packet)
 
 
 def _frame(index: int, width: int, height: int, fps: int) -> Any:
@@ -189,38 +198,19 @@ def _render_noise(spec: VideoSpec, path: Path, total_bytes: int) -> None:
         if spec.audio:
             audio = out.add_stream("aac", rate=SAMPLE_RATE, layout="mono")
             audio.bit_rate = audio_rate
-        audio_pts = 0
-        tone = struct.pack(
-            f"<{AUDIO_FRAME_SAMPLES}f",
-            *(
-                0.2 * math.sin(2 * math.pi * TONE_HZ * i / SAMPLE_RATE)
-                for i in range(AUDIO_FRAME_SAMPLES)
-            ),
-        )
         # Seeded by the clip's own description: the same request renders the same bytes, so
         # tests that re-encode it behave the same on every run.
         noise = random.Random(f"{spec.aspect}-{spec.duration}-{spec.fps}-{total_bytes}")
-        for index in range(frame_count):
-            frame = av.VideoFrame(width, height, "yuv420p")
-            for plane in frame.planes:
-                plane.update(noise.randbytes(plane.buffer_size))
-            frame.pts = index
-            for packet in video.encode(frame):
-                out.mux(packet)
-            while audio is not None and audio_pts < (index + 1) * SAMPLE_RATE // spec.fps:
-                chunk = av.AudioFrame(format="fltp", layout="mono", samples=AUDIO_FRAME_SAMPLES)
-                chunk.planes[0].update(tone)
-                chunk.sample_rate = SAMPLE_RATE
-                chunk.pts = audio_pts
-                chunk.time_base = Fraction(1, SAMPLE_RATE)
-                audio_pts += AUDIO_FRAME_SAMPLES
-                for packet in audio.encode(chunk):
-                    out.mux(packet)
-        for packet in video.encode():
-            out.mux(packet)
-        if audio is not None:
-            for packet in audio.encode():
-                out.mux(packet)
+
+        def frames() -> Iterator[Any]:
+            for index in range(frame_count):
+                frame = av.VideoFrame(width, height, "yuv420p")
+                for plane in frame.planes:
+                    plane.update(noise.randbytes(plane.buffer_size))
+                frame.pts = index
+                yield frame
+
+        _mux(out, video, audio, frames(), spec.fps)
 
 
 def _pad(base: Path, path: Path, total_bytes: int) -> None:
@@ -254,11 +244,8 @@ def probe(path: str | Path | IO[bytes]) -> dict[str, Any]:
             raise ValueError("no video stream")
         video = container.streams.video[0]
         audio = container.streams.audio[0] if container.streams.audio else None
-        if container.duration is not None:
-            duration = container.duration / av.time_base
-        elif video.duration is not None and video.time_base is not None:
-            duration = float(video.duration * video.time_base)
-        else:
+        duration = media_duration(container, video)
+        if duration is None:
             raise ValueError("the video has no duration")
         info: dict[str, Any] = {
             "duration": duration,
