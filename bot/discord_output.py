@@ -203,9 +203,7 @@ class DiscordOutput:
         self._finish(job)
         # The live interaction's limit (boosts included); with no usable token the upload goes
         # with the bot token, so the guild's own limit applies.
-        token_alive = bool(job.interaction_token) and (
-            self.clock() - (job.interaction_created_at or 0.0) < TOKEN_SAFE_AGE
-        )
+        token_alive = self._token_alive(job)
         guild = self.bot.get_guild(job.guild_id)
         limit = (
             job.upload_limit
@@ -385,11 +383,15 @@ class DiscordOutput:
                 return Receipt(message_id=found.id, method="dm")
         return None
 
+    def _token_alive(self, job: Job) -> bool:
+        """The job's interaction token can still be used (with a minute to spare)."""
+        age = self.clock() - (job.interaction_created_at or 0.0)
+        return bool(job.interaction_token) and age < TOKEN_SAFE_AGE
+
     async def _fetch_placeholder(self, job: Job) -> discord.Message | None:
         assert job.placeholder_message_id is not None
-        token_age = self.clock() - (job.interaction_created_at or 0.0)
         try:
-            if job.interaction_token and token_age < TOKEN_SAFE_AGE:
+            if job.interaction_token and self._token_alive(job):
                 webhook = discord.Webhook.partial(
                     self.bot.application_id or 0, job.interaction_token, client=self.bot
                 )
@@ -430,8 +432,7 @@ class DiscordOutput:
         """Edit the placeholder; returns which route worked. Raises what the last route raised."""
         if job.placeholder_message_id is None:
             return "none"
-        token_age = self.clock() - (job.interaction_created_at or 0.0)
-        if job.interaction_token and token_age < TOKEN_SAFE_AGE:
+        if job.interaction_token and self._token_alive(job):
             webhook = discord.Webhook.partial(
                 self.bot.application_id or 0, job.interaction_token, client=self.bot
             )
