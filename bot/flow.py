@@ -171,7 +171,7 @@ async def _start(
         return None
 
 
-def _role_ids(member: discord.abc.User) -> tuple[int, ...]:
+def member_role_ids(member: discord.abc.User) -> tuple[int, ...]:
     """Every role id Discord sent with the member. `Member.roles` would silently drop roles
     missing from the guild cache, and a stale cache must never change someone's limits."""
     raw = getattr(member, "_roles", None)  # discord.py's SnowflakeList of the payload's ids
@@ -204,7 +204,7 @@ async def start_job(
             guild_id=guild_id,
             channel_id=channel_id,
             user_id=interaction.user.id,
-            role_ids=_role_ids(interaction.user),
+            role_ids=member_role_ids(interaction.user),
             params=params,
             interaction_token=interaction.token,
             interaction_created_at=interaction.created_at.timestamp(),
@@ -298,7 +298,7 @@ async def start_job_from_message(
             guild_id=guild.id,
             channel_id=message.channel.id,
             user_id=message.author.id,
-            role_ids=_role_ids(message.author),
+            role_ids=member_role_ids(message.author),
             params=params,
             interaction_token=None,
             interaction_created_at=None,

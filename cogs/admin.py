@@ -14,6 +14,7 @@ from discord import app_commands
 from discord.ext import commands
 
 from bot import reports
+from bot.flow import member_role_ids
 from bot.quota import GuildLimits, LimitDefaults, LimitOverride, Refusal, render_refusal
 
 if TYPE_CHECKING:
@@ -47,9 +48,8 @@ class Quota(commands.Cog):
     async def veo_quota(self, interaction: Interaction) -> None:
         await interaction.response.defer(ephemeral=True)
         member = interaction.user
-        role_ids = [role.id for role in getattr(member, "roles", [])]
         view = await _store(interaction).quota_view(
-            _guild_id(interaction), member.id, role_ids, _defaults(interaction)
+            _guild_id(interaction), member.id, member_role_ids(member), _defaults(interaction)
         )
         limits, usage = view.limits, view.usage
         used = usage.user_window.count

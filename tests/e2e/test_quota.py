@@ -238,3 +238,26 @@ async def test_double_click_is_refused_with_a_link_to_the_job_in_progress(
     assert f"([see it]({link}))" in refused
     assert len((await final_for(emu, first.token)).files) == 1
     assert len(fake.submits) == 1
+
+
+async def test_quota_command_shows_usage_privately_and_follows_role_overrides(
+    emu: DiscordEmulator, fake: FakeSegmind, bot: BotProcess
+) -> None:
+    async def quota() -> str:
+        handle = await emu.dispatch_slash_command("veo-quota", {}, user=emu.member)
+        await handle.wait_for_callback()
+        answer = await private_answer(emu, handle.token)
+        assert answer.ephemeral
+        return answer.content
+
+    assert "You have used **0 of 3** videos in the last 24 h." in await quota()
+    assert "You can start a video now" in await quota()
+    await _make(emu, bot, "one", emu.member)
+    assert "**1 of 3**" in await quota()
+
+    vip = emu.guild.add_role("vip")  # created after start-up: not in the bot's role cache
+    emu.guild.members[emu.member.id].role_ids.append(vip.id)
+    await _admin(emu, "veo-admin limits role", {"role": vip, "videos": 1})
+    shown = await quota()
+    assert "**1 of 1**" in shown
+    assert re.search(r"Right now: You have used 1 of 1 videos .* next one <t:\d+:R>\.", shown)
