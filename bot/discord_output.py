@@ -104,7 +104,7 @@ class DiscordOutput:
     async def finished(self, job: Job) -> None:
         """Post the outcome to the guild's moderator log channel, if it has one, and forget
         the job's throttle and lock (they would otherwise grow with every job)."""
-        self._throttles.pop(job.id, None)
+        self._drop_pending(job.id)
         self._locks.pop(job.id, None)
         self._closed.discard(job.id)
         store = self.bot.store
@@ -128,9 +128,7 @@ class DiscordOutput:
     async def retire(self, job_id: int) -> None:
         """No more progress edits for this job (cancelled, finished); waits for one in flight."""
         self._closed.add(job_id)
-        throttle = self._throttles.pop(job_id, None)
-        if throttle is not None and throttle.timer is not None:
-            throttle.timer.cancel()
+        self._drop_pending(job_id)
         async with self._lock(job_id):
             pass
 
@@ -181,15 +179,15 @@ class DiscordOutput:
                 # Progress is best effort; the final message has its own fallbacks.
                 log.info("job %s: progress edit failed (%s %s)", job.id, exc.status, exc.code)
 
-    def _finish(self, job: Job) -> None:
-        throttle = self._throttles.pop(job.id, None)
+    def _drop_pending(self, job_id: int) -> None:
+        """Forget the job's throttle, cancelling an edit that waits for its turn."""
+        throttle = self._throttles.pop(job_id, None)
         if throttle is not None and throttle.timer is not None:
             throttle.timer.cancel()
 
     # ------------------------------------------------------------------------------ endings
 
     async def failed(self, job: Job, message: str) -> None:
-        self._finish(job)
         text = failure_text(params_of(job), message, job_id=job.id)
         await self._final(
             job,
@@ -200,7 +198,9 @@ class DiscordOutput:
         )
 
     async def deliver(self, job: Job, finished: Finished) -> Receipt:
-        self._finish(job)
+        # A stale pending edit must not land now; a re-encode may still show its own progress
+        # (`_final` then retires the job for good).
+        self._drop_pending(job.id)
         # The live interaction's limit (boosts included); with no usable token the upload goes
         # with the bot token, so the guild's own limit applies.
         token_alive = self._token_alive(job)
@@ -223,7 +223,6 @@ class DiscordOutput:
                 on_encode=lambda: self.progress(job, Progress(Stage.ENCODING)),
                 label=f"job {job.id}",
             )
-            self._finish(job)
             mention_id = job.user_id if self.mention_on_ready else None
             mentions = discord.AllowedMentions(
                 everyone=False,
