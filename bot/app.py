@@ -16,7 +16,7 @@ from bot.config import Settings
 from bot.discord_output import DiscordOutput
 from bot.jobs import JobService
 from bot.quota import LimitDefaults
-from bot.replies import send_ephemeral, unexpected
+from bot.replies import accepting_work, send_ephemeral, unexpected
 from bot.store import Store
 
 log = logging.getLogger(__name__)
@@ -40,13 +40,7 @@ class VeoTree(app_commands.CommandTree["VeoBot"]):
     """One handler for whatever a command did not handle itself."""
 
     async def interaction_check(self, interaction: discord.Interaction[VeoBot]) -> bool:
-        jobs = interaction.client.jobs
-        if jobs is not None and not jobs.accepting:
-            await interaction.response.send_message(
-                "The bot is restarting — try again in a minute.", ephemeral=True
-            )
-            return False
-        return True
+        return await accepting_work(interaction)
 
     async def on_error(
         self, interaction: discord.Interaction[VeoBot], error: app_commands.AppCommandError

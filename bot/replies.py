@@ -8,6 +8,8 @@ from typing import Any
 
 import discord
 
+from bot.presenter import NOT_ACCEPTING
+
 log = logging.getLogger(__name__)
 
 
@@ -28,3 +30,13 @@ async def send_ephemeral(interaction: discord.Interaction[Any], text: str) -> No
             await interaction.response.send_message(text, ephemeral=True)
     except discord.HTTPException as exc:
         log.info("could not answer interaction %s: %s", interaction.id, exc)
+
+
+async def accepting_work(interaction: discord.Interaction[Any]) -> bool:
+    """False, after telling the member, while the bot is shutting down. Commands get this from
+    the tree's check; buttons and forms bypass the tree and call it themselves."""
+    jobs = interaction.client.jobs
+    if jobs is None or not jobs.accepting:
+        await send_ephemeral(interaction, NOT_ACCEPTING)
+        return False
+    return True

@@ -24,7 +24,7 @@ from discord.ext import commands
 from bot.flow import ImageSource, defer_public, refuse, start_job
 from bot.jobs import may_act_on, params_of
 from bot.presenter import NOT_CANCELLABLE, cancelled_text
-from bot.replies import send_ephemeral, unexpected
+from bot.replies import accepting_work, send_ephemeral, unexpected
 from bot.store import Job
 
 if TYPE_CHECKING:
@@ -37,15 +37,6 @@ PROMPT_MAX = 4000  # as /veo's `prompt` option and Discord's text input allow
 
 def _is_moderator(interaction: discord.Interaction[VeoBot]) -> bool:
     return interaction.guild is not None and interaction.permissions.manage_guild
-
-
-async def _accepting(interaction: discord.Interaction[VeoBot]) -> bool:
-    """Component presses bypass the command tree's check: refuse them while shutting down."""
-    jobs = interaction.client.jobs
-    if jobs is None or not jobs.accepting:
-        await send_ephemeral(interaction, "The bot is restarting — try again in a minute.")
-        return False
-    return True
 
 
 def _rerun_request(
@@ -109,7 +100,7 @@ class _JobButton(discord.ui.DynamicItem[discord.ui.Button[Any]], template=r"veo:
         return cls(int(match["job"]))
 
     async def interaction_check(self, interaction: discord.Interaction[VeoBot]) -> bool:  # type: ignore[override]
-        return not self.refuse_while_stopping or await _accepting(interaction)
+        return not self.refuse_while_stopping or await accepting_work(interaction)
 
 
 class CancelButton(_JobButton, template=r"veo:cancel:(?P<job>[0-9]+)"):
@@ -290,7 +281,7 @@ class Buttons(commands.Cog):
         if match is None:
             return
         try:
-            if not await _accepting(interaction):
+            if not await accepting_work(interaction):
                 return
             await defer_public(interaction)
             prompt = submitted_value(data.get("components"), "prompt") or ""
