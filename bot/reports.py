@@ -7,7 +7,7 @@ import io
 from collections.abc import Iterable
 from datetime import UTC, datetime
 
-from bot.quota import EffectiveLimits, GuildLimits, LimitDefaults, LimitOverride
+from bot.quota import GuildLimits, LimitDefaults, LimitOverride
 from bot.store import AuditEntry, Job, UsageSummary, UserUsage
 
 DISCORD_WEB = "https://discord.com/channels"
@@ -191,11 +191,6 @@ def limits_text(
         lines.append("**User overrides**")
         lines += [f"<@{user}>: {_override(o)}" for user, o in users.items()]
     return _clip("\n".join(lines))
-
-
-def effective_text(limits: EffectiveLimits) -> str:
-    count = "no limit" if limits.user_limit is None else f"{limits.user_limit}"
-    return f"{count} per {limits.window_hours:g} h, {limits.concurrency} at once"
 
 
 def audit_text(entries: list[AuditEntry]) -> str:
