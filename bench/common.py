@@ -18,7 +18,7 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))  # run from anywhere, as a script or with `python -m bench`
 
-from bot.fake_segmind import FakeSegmind  # noqa: E402  (after the path tweak)
+from bot.segmind.fake import FakeSegmind  # noqa: E402  (after the path tweak)
 from tests.discord_emulator import DiscordEmulator  # noqa: E402
 from tests.e2e.harness import FAKE_KEY, BotProcess  # noqa: E402
 

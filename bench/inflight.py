@@ -70,7 +70,7 @@ def _status_rate(fake: object, window: float) -> float:
 
 
 async def sdk_side(jobs: int, window: float) -> dict[str, float]:
-    from bot.fake_segmind import FakeSegmind
+    from bot.segmind.fake import FakeSegmind
 
     async with FakeSegmind(api_key=FAKE_KEY, queue_seconds=0.1, processing_seconds=3600) as fake:
         fake.credits = 1e9

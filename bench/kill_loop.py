@@ -25,7 +25,7 @@ import time
 from collections import Counter
 from pathlib import Path
 
-from bot.fake_segmind import FakeSegmind
+from bot.segmind.fake import FakeSegmind
 from tests.discord_emulator import DiscordEmulator
 from tests.e2e.harness import (
     FAKE_KEY,

@@ -1,10 +1,10 @@
 """Benchmark: our adaptive, budget-shared polling vs the SDK's fixed 1-s interval.
 
 Run by hand: `.venv/bin/python bench/polling.py` (about ten seconds). Everything runs on
-simulated time (`bot.polling.run_simulated`) through the real `Poller` and `RateLimiter`; only
-Segmind is replaced by a job that turns COMPLETED `duration` seconds after submit. Request
-latency is taken as zero for both sides, so "lag" is pure scheduling: the time between a job
-becoming COMPLETED and the poll that notices it.
+simulated time (`bot.segmind.polling.run_simulated`) through the real `Poller` and
+`RateLimiter`; only Segmind is replaced by a job that turns COMPLETED `duration` seconds after
+submit. Request latency is taken as zero for both sides, so "lag" is pure scheduling: the time
+between a job becoming COMPLETED and the poll that notices it.
 
 The SDK's `AsyncJob.wait()` polls at once and then every `interval` (1 s): a job lasting d
 seconds costs ceil(d) + 1 status requests and is noticed ceil(d) - d seconds late.
@@ -30,7 +30,7 @@ from pathlib import Path
 # Run by hand from anywhere: make the repository's `bot` importable.
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from bot.polling import (
+from bot.segmind.polling import (
     DEFAULT_FLOOR,
     DEFAULT_SPACING,
     DurationEstimator,

@@ -9,7 +9,7 @@ def main(argv: list[str] | None = None) -> int:
     args = list(sys.argv[1:] if argv is None else argv)
     command = args.pop(0) if args and not args[0].startswith("-") else "run"
     if command == "run":
-        from bot.runner import main_run
+        from bot.chat.runner import main_run
 
         return main_run(args)
     if command == "generate":
@@ -21,7 +21,7 @@ def main(argv: list[str] | None = None) -> int:
 
         return main_check(args)
     if command == "fake-segmind":
-        from bot.fake_segmind import run_cli
+        from bot.segmind.fake import run_cli
 
         return run_cli(args)
     print(

@@ -17,7 +17,7 @@ from typing import NoReturn, TextIO
 
 from bot.config import Settings, SettingsError, load_settings
 from bot.params import ALLOWED_VALUES, InvalidParams, VeoParams, parse_params
-from bot.segmind import (
+from bot.segmind.client import (
     JobResult,
     SegmindClient,
     SegmindError,
@@ -141,7 +141,7 @@ async def open_client(
         ) as client:
             yield client, False
         return
-    from bot.fake_segmind import FakeSegmind
+    from bot.segmind.fake import FakeSegmind
 
     fake = FakeSegmind(
         api_key=DEMO_KEY,

@@ -13,12 +13,12 @@ import discord
 from discord import app_commands
 from discord.ext import commands
 
-from bot import reports
-from bot.flow import member_role_ids
+from bot.chat import reports
+from bot.chat.intake import member_role_ids
 from bot.quota import GuildLimits, LimitDefaults, LimitOverride, Refusal, render_refusal
 
 if TYPE_CHECKING:
-    from bot.app import VeoBot
+    from bot.chat.app import VeoBot
     from bot.store import Store
 
 Interaction = discord.Interaction["VeoBot"]

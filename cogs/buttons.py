@@ -6,7 +6,7 @@ process — not only the one that sent the message — can answer a press. Regis
 
 - Cancel (`veo:cancel:<job>`) on a placeholder while the job waits in the bot's own queue.
 - Again (`veo:again:<job>`), Edit prompt (`veo:edit:<job>`), Delete (`veo:delete:<job>`) on
-  the finished video. Again and Edit prompt start a new job through `bot.flow.start_job`,
+  the finished video. Again and Edit prompt start a new job through `bot.chat.intake.start_job`,
   exactly like `/veo` (deferred first, same limits).
 
 The decisions (who may cancel, what the new job asks for) live in `bot/`; this module renders.
@@ -21,14 +21,14 @@ from typing import TYPE_CHECKING, Any, ClassVar, Self
 import discord
 from discord.ext import commands
 
-from bot.flow import ImageSource, defer_public, refuse, start_job
+from bot.chat.intake import ImageSource, defer_public, refuse, start_job
+from bot.chat.presenter import NOT_CANCELLABLE, cancelled_text
+from bot.chat.replies import accepting_work, send_ephemeral, unexpected
 from bot.jobs import may_act_on, params_of
-from bot.presenter import NOT_CANCELLABLE, cancelled_text
-from bot.replies import accepting_work, send_ephemeral, unexpected
 from bot.store import Job
 
 if TYPE_CHECKING:
-    from bot.app import VeoBot
+    from bot.chat.app import VeoBot
 
 log = logging.getLogger(__name__)
 
@@ -245,7 +245,7 @@ DYNAMIC_ITEMS = (CancelButton, AgainButton, EditPromptButton, DeleteButton)
 
 
 class Components:
-    """`bot.discord_output.JobComponents`: the views the output attaches to a job's messages."""
+    """`bot.chat.output.JobComponents`: the views the output attaches to a job's messages."""
 
     def queued(self, job: Job) -> discord.ui.View:
         view = discord.ui.View(timeout=None)

@@ -20,7 +20,7 @@ import discord
 from discord import app_commands
 from discord.ext import commands
 
-from bot.flow import (
+from bot.chat.intake import (
     ImageSource,
     default_params,
     defer_public,
@@ -29,18 +29,18 @@ from bot.flow import (
     start_job,
     start_job_from_message,
 )
-from bot.params import PROMPT_MAX_CHARS, Aspect
-from bot.presenter import (
+from bot.chat.presenter import (
     MENTION_USAGE,
     NO_IMAGE_MENU,
     NO_PROMPT,
     NOT_ACCEPTING,
     reply_without_image_hint,
 )
-from bot.replies import send_ephemeral, unexpected
+from bot.chat.replies import send_ephemeral, unexpected
+from bot.params import PROMPT_MAX_CHARS, Aspect
 
 if TYPE_CHECKING:
-    from bot.app import VeoBot
+    from bot.chat.app import VeoBot
 
 log = logging.getLogger(__name__)
 

@@ -8,11 +8,11 @@ import discord
 from discord import app_commands
 from discord.ext import commands
 
-from bot.flow import default_params, defer_public, start_job
+from bot.chat.intake import default_params, defer_public, start_job
 from bot.params import Aspect, Resolution
 
 if TYPE_CHECKING:
-    from bot.app import VeoBot
+    from bot.chat.app import VeoBot
 
 ASPECT_CHOICES = [
     app_commands.Choice(name="16:9 landscape", value=Aspect.WIDE.value),

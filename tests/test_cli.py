@@ -17,7 +17,7 @@ from bot.cli import (
     main_generate,
 )
 from bot.config import Settings, load_settings
-from bot.fake_segmind import FakeSegmind, Fault
+from bot.segmind.fake import FakeSegmind, Fault
 
 KEY = "cli-test-key-0123456789"
 

@@ -6,7 +6,7 @@ import discord
 import pytest
 from discord import app_commands
 
-from bot.app import EXTENSIONS, VeoBot
+from bot.chat.app import EXTENSIONS, VeoBot
 from bot.config import load_settings
 
 

@@ -1,4 +1,5 @@
-"""`bot.encode` on real files: sizes land under the limit, the result plays, failures are clean."""
+"""`bot.media.encode` on real files: sizes land under the limit, the result plays, failures
+are clean."""
 
 from __future__ import annotations
 
@@ -9,9 +10,16 @@ from pathlib import Path
 
 import pytest
 
-from bot import encode
-from bot.encode import CannotFit, EncodeFailed, fit_to_size, human_size, plan_bitrates, plan_upload
-from bot.fake_segmind.video import VideoSpec, ensure_rendered, probe
+from bot.media import encode
+from bot.media.encode import (
+    CannotFit,
+    EncodeFailed,
+    fit_to_size,
+    human_size,
+    plan_bitrates,
+    plan_upload,
+)
+from bot.segmind.fake.video import VideoSpec, ensure_rendered, probe
 
 MIB = 1024 * 1024
 

@@ -19,9 +19,9 @@ from segmind import SegmindClient
 from segmind.exceptions import SegmindError
 from segmind.v2 import AsyncJob, InferenceFailed
 
-from bot.fake_segmind import FakeSegmind, Fault
-from bot.fake_segmind.jobs import BLOCKED_ERROR, INTERNAL_ERROR
-from bot.fake_segmind.video import probe
+from bot.segmind.fake import FakeSegmind, Fault
+from bot.segmind.fake.jobs import BLOCKED_ERROR, INTERNAL_ERROR
+from bot.segmind.fake.video import probe
 
 KEY = "sdk-test-key"
 

@@ -16,10 +16,10 @@ from typing import Any
 import aiohttp
 import pytest
 
-from bot.fake_segmind import FakeSegmind, Fault, parse_magic, price, probe
-from bot.fake_segmind.jobs import BLOCKED_ERROR, INTERNAL_ERROR, Magic
-from bot.fake_segmind.video import MIB
 from bot.params import parse_params
+from bot.segmind.fake import FakeSegmind, Fault, parse_magic, price, probe
+from bot.segmind.fake.jobs import BLOCKED_ERROR, INTERNAL_ERROR, Magic
+from bot.segmind.fake.video import MIB
 
 KEY = "test-key"
 AUTH = {"x-api-key": KEY}
@@ -599,7 +599,7 @@ async def test_cli_serves_in_a_separate_process(http: aiohttp.ClientSession) -> 
     process = await asyncio.create_subprocess_exec(
         sys.executable,
         "-m",
-        "bot.fake_segmind",
+        "bot.segmind.fake",
         "--port",
         "0",
         "--api-key",

@@ -1,4 +1,5 @@
-"""Which image a message offers to "Animate with Veo" and `@Veo` replies (`bot.flow.find_image`)."""
+"""Which image a message offers to "Animate with Veo" and `@Veo` replies
+(`bot.chat.intake.find_image`)."""
 
 from __future__ import annotations
 
@@ -8,8 +9,8 @@ from typing import Any
 import discord
 import pytest
 
-from bot.flow import ImageSource, find_image
-from bot.presenter import reply_without_image_hint
+from bot.chat.intake import ImageSource, find_image
+from bot.chat.presenter import reply_without_image_hint
 
 
 def _attachment(filename: str, content_type: str | None, size: int = 1234) -> discord.Attachment:

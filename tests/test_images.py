@@ -8,7 +8,7 @@ import aiohttp
 import pytest
 from aiohttp import web
 
-from bot.images import ImageRejected, dimensions, inspect_image, sniff
+from bot.media.images import ImageRejected, dimensions, inspect_image, sniff
 from bot.params import Aspect
 from tests.imaging import GIF_HEAD, encode_image
 
@@ -118,7 +118,7 @@ async def test_missing_image_says_it_may_be_deleted(
 
 
 def test_aspect_follows_the_image() -> None:
-    from bot.images import ImageInfo
+    from bot.media.images import ImageInfo
 
     def pick(w: int, h: int) -> Aspect | None:
         return ImageInfo("http://x", "png", None, w, h).closest_aspect()

@@ -13,7 +13,7 @@ import random
 
 import pytest
 
-from bot.polling import (
+from bot.segmind.polling import (
     DeadlineReached,
     DurationEstimator,
     Poller,

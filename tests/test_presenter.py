@@ -4,8 +4,7 @@ from __future__ import annotations
 
 import re
 
-from bot.params import VeoParams
-from bot.presenter import (
+from bot.chat.presenter import (
     CONTENT_LIMIT,
     Delivered,
     Progress,
@@ -16,6 +15,7 @@ from bot.presenter import (
     progress_text,
     safe_prompt,
 )
+from bot.params import VeoParams
 
 PINGS = (
     "hey @everyone and @here, <@&123456789012345678> <@123456789012345678> <@!123456789012345678>"

@@ -18,9 +18,8 @@ import aiohttp
 import pytest
 from aiohttp import web
 
-from bot.fake_segmind import FakeSegmind, Fault
 from bot.params import VeoParams
-from bot.segmind import (
+from bot.segmind.client import (
     AuthError,
     BadRequest,
     ContentBlocked,
@@ -44,6 +43,7 @@ from bot.segmind import (
     output_urls,
     parse_reset,
 )
+from bot.segmind.fake import FakeSegmind, Fault
 
 KEY = "sk-test-0123456789abcdef-SECRET"
 WALL_START = 1_700_000_000.0

@@ -7,7 +7,7 @@ from pathlib import Path
 
 import pytest
 
-from bot.fake_segmind import FakeSegmind
+from bot.segmind.fake import FakeSegmind
 from tests.discord_emulator import DiscordEmulator
 from tests.e2e.harness import FAKE_KEY, BotProcess
 

@@ -12,7 +12,7 @@ import sys
 from collections.abc import Callable
 from pathlib import Path
 
-from bot.fake_segmind import FakeSegmind
+from bot.segmind.fake import FakeSegmind
 from tests.discord_emulator import DiscordEmulator
 
 ROOT = Path(__file__).resolve().parents[2]

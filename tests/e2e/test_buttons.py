@@ -9,7 +9,7 @@ from typing import Any
 
 import pytest
 
-from bot.fake_segmind import FakeSegmind
+from bot.segmind.fake import FakeSegmind
 from tests.discord_emulator import DiscordEmulator, InteractionHandle, StoredMessage
 from tests.e2e.harness import BotProcess, job_states, ledger, messages_with_video, wait_until
 

@@ -8,7 +8,7 @@ import io
 import aiohttp
 import pytest
 
-from bot.fake_segmind import FakeSegmind, probe
+from bot.segmind.fake import FakeSegmind, probe
 from tests.discord_emulator import DiscordEmulator, RequestRecord
 from tests.e2e.harness import BotProcess
 

@@ -19,7 +19,7 @@ from typing import Any
 
 import pytest
 
-from bot.fake_segmind import FakeSegmind
+from bot.segmind.fake import FakeSegmind
 from tests.discord_emulator import DiscordEmulator, RequestRecord, StoredMessage
 from tests.e2e.harness import BotProcess
 from tests.imaging import GIF_HEAD, encode_image

@@ -9,7 +9,7 @@ import re
 
 import pytest
 
-from bot.fake_segmind import FakeSegmind
+from bot.segmind.fake import FakeSegmind
 from tests.discord_emulator import DiscordEmulator, User
 from tests.e2e.harness import BotProcess
 from tests.e2e.helpers import content_of, edits_for, final_for, private_answer

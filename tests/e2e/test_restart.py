@@ -16,7 +16,7 @@ from pathlib import Path
 
 import pytest
 
-from bot.fake_segmind import FakeSegmind, Fault
+from bot.segmind.fake import FakeSegmind, Fault
 from tests.discord_emulator import DiscordEmulator, RequestRecord
 from tests.e2e.harness import (
     BotProcess,

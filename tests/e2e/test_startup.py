@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from bot.fake_segmind import FakeSegmind
+from bot.segmind.fake import FakeSegmind
 from tests.discord_emulator import DiscordEmulator
 from tests.e2e.harness import BotProcess
 from tests.e2e.helpers import final_for

@@ -7,7 +7,7 @@ from typing import Any
 import aiohttp
 import pytest
 
-from bot.fake_segmind import FakeSegmind, probe
+from bot.segmind.fake import FakeSegmind, probe
 from tests.discord_emulator import DiscordEmulator, RequestRecord, StoredMessage
 from tests.e2e.harness import BotProcess
 

@@ -6,7 +6,7 @@ import asyncio
 
 import pytest
 
-from bot.fake_segmind import FakeSegmind, Fault
+from bot.segmind.fake import FakeSegmind, Fault
 from tests.discord_emulator import DiscordEmulator
 from tests.e2e.harness import BotProcess
 from tests.e2e.helpers import final_for, private_answer

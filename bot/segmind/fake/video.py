@@ -22,7 +22,7 @@ from typing import IO, Any
 
 import av
 
-from bot.encode import media_duration
+from bot.media.encode import media_duration
 
 # Even dimensions: yuv420p subsamples chroma by two in both directions.
 FRAME_SIZES: dict[str, tuple[int, int]] = {

@@ -49,7 +49,7 @@ def main_run(argv: list[str]) -> int:
 
 
 async def _serve(settings: Settings, token: str) -> int:
-    from bot.app import VeoBot
+    from bot.chat.app import VeoBot
 
     bot = VeoBot(settings)
     loop = asyncio.get_running_loop()

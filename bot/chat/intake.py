@@ -22,16 +22,16 @@ from typing import TYPE_CHECKING, Any
 
 import discord
 
+from bot.chat.reports import message_url
 from bot.config import Settings
-from bot.images import ImageRejected, inspect_image
 from bot.jobs import NewJob
+from bot.media.images import ImageRejected, inspect_image
 from bot.params import InvalidParams, VeoParams, parse_params
 from bot.quota import Refusal, render_refusal
-from bot.reports import message_url
 from bot.store import StoreUnavailable
 
 if TYPE_CHECKING:
-    from bot.app import VeoBot
+    from bot.chat.app import VeoBot
 
 log = logging.getLogger(__name__)
 

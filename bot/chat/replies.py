@@ -8,7 +8,7 @@ from typing import Any
 
 import discord
 
-from bot.presenter import NOT_ACCEPTING
+from bot.chat.presenter import NOT_ACCEPTING
 
 log = logging.getLogger(__name__)
 

@@ -7,11 +7,11 @@ Scenarios are steered with `fake.inject(route, Fault(...))`, `[fake:...]` prompt
 injectable clock; see README.md beside this file.
 """
 
-from bot.fake_segmind.cli import main as run_cli
-from bot.fake_segmind.faults import ROUTES, Fault
-from bot.fake_segmind.jobs import JobState, parse_magic, price
-from bot.fake_segmind.server import FakeSegmind, RecordedRequest
-from bot.fake_segmind.video import probe
+from bot.segmind.fake.cli import main as run_cli
+from bot.segmind.fake.faults import ROUTES, Fault
+from bot.segmind.fake.jobs import JobState, parse_magic, price
+from bot.segmind.fake.server import FakeSegmind, RecordedRequest
+from bot.segmind.fake.video import probe
 
 __all__ = [
     "ROUTES",

@@ -27,10 +27,8 @@ from typing import TYPE_CHECKING, Any, Protocol
 import aiohttp
 import discord
 
-from bot import reports
-from bot.encode import UploadPlan, plan_upload
-from bot.jobs import Finished, OutputUnavailable, Receipt, checkpoint_route, params_of
-from bot.presenter import (
+from bot.chat import reports
+from bot.chat.presenter import (
     Delivered,
     Progress,
     Stage,
@@ -40,10 +38,12 @@ from bot.presenter import (
     source_image_embed,
     with_cancel_note,
 )
+from bot.jobs import Finished, OutputUnavailable, Receipt, checkpoint_route, params_of
+from bot.media.encode import UploadPlan, plan_upload
 from bot.store import Job
 
 if TYPE_CHECKING:
-    from bot.app import VeoBot
+    from bot.chat.app import VeoBot
 
 log = logging.getLogger(__name__)
 

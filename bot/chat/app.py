@@ -11,12 +11,12 @@ import discord
 from discord import app_commands
 from discord.ext import commands
 
-from bot import segmind as sm
+from bot.chat.output import DiscordOutput
+from bot.chat.replies import accepting_work, send_ephemeral, unexpected
 from bot.config import Settings
-from bot.discord_output import DiscordOutput
 from bot.jobs import JobService
 from bot.quota import LimitDefaults
-from bot.replies import accepting_work, send_ephemeral, unexpected
+from bot.segmind import client as sm
 from bot.store import Store
 
 log = logging.getLogger(__name__)
@@ -137,7 +137,7 @@ class VeoBot(commands.Bot):
         if not self.demo:
             assert settings.segmind_api_key is not None
             return settings.segmind_base_url, settings.segmind_api_key.get_secret_value()
-        from bot.fake_segmind import FakeSegmind
+        from bot.segmind.fake import FakeSegmind
 
         # Slow enough that an owner trying the bot sees the placeholder move.
         demo_seconds = settings.veo_demo_seconds

@@ -27,10 +27,10 @@ from aiohttp import web
 from aiohttp.abc import AbstractStreamWriter
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
-from bot.fake_segmind.faults import Fault, FaultQueue, Route
-from bot.fake_segmind.jobs import Job, JobState, parse_magic, price
-from bot.fake_segmind.video import VideoSpec, ensure_rendered
 from bot.params import MODEL_SLUG, InvalidParams, parse_params
+from bot.segmind.fake.faults import Fault, FaultQueue, Route
+from bot.segmind.fake.jobs import Job, JobState, parse_magic, price
+from bot.segmind.fake.video import VideoSpec, ensure_rendered
 
 log = logging.getLogger(__name__)
 
@@ -137,7 +137,7 @@ def _html_page(status: int) -> str:
 
 
 class FakeSegmind:
-    """A loopback Segmind. See `bot/fake_segmind/README.md` for the scenarios it can play.
+    """A loopback Segmind. See `bot/segmind/fake/README.md` for the scenarios it can play.
 
     `cost_per_job=None` prices each job by its parameters (`jobs.price`, $0.40-$1.20).
     `api_key=None` accepts any request, key or not. `clock` is read for every state decision;

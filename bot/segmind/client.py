@@ -44,7 +44,7 @@ from urllib.parse import quote, urlsplit
 import aiohttp
 
 from bot.params import MODEL_SLUG, VeoParams
-from bot.polling import DEFAULT_FLOOR, Clock, DeadlineReached, Poller, RateLimiter, Sleep
+from bot.segmind.polling import DEFAULT_FLOOR, Clock, DeadlineReached, Poller, RateLimiter, Sleep
 
 log = logging.getLogger(__name__)
 

@@ -1,4 +1,4 @@
-"""`python -m bot.fake_segmind`: run the fake on its own, for demo mode or subprocess tests."""
+"""`python -m bot.segmind.fake`: run the fake on its own, for demo mode or subprocess tests."""
 
 from __future__ import annotations
 
@@ -9,7 +9,7 @@ import logging
 import signal
 import sys
 
-from bot.fake_segmind.server import FakeSegmind
+from bot.segmind.fake.server import FakeSegmind
 
 log = logging.getLogger(__name__)
 
@@ -17,7 +17,7 @@ log = logging.getLogger(__name__)
 def build_parser() -> argparse.ArgumentParser:
     """The command-line options; defaults match `FakeSegmind`'s except the port."""
     parser = argparse.ArgumentParser(
-        prog="python -m bot.fake_segmind",
+        prog="python -m bot.segmind.fake",
         description="A local fake of Segmind's Veo 3 Fast API that serves real test clips.",
     )
     parser.add_argument("--host", default="127.0.0.1", help="address to bind (127.0.0.1)")

@@ -1,0 +1,48 @@
+"""The store: jobs as a persisted state machine, the quota ledger, moderation settings, reports
+and audit. Callers import from here; the SQLite backend lives in `bot.store.sqlite`."""
+
+from bot.store.sqlite import (
+    ALL_STATES,
+    IN_FLIGHT_STATES,
+    LEGAL_TRANSITIONS,
+    MIGRATIONS,
+    SCHEMA_VERSION,
+    TERMINAL_STATES,
+    AuditEntry,
+    IllegalTransition,
+    Job,
+    JobState,
+    Migration,
+    ReleaseReason,
+    Reserved,
+    ReserveRequest,
+    Store,
+    StoreError,
+    StoreUnavailable,
+    UsageSummary,
+    UserUsage,
+    apply_migrations,
+)
+
+__all__ = [
+    "ALL_STATES",
+    "IN_FLIGHT_STATES",
+    "LEGAL_TRANSITIONS",
+    "MIGRATIONS",
+    "SCHEMA_VERSION",
+    "TERMINAL_STATES",
+    "AuditEntry",
+    "IllegalTransition",
+    "Job",
+    "JobState",
+    "Migration",
+    "ReleaseReason",
+    "ReserveRequest",
+    "Reserved",
+    "Store",
+    "StoreError",
+    "StoreUnavailable",
+    "UsageSummary",
+    "UserUsage",
+    "apply_migrations",
+]
