@@ -14,6 +14,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Literal
 
+from bot.chat.output import DiscordOutput
 from bot.jobs import (
     Finished,
     JobOutput,
@@ -63,6 +64,7 @@ __all__ = [
     "Stage",
     "counts_against_limit",
     "enqueue",
+    "make_output",
     "make_segmind",
     "make_service",
     "new_job",
@@ -104,6 +106,26 @@ def make_service(
         work_dir=work_dir,
         max_video_bytes=max_video_bytes,
         deadline=deadline,
+        clock=clock,
+    )
+
+
+def make_output(
+    client: Any,
+    store: Store,
+    *,
+    edit_interval: float = 0.0,
+    mention_on_ready: bool = False,
+    demo: bool = False,
+    clock: Callable[[], float] = time.time,
+) -> DiscordOutput:
+    """The one place a test builds a `DiscordOutput` over a logged-in `discord.Client`."""
+    client.store = store  # today the output reads the store off the bot it is given
+    return DiscordOutput(
+        client,
+        edit_interval=edit_interval,
+        mention_on_ready=mention_on_ready,
+        demo=demo,
         clock=clock,
     )
 
