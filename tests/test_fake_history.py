@@ -254,3 +254,14 @@ async def test_history_needs_the_key(fake: FakeSegmind, http: aiohttp.ClientSess
         assert (listed.status, one.status) == (401, 401)
     async with http.get(fake.history_url, headers={"x-api-key": "wrong"}) as wrong:
         assert wrong.status == 401
+
+
+async def test_the_delay_is_set_through_the_admin_api(
+    fake: FakeSegmind, http: aiohttp.ClientSession
+) -> None:
+    async with http.post(f"{fake.base_url}/_fake/config", json={"history_delay_seconds": 0}) as r:
+        assert (await r.json())["history_delay_seconds"] == 0
+
+    request_id = await submit(http, fake)
+
+    assert (await row(http, fake, request_id))[0] == 200

@@ -167,35 +167,33 @@ class History:
         """The request's first row, whatever its age; None when unknown or not landed yet."""
         for job in self._jobs:
             if job.request_id == request_id:
-                return self._row(job, self._urls(job)[0])
+                return self._row(job, 0)
         return None
 
     def page(self, query: HistoryQuery) -> dict[str, Any]:
         """One page of rows matching `query`."""
         first = self._wall_date_bound(query.from_date)
         last = self._wall_date_bound(query.to_date + timedelta(days=1))
-        matching: list[tuple[Job, HistoryStatus]] = []
+        # (sort key, job, output index): one entry per output, as the service lists them.
+        entries: list[tuple[tuple[Any, ...], Job, int]] = []
         for job in self._jobs:
-            created = self._wall(job.submitted_at)
-            if not first <= created < last:
+            if not first <= self._wall(job.submitted_at) < last:
                 continue
             if query.model_name and query.model_name not in MODEL_SLUG:
                 continue
-            status = row_status(job.state_at(self._now))
-            if query.status is not None and status is not query.status:
+            state = job.state_at(self._now)
+            if query.status is not None and row_status(state) is not query.status:
                 continue
-            matching.append((job, status))
-        # Expand to one entry per output before paging, as the service does.
-        entries = [(job, url) for job, _ in matching for url in self._urls(job)]
-        entries.sort(key=lambda entry: self._sort_key(entry[0], query.sort_by))
-        if query.descending:
-            entries.reverse()
+            key = self._sort_key(job, query.sort_by)
+            outputs = job.magic.outputs if state is JobState.COMPLETED else 1
+            entries.extend(((*key, index), job, index) for index in range(outputs))
+        # The request id and output index break ties, so pages never overlap or skip.
+        entries.sort(key=lambda entry: entry[0], reverse=query.descending)
         start = (query.page - 1) * query.per_page
-        rows = [self._row(job, url) for job, url in entries[start : start + query.per_page]]
+        rows = [self._row(job, index) for _, job, index in entries[start : start + query.per_page]]
         return {"data": rows, "page": query.page, "per_page": query.per_page, "total": len(entries)}
 
     def _sort_key(self, job: Job, sort_by: SortBy) -> tuple[Any, ...]:
-        # The request id breaks ties, so pages never overlap or skip.
         if sort_by is SortBy.CREDITS_DEDUCTION:
             return (self._billed(job), job.submitted_at, job.request_id)
         if sort_by is SortBy.MODEL_NAME:
@@ -205,16 +203,13 @@ class History:
     def _wall_date_bound(self, day: date) -> float:
         return datetime(day.year, day.month, day.day, tzinfo=UTC).timestamp()
 
-    def _urls(self, job: Job) -> list[str | None]:
-        if job.state_at(self._now) is JobState.COMPLETED:
-            return list(self._output_urls(job))
-        return [None]  # no output yet (or never): still one row
-
     def _billed(self, job: Job) -> float:
         return job.billed_at(self._now)
 
-    def _row(self, job: Job, generation_url: str | None) -> dict[str, Any]:
+    def _row(self, job: Job, output: int) -> dict[str, Any]:
         state = job.state_at(self._now)
+        # No output yet (or never): still one row, without a URL.
+        generation_url = self._output_urls(job)[output] if state is JobState.COMPLETED else None
         finished = state in (JobState.COMPLETED, JobState.FAILED)
         if finished:
             updated = job.finished_at
