@@ -289,6 +289,19 @@ async def test_a_server_that_ignores_page_is_not_paged_forever(
     assert history_requests(fake) == 2
 
 
+async def test_one_row_wrapped_under_a_key_is_read(
+    client: SegmindClient, fake: FakeSegmind
+) -> None:
+    fake.inject("history", Fault(status=200, body={"data": raw_row("w"), "success": True}))
+    fake.inject("history", Fault(status=200, body={"success": True}))
+
+    row = await client.history_row("w")
+
+    assert row is not None and row.request_id == "w"
+    with pytest.raises(Unavailable):
+        await client.history_row("w")
+
+
 def test_page_shapes() -> None:
     assert [r.request_id for r in page_rows({"data": [raw_row("x")], "page": 1})] == ["x"]
     assert page_rows({"data": []}) == []

@@ -57,7 +57,7 @@ from bot.segmind.history import (
     SortOrder,
     date_windows,
     page_rows,
-    parse_row,
+    single_row,
 )
 from bot.segmind.polling import DEFAULT_FLOOR, Clock, DeadlineReached, Poller, RateLimiter, Sleep
 
@@ -708,7 +708,7 @@ class SegmindClient:
         except NotFound:
             return None
         try:
-            return parse_row(body)
+            return single_row(body)
         except HistoryShapeError as exc:
             raise Unavailable(str(exc), request_id=request_id) from None
 

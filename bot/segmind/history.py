@@ -142,6 +142,16 @@ def parse_row(raw: Any) -> HistoryRow:
         raise HistoryShapeError(f"a history row is unreadable ({count} errors)") from None
 
 
+def single_row(body: Any) -> HistoryRow:
+    """The row of `GET <history>/<id>`: the object itself, or (unverified, so accepted too)
+    the one object under a key that holds a request id."""
+    if isinstance(body, Mapping) and "request_id" not in body:
+        wrapped = [v for v in body.values() if isinstance(v, Mapping) and "request_id" in v]
+        if len(wrapped) == 1:
+            body = wrapped[0]
+    return parse_row(body)
+
+
 def page_rows(body: Any) -> list[HistoryRow]:
     """The rows of one page: a list at the top level, or the one list under a key.
 
