@@ -724,7 +724,11 @@ class SegmindClient:
         sort_order: SortOrder = SortOrder.ASC,
     ) -> list[HistoryRow]:
         """One page of `GET <history>` over `from_date..to_date` (inclusive, at most 31 days),
-        sorted by creation time. Raises `Unavailable` for a page that cannot be read as rows."""
+        sorted by creation time. Raises `Unavailable` for a page that cannot be read as rows.
+
+        `model_name` is a substring filter at Segmind: a model whose slug contains ours would
+        match too, so a caller summing spend checks each row's `model_name`.
+        """
         query: dict[str, str | int] = {
             "page": page,
             "per_page": per_page,
