@@ -26,7 +26,7 @@ from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
 from typing import Any, Literal
 
-from bot.params import Aspect, InvalidParams, Resolution, VeoParams, parse_params
+from bot.params import MODEL_SLUG, Aspect, InvalidParams, Resolution, VeoParams, parse_params
 from bot.segmind.history import HistoryRow, HistoryStatus
 
 PUBLISHED_MIN = 0.40  # Segmind's Veo 3 Fast page: "$0.40 – $1.20 per generation"
@@ -117,11 +117,15 @@ class PriceBook:
         return self.observe(params, cost)
 
     def observe_rows(self, rows: Iterable[HistoryRow]) -> int:
-        """Learn from history rows: COMPLETED ones, each request once. Returns how many taught."""
+        """Learn from history rows: COMPLETED ones of our model, each request once. Returns how
+        many taught. A row naming no model is skipped too: another model's lower price must
+        not become ours (Segmind's `model_name` filter is only a substring match)."""
         seen: set[str] = set()
         taught = 0
         for row in rows:
             if row.request_id in seen or row.status is not HistoryStatus.COMPLETED:
+                continue
+            if row.model_name != MODEL_SLUG:
                 continue
             seen.add(row.request_id)
             taught += self.observe_body(row.request_body, row.billed)

@@ -109,29 +109,24 @@ def test_learning_the_fakes_prices_never_under_quotes(seed: int) -> None:
         assert book.quote(p) == Quote(fake_price(p), "observed", samples=3)
 
 
-def test_history_rows_teach_each_completed_request_once() -> None:
+def test_history_rows_teach_each_completed_request_of_our_model_once() -> None:
     body = params(duration=6, resolution=Resolution.FULL_HD).to_body()
+
+    def row(request_id: str, status: str, cost: float, **extra: Any) -> HistoryRow:
+        fields: dict[str, Any] = {"model_name": "veo-3-fast", "request_body": body, **extra}
+        return HistoryRow(
+            request_id=request_id, model_status=status, credits_deduction=cost, **fields
+        )
+
     rows = [
-        HistoryRow(
-            request_id="r1", model_status="COMPLETED", credits_deduction=0.8, request_body=body
-        ),
-        # A second output of the same request: the same charge, not a second one.
-        HistoryRow(
-            request_id="r1", model_status="COMPLETED", credits_deduction=0.8, request_body=body
-        ),
-        HistoryRow(
-            request_id="r2", model_status="FAILED", credits_deduction=0.0, request_body=body
-        ),
-        HistoryRow(
-            request_id="r3", model_status="PENDING", credits_deduction=5.0, request_body=body
-        ),
-        HistoryRow(
-            request_id="r4",
-            model_status="COMPLETED",
-            credits_deduction=0.5,
-            request_body={"prompt": "x", "duration": 5},  # another model's shape: ignored
-        ),
-        HistoryRow(request_id="r5", model_status="COMPLETED", credits_deduction=0.9),
+        row("r1", "COMPLETED", 0.8),
+        row("r1", "COMPLETED", 0.8),  # a second output of the same request, not a second charge
+        row("r2", "FAILED", 0.0),
+        row("r3", "PENDING", 5.0),
+        row("r4", "COMPLETED", 0.5, request_body={"prompt": "x", "duration": 5}),  # not Veo's
+        row("r5", "COMPLETED", 0.9, request_body=None),
+        row("r6", "COMPLETED", 0.3, model_name="veo-3-fast-lite"),  # matched the substring filter
+        row("r7", "COMPLETED", 0.3, model_name=None),
     ]
     book = PriceBook()
 

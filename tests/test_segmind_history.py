@@ -11,7 +11,7 @@ import importlib
 import itertools
 import logging
 import random
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Callable
 from datetime import UTC, date, datetime, timedelta
 from typing import Any
 
@@ -45,6 +45,7 @@ class FakeTime:
     def __init__(self) -> None:
         self.now = 1000.0
         self.sleeps: list[float] = []
+        self.on_sleep: Callable[[], None] | None = None
 
     def clock(self) -> float:
         return self.now
@@ -52,6 +53,8 @@ class FakeTime:
     async def sleep(self, seconds: float) -> None:
         self.sleeps.append(seconds)
         self.now += max(0.0, seconds)
+        if self.on_sleep is not None:
+            self.on_sleep()
         await asyncio.sleep(0)
 
 
@@ -185,6 +188,28 @@ async def test_a_page_exactly_full_is_followed_by_an_empty_one(
 
     assert len(rows) == 20
     assert history_requests(fake) == 3  # 10, 10, then an empty page ends it
+
+
+async def test_a_row_landing_mid_paging_repeats_one_but_skips_none(
+    client: SegmindClient, fake: FakeSegmind, ft: FakeTime
+) -> None:
+    backfill(fake, 20, days=2)
+    present = {job.request_id for job in fake.jobs.values()}
+    landed: list[str] = []
+
+    def land_one_early_row() -> None:
+        # Between two pages, a request older than every row so far shows up at the front.
+        if not landed:
+            job = fake.backfill(body("late record"), submitted_at=fake.now() - 1.95 * DAY)
+            landed.append(job.request_id)
+
+    ft.on_sleep = land_one_early_row
+    rows = await collect(client, TODAY - timedelta(days=2), TODAY, per_page=10)
+
+    ids = [row.request_id for row in rows]
+    assert present <= set(ids)
+    assert len(ids) == len(set(ids)) + 1  # the row pushed across a page boundary, read twice
+    assert len(dedupe(rows)) == 20
 
 
 async def test_several_outputs_are_summed_once(

@@ -764,10 +764,11 @@ class SegmindClient:
         """Every history row from `since` to `until` (inclusive dates, UTC), oldest first,
         split into the 31-day windows Segmind accepts.
 
-        Pages stop at an empty or short one. Oldest first, because rows that land while we
-        page then only push later rows down a place: a row may come twice (`history.dedupe`
-        before summing), none is skipped. Pages are paced so they use at most `history_share`
-        of the request budget.
+        Pages stop at an empty or short one. Oldest first, because a row that lands while we
+        page can then only push the rows after it down a place: a row may come twice
+        (`history.dedupe` before summing) but none present from the start is skipped; the
+        newcomer itself may be seen only by the next read. Pages are paced so they use at most
+        `history_share` of the request budget.
         """
         interval = self.limiter.window / (self.limiter.max_per_window * self.history_share)
         last_request: float | None = None

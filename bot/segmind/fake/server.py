@@ -303,7 +303,8 @@ class FakeSegmind:
         """Record a billed job as if submitted at `submitted_at` (fake clock), without a request.
 
         For history tests and benches that need thousands of past requests. Magic tokens apply;
-        no clip is rendered, so its output URL answers 404. Not added to `submits`.
+        no clip is rendered, so its output URL answers 404. Not added to `submits`, and not
+        refused for want of credits (the balance may go negative).
         """
         params = parse_params(body)
         magic = parse_magic(params.prompt)
