@@ -1,8 +1,8 @@
 """The performance suite, by hand: `.venv/bin/python -m bench` (about three minutes).
 
 Runs every bench against the real bot process (`python -m bot`), the Discord emulator and the
-Segmind fake, then prints one table; `--with-sims` adds the simulated polling and store benches
-(bench/polling.py, bench/quota.py) as they print themselves.
+Segmind fake, then prints one table; `--with-sims` adds the simulated polling, store and
+reconciliation benches (bench/polling.py, quota.py, reconcile.py) as they print themselves.
 """
 
 from __future__ import annotations
@@ -23,7 +23,7 @@ def main() -> None:
     parser = argparse.ArgumentParser(description="Veo for Discord performance suite")
     parser.add_argument("--jobs", type=int, default=1000, help="jobs in flight (default 1000)")
     parser.add_argument("--window", type=float, default=30.0, help="CPU window, s")
-    parser.add_argument("--with-sims", action="store_true", help="also bench/polling.py, quota.py")
+    parser.add_argument("--with-sims", action="store_true", help="also polling, quota, reconcile")
     args = parser.parse_args()
     print(f"machine: {os.cpu_count()} cores, Python {sys.version.split()[0]}", flush=True)
     rows: list[tuple[str, str, str, str]] = []
@@ -98,7 +98,7 @@ def main() -> None:
     _table(rows)
     if args.with_sims:
         here = Path(__file__).resolve().parent
-        for script in ("polling.py", "quota.py"):
+        for script in ("polling.py", "quota.py", "reconcile.py"):
             print(f"\n$ {script}", flush=True)
             subprocess.run([sys.executable, str(here / script)], check=False)  # noqa: S603
 

@@ -9,6 +9,7 @@ from pydantic import Field, SecretStr, ValidationError, field_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 from bot.params import Aspect, Duration, Fps, Resolution
+from bot.segmind.history import DEFAULT_HISTORY_URL
 
 DISCORD_API_BASE_URL = "https://discord.com/api/v10"
 DISCORD_GATEWAY_URL = "wss://gateway.discord.gg/"
@@ -39,6 +40,8 @@ class Settings(BaseSettings):
     # Segmind
     segmind_api_key: SecretStr | None = None
     segmind_base_url: str = "https://api.segmind.com"
+    # Segmind's record of every request and its cost, on another host than the API itself.
+    segmind_history_url: str = DEFAULT_HISTORY_URL
     segmind_max_rpm: int = Field(default=50, ge=1, le=10_000)
     segmind_timeout: float = Field(default=30.0, gt=0)
     veo_demo_seconds: float = Field(default=20.0, ge=0)
@@ -77,7 +80,9 @@ class Settings(BaseSettings):
     veo_max_image_bytes: int = Field(default=20 * 1024 * 1024, gt=0)
     veo_max_video_bytes: int = Field(default=500 * 1024 * 1024, gt=0)
 
-    @field_validator("segmind_base_url", "discord_api_base_url", "discord_gateway_url")
+    @field_validator(
+        "segmind_base_url", "segmind_history_url", "discord_api_base_url", "discord_gateway_url"
+    )
     @classmethod
     def _strip_slash(cls, value: str) -> str:
         return value.rstrip("/") if not value.endswith("://") else value

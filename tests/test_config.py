@@ -107,3 +107,17 @@ def test_bot_with_malformed_setting_names_it(tmp_path: Path) -> None:
     assert result.returncode == 2
     assert "VEO_MAX_CONCURRENT_JOBS" in result.stderr
     assert "Traceback" not in result.stderr
+
+
+def test_history_url_defaults_to_the_sdk_address_and_can_point_at_a_fake(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    assert load_settings(None).segmind_history_url == (
+        "https://api.spotprod.segmind.com/inference-request/request-history"
+    )
+    monkeypatch.setenv(
+        "SEGMIND_HISTORY_URL", "http://127.0.0.1:8765/inference-request/request-history/"
+    )
+    assert load_settings(None).segmind_history_url == (
+        "http://127.0.0.1:8765/inference-request/request-history"
+    )

@@ -9,6 +9,7 @@ polls in real time by design; it polls until a terminal state, so nothing here r
 from __future__ import annotations
 
 import asyncio
+import importlib
 import io
 from collections.abc import AsyncIterator, Iterator
 from typing import Any
@@ -24,6 +25,9 @@ from bot.segmind.fake.jobs import BLOCKED_ERROR, INTERNAL_ERROR
 from bot.segmind.fake.video import probe
 
 KEY = "sdk-test-key"
+# The module itself: the package's `segmind.generations` attribute is a convenience object that
+# shadows it.
+SDK_GENERATIONS = importlib.import_module("segmind.generations")
 
 
 @pytest.fixture
@@ -207,3 +211,64 @@ async def test_sdk_rejects_a_2xx_submit_without_ids(
 
     assert caught.value.status == 200
     assert len(fake.submits) == 1
+
+
+@pytest.fixture
+def sdk_history(fake: FakeSegmind, monkeypatch: pytest.MonkeyPatch) -> None:
+    # The SDK reads its history address from a module constant on every call.
+    monkeypatch.setattr(SDK_GENERATIONS, "REQUEST_HISTORY_URL", fake.history_url)
+
+
+@pytest.mark.usefixtures("sdk_history")
+async def test_sdk_history_lists_billed_and_failed_requests(
+    fake: FakeSegmind, client: SegmindClient
+) -> None:
+    done = await run_to_end(client, prompt="a deer in misty woods", seed=777)
+    with pytest.raises(InferenceFailed):
+        await run_to_end(client, prompt="a storm [fake:fail]")
+    fake.advance(fake.history_delay_seconds)
+
+    listed = await asyncio.to_thread(client.generations.history, per_page=10, model_name="veo")
+    failed = await asyncio.to_thread(client.generations.history, status="FAILED")
+
+    rows = listed["data"]
+    assert {r["model_status"] for r in rows} == {"COMPLETED", "FAILED"}
+    completed = next(r for r in rows if r["model_status"] == "COMPLETED")
+    assert completed["credits_deduction"] == pytest.approx(done["metrics"]["cost"])
+    assert completed["request_body"]["seed"] == 777
+    assert completed["generation_url"] == done["output"]
+    [only] = failed["data"]
+    assert only["credits_deduction"] == 0
+    assert only["error"] == INTERNAL_ERROR
+
+
+@pytest.mark.usefixtures("sdk_history")
+async def test_sdk_get_reads_one_request_of_any_age(
+    fake: FakeSegmind, client: SegmindClient
+) -> None:
+    def finish() -> AsyncJob:
+        job = client.submit_async("veo-3-fast", prompt="a lighthouse")
+        job.wait(timeout=20, interval=0.05)
+        return job
+
+    job = await asyncio.to_thread(finish)
+    fake.advance(fake.retention_seconds + 40 * 86_400)
+
+    one = await asyncio.to_thread(client.generations.get, job.request_id)
+
+    assert one["request_id"] == job.request_id
+    assert one["model_status"] == "COMPLETED"
+    assert one["credits_deduction"] == pytest.approx(0.6)
+    with pytest.raises(SegmindError) as caught:
+        await asyncio.to_thread(client.generations.get, "no-such-id")
+    assert caught.value.status == 404
+
+
+@pytest.mark.usefixtures("sdk_history")
+async def test_sdk_history_refusals_surface_as_sdk_errors(client: SegmindClient) -> None:
+    with pytest.raises(SegmindError) as caught:
+        await asyncio.to_thread(client.generations.history, per_page=101)
+
+    assert caught.value.status == 400
+    assert caught.value.detail is not None
+    assert "per_page" in caught.value.detail

@@ -15,8 +15,12 @@ Money rules, because every submit is a billed job:
   504 come from a gateway that had already forwarded the request to an upstream that may have
   queued it, so they are `SubmitUncertain` (itself an `Unavailable`). Either way the user decides
   whether to try again; the client never does.
-- The API key is sent only to `base_url`'s origin (redirects are not followed, status URLs from
-  another host are rebuilt from the request id) and never appears in reprs, errors or logs.
+- The API key is sent only to `base_url`'s origin and the request history's (`history_url`;
+  redirects are not followed, status URLs from another host are rebuilt from the request id) and
+  never appears in reprs, errors or logs.
+- The request history (`history_row`, `history`) is Segmind's record of what it billed. Its
+  pages are paced to a share of the request budget (`history_share`) and wait behind submits
+  and result fetches, so reconciling never slows a member's video.
 """
 
 from __future__ import annotations
@@ -32,18 +36,29 @@ import random
 import re
 import secrets
 import time
-from collections.abc import Awaitable, Callable, Mapping
+from collections.abc import AsyncIterator, Awaitable, Callable, Mapping
 from dataclasses import dataclass, field
-from datetime import UTC, datetime
+from datetime import UTC, date, datetime
 from enum import StrEnum
 from pathlib import Path
 from types import TracebackType
 from typing import Any, BinaryIO
-from urllib.parse import quote, urlsplit
+from urllib.parse import quote, urlencode, urlsplit
 
 import aiohttp
 
 from bot.params import MODEL_SLUG, VeoParams
+from bot.segmind.history import (
+    DEFAULT_HISTORY_URL,
+    MAX_PER_PAGE,
+    HistoryRow,
+    HistoryShapeError,
+    HistoryStatus,
+    SortOrder,
+    date_windows,
+    page_rows,
+    single_row,
+)
 from bot.segmind.polling import DEFAULT_FLOOR, Clock, DeadlineReached, Poller, RateLimiter, Sleep
 
 log = logging.getLogger(__name__)
@@ -67,6 +82,8 @@ _BLOCK_WORDS = re.compile(
     re.IGNORECASE,
 )
 _OUTPUT_KEYS = ("url", "video", "video_url", "output", "uri", "file", "result")
+# A JSON array answer travels through `_get_json` under this key, so every GET keeps one type.
+_LISTED = "_listed"
 
 
 # --- errors ----------------------------------------------------------------------------------
@@ -431,6 +448,8 @@ class SegmindClient:
     seconds) can be handed back to `wait(started_at=...)` after a restart. `max_rpm` is the
     account's budget shared by every request; `max_attempts`, `backoff_base`, `max_backoff` and
     `max_rate_wait` bound the GET retries. `poll_floor`/`poll_ceiling`/`job_deadline` shape `wait`.
+    `history_url` is the request-history resource; `history_share` the fraction of `max_rpm`
+    that paging it may use.
     """
 
     def __init__(
@@ -455,9 +474,15 @@ class SegmindClient:
         max_rate_wait: float = 90.0,
         limiter: RateLimiter | None = None,
         poller: Poller | None = None,
+        history_url: str = DEFAULT_HISTORY_URL,
+        history_share: float = 0.25,
     ) -> None:
         if max_attempts < 1:
             raise ValueError("max_attempts must be at least 1")
+        if not 0 < history_share <= 1:
+            raise ValueError("history_share must be in (0, 1]")
+        self.history_url = history_url.rstrip("/")
+        self.history_share = history_share
         self._api_key = api_key
         self.base_url = base_url.rstrip("/")
         self._session = session
@@ -669,6 +694,107 @@ class SegmindClient:
         free = _as_float(body.get("free-credits", body.get("free_credits"))) or 0.0
         return Credits(credits=paid, free_credits=free)
 
+    async def history_row(self, request_id: str) -> HistoryRow | None:
+        """`GET <history>/<request_id>`: the request's row, of any age (the status route
+        forgets a job after an hour; this does not). None when Segmind has no record (yet: a
+        row lands a little after its request)."""
+        try:
+            body = await self._get_json(
+                f"{self.history_url}/{quote(request_id, safe='')}",
+                priority=RateLimiter.PRIORITY_POLL,
+                attempts=self.max_attempts,
+                request_id=request_id,
+            )
+        except NotFound:
+            return None
+        try:
+            return single_row(body)
+        except HistoryShapeError as exc:
+            raise Unavailable(str(exc), request_id=request_id) from None
+
+    async def history_page(
+        self,
+        from_date: date,
+        to_date: date,
+        *,
+        page: int = 1,
+        per_page: int = MAX_PER_PAGE,
+        model_name: str | None = MODEL_SLUG,
+        status: HistoryStatus | None = None,
+        sort_order: SortOrder = SortOrder.ASC,
+    ) -> list[HistoryRow]:
+        """One page of `GET <history>` over `from_date..to_date` (inclusive, at most 31 days),
+        sorted by creation time. Raises `Unavailable` for a page that cannot be read as rows.
+
+        `model_name` is a substring filter at Segmind: a model whose slug contains ours would
+        match too, so a caller summing spend checks each row's `model_name`.
+        """
+        query: dict[str, str | int] = {
+            "page": page,
+            "per_page": per_page,
+            "from_date": from_date.isoformat(),
+            "to_date": to_date.isoformat(),
+            "sort_by": "model_created",
+            "sort_order": sort_order.value,
+        }
+        if model_name:
+            query["model_name"] = model_name
+        if status is not None:
+            query["status"] = status.value
+        body = await self._get_json(
+            f"{self.history_url}?{urlencode(query)}",
+            priority=RateLimiter.PRIORITY_POLL,
+            attempts=self.max_attempts,
+            accept_list=True,
+        )
+        try:
+            return page_rows(body.get(_LISTED, body))
+        except HistoryShapeError as exc:
+            raise Unavailable(f"the request history is unreadable: {exc}") from None
+
+    async def history(
+        self,
+        since: date,
+        until: date,
+        *,
+        model_name: str | None = MODEL_SLUG,
+        status: HistoryStatus | None = None,
+        per_page: int = MAX_PER_PAGE,
+    ) -> AsyncIterator[HistoryRow]:
+        """Every history row from `since` to `until` (inclusive dates, UTC), oldest first,
+        split into the 31-day windows Segmind accepts.
+
+        Pages stop at an empty or short one. Oldest first, because a row that lands while we
+        page can then only push the rows after it down a place: a row may come twice
+        (`history.dedupe` before summing) but none present from the start is skipped; the
+        newcomer itself may be seen only by the next read. Pages are paced so they use at most
+        `history_share` of the request budget.
+        """
+        interval = self.limiter.window / (self.limiter.max_per_window * self.history_share)
+        last_request: float | None = None
+        for first, last in date_windows(since, until):
+            page = 1
+            previous: list[str] | None = None
+            while True:
+                if last_request is not None:
+                    wait = last_request + interval - self._clock()
+                    if wait > 0:
+                        await self._sleep(wait)
+                last_request = self._clock()
+                rows = await self.history_page(
+                    first, last, page=page, per_page=per_page, model_name=model_name, status=status
+                )
+                ids = [row.request_id for row in rows]
+                if rows and ids == previous:
+                    # A server ignoring `page` would otherwise be paged forever.
+                    raise Unavailable("the request history repeats the same page")
+                for row in rows:
+                    yield row
+                if len(rows) < per_page:
+                    break
+                previous = ids
+                page += 1
+
     async def download(
         self, output: str | list[Any] | dict[str, Any], dest: Path, max_bytes: int
     ) -> int:
@@ -756,8 +882,12 @@ class SegmindClient:
         attempts: int,
         prepaid: bool = False,
         request_id: str | None = None,
+        accept_list: bool = False,
     ) -> dict[str, Any]:
-        """GET with retries; a COMPLETED/FAILED body is the answer whatever the HTTP code."""
+        """GET with retries; a COMPLETED/FAILED body is the answer whatever the HTTP code.
+
+        With `accept_list`, a 2xx JSON array is an answer too, returned under `_LISTED`.
+        """
         for attempt in range(attempts):
             last_try = attempt + 1 >= attempts
             if not (prepaid and attempt == 0):
@@ -767,7 +897,9 @@ class SegmindClient:
             except _TransportFailure as failure:
                 error: SegmindError = Unavailable(failure.description, request_id=request_id)
             else:
-                outcome = self._interpret(reply, method="GET", request_id=request_id)
+                outcome = self._interpret(
+                    reply, method="GET", request_id=request_id, accept_list=accept_list
+                )
                 if isinstance(outcome, dict):
                     return outcome
                 error = outcome
@@ -839,7 +971,12 @@ class SegmindClient:
         return text
 
     def _interpret(
-        self, reply: _Reply, *, method: str, request_id: str | None = None
+        self,
+        reply: _Reply,
+        *,
+        method: str,
+        request_id: str | None = None,
+        accept_list: bool = False,
     ) -> dict[str, Any] | SegmindError:
         """The JSON body of a usable answer, or the error it stands for."""
         body: Any
@@ -857,6 +994,8 @@ class SegmindClient:
         if 200 <= code < 300:
             if isinstance(body, dict):
                 return body
+            if accept_list and isinstance(body, list):
+                return {_LISTED: body}
             return Unavailable(
                 "Segmind answered with something that is not a JSON object",
                 status=code,

@@ -33,6 +33,12 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument(
         "--retention-seconds", type=float, default=3600.0, help="result lifetime (3600)"
     )
+    parser.add_argument(
+        "--history-delay-seconds",
+        type=float,
+        default=1.0,
+        help="time before a request appears in the request history (1.0)",
+    )
     parser.add_argument("--credits", type=float, default=100.0, help="starting balance (100)")
     parser.add_argument(
         "--cost-per-job",
@@ -52,6 +58,7 @@ async def _serve(args: argparse.Namespace) -> None:
         queue_seconds=args.queue_seconds,
         processing_seconds=args.processing_seconds,
         retention_seconds=args.retention_seconds,
+        history_delay_seconds=args.history_delay_seconds,
         credits=args.credits,
         cost_per_job=None if args.cost_per_job < 0 else args.cost_per_job,
         public_url=args.public_url,

@@ -10,7 +10,7 @@ from collections import deque
 from dataclasses import dataclass
 from typing import Any, Literal, get_args
 
-Route = Literal["submit", "status", "result", "credits", "output"]
+Route = Literal["submit", "status", "result", "credits", "output", "history"]
 ROUTES: tuple[str, ...] = get_args(Route)
 
 

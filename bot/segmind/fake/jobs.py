@@ -49,6 +49,7 @@ class Magic:
     slow_seconds: float | None = None
     big_mb: float | None = None
     bitrate_mb: float | None = None
+    outputs: int = 1  # several outputs: a list in `output`, one history row each
 
 
 def parse_magic(prompt: str) -> Magic:
@@ -57,6 +58,7 @@ def parse_magic(prompt: str) -> Magic:
     slow: float | None = None
     big: float | None = None
     bitrate: float | None = None
+    outputs = 1
     for match in _MAGIC.finditer(prompt):
         name = match["name"].lower()
         value = float(match["value"]) if match["value"] is not None else None
@@ -72,6 +74,8 @@ def parse_magic(prompt: str) -> Magic:
             big = value
         elif name == "bitratemb" and value is not None and value > 0:
             bitrate = value
+        elif name == "outputs" and value is not None and value >= 1:
+            outputs = int(value)
     return Magic(
         fail=fail,
         block=block,
@@ -79,6 +83,7 @@ def parse_magic(prompt: str) -> Magic:
         slow_seconds=slow,
         big_mb=big,
         bitrate_mb=bitrate,
+        outputs=outputs,
     )
 
 

@@ -18,6 +18,7 @@ import time
 import uuid
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
+from datetime import UTC, datetime
 from http import HTTPStatus
 from pathlib import Path
 from types import TracebackType
@@ -29,6 +30,7 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
 from bot.params import MODEL_SLUG, InvalidParams, parse_params
 from bot.segmind.fake.faults import Fault, FaultQueue, Route
+from bot.segmind.fake.history import HISTORY_PATH, History, QueryError, parse_query
 from bot.segmind.fake.jobs import Job, JobState, parse_magic, price
 from bot.segmind.fake.video import VideoSpec, ensure_rendered
 
@@ -112,6 +114,7 @@ class _ConfigBody(BaseModel):
     queue_seconds: float | None = Field(default=None, ge=0)
     processing_seconds: float | None = Field(default=None, ge=0)
     retention_seconds: float | None = Field(default=None, ge=0)
+    history_delay_seconds: float | None = Field(default=None, ge=0)
     credits: float | None = None
     cost_per_job: float | None = Field(default=None, ge=0)
 
@@ -141,7 +144,9 @@ class FakeSegmind:
 
     `cost_per_job=None` prices each job by its parameters (`jobs.price`, $0.40-$1.20).
     `api_key=None` accepts any request, key or not. `clock` is read for every state decision;
-    `advance()` adds to it, for processes that cannot inject one.
+    `advance()` adds to it, for processes that cannot inject one. `wall_clock` is read once, to
+    date the history (`clock` readings become epoch seconds at the same pace).
+    `history_delay_seconds` is how long after its submit a request appears in the history.
     """
 
     def __init__(
@@ -156,6 +161,8 @@ class FakeSegmind:
         clock: Callable[[], float] = time.monotonic,
         output_retention_seconds: float = OUTPUT_RETENTION_SECONDS,
         public_url: str | None = None,
+        history_delay_seconds: float = 1.0,
+        wall_clock: Callable[[], float] = time.time,
     ) -> None:
         self.api_key = api_key
         self.queue_seconds = queue_seconds
@@ -166,6 +173,8 @@ class FakeSegmind:
         self.public_url = public_url.rstrip("/") if public_url else None
         self._clock = clock
         self._clock_offset = 0.0
+        self.history_delay_seconds = history_delay_seconds
+        self._wall_offset = wall_clock() - clock()
         # Credits are a deposit minus what live jobs hold, so a job that fails is refunded
         # ("failed jobs are said not to be billed") without any background bookkeeping.
         self._deposit = credits
@@ -234,6 +243,11 @@ class FakeSegmind:
             raise RuntimeError("the fake is not running; await start() first")
         return self._base_url
 
+    @property
+    def history_url(self) -> str:
+        """The request-history resource, what `SEGMIND_HISTORY_URL` points at."""
+        return f"{self.base_url}{HISTORY_PATH}"
+
     # ---- steering --------------------------------------------------------------------------
 
     def now(self) -> float:
@@ -249,7 +263,8 @@ class FakeSegmind:
     def inject(self, route: str, fault: Fault, times: int = 1) -> None:
         """Queue `fault` for the next `times` requests on `route` (FIFO, one-shot each).
 
-        Routes: "submit", "status", "result", "credits", "output".
+        Routes: "submit", "status", "result", "credits", "output", "history" (both history
+        routes).
         """
         self._faults.push(route, fault, times)
 
@@ -283,6 +298,31 @@ class FakeSegmind:
     def job_cost(self, params: Any) -> float:
         """What a job with these `VeoParams` costs."""
         return self.cost_per_job if self.cost_per_job is not None else price(params)
+
+    def backfill(self, body: dict[str, Any], *, submitted_at: float) -> Job:
+        """Record a billed job as if submitted at `submitted_at` (fake clock), without a request.
+
+        For history tests and benches that need thousands of past requests. Magic tokens apply;
+        no clip is rendered, so its output URL answers 404. Not added to `submits`, and not
+        refused for want of credits (the balance may go negative).
+        """
+        params = parse_params(body)
+        magic = parse_magic(params.prompt)
+        job = Job(
+            request_id=str(uuid.uuid4()),
+            params=params,
+            body=body,
+            submitted_at=submitted_at,
+            queue_seconds=self.queue_seconds,
+            processing_seconds=(
+                magic.slow_seconds if magic.slow_seconds is not None else self.processing_seconds
+            ),
+            cost=self.job_cost(params),
+            magic=magic,
+            now=self.now,
+        )
+        self.jobs[job.request_id] = job
+        return job
 
     def snapshot(self) -> dict[str, Any]:
         """Everything `GET /_fake/state` reports, as plain JSON-able data."""
@@ -318,6 +358,8 @@ class FakeSegmind:
         app.router.add_get("/v2/requests/{request_id}", self._result, name="result")
         app.router.add_get("/v1/get-user-credits", self._credits, name="credits")
         app.router.add_get("/_fake/outputs/{request_id}.mp4", self._output, name="output")
+        app.router.add_get(HISTORY_PATH, self._history_page, name="history")
+        app.router.add_get(f"{HISTORY_PATH}/{{request_id}}", self._history_row, name="history-row")
         app.router.add_post("/_fake/inject", self._admin_inject, name="admin-inject")
         app.router.add_delete("/_fake/inject", self._admin_clear, name="admin-clear")
         app.router.add_post("/_fake/config", self._admin_config, name="admin-config")
@@ -552,9 +594,56 @@ class FakeSegmind:
             body["error"] = job.error
             return web.json_response(body, status=422)
         if state is JobState.COMPLETED and with_output:
-            body["output"] = f"{self._public_base(request)}/_fake/outputs/{request_id}.mp4"
+            urls = self._output_urls(job, request)
+            body["output"] = urls[0] if len(urls) == 1 else urls
         # Unfinished jobs on the result route: 200 with the current status and no output.
         return web.json_response(body)
+
+    def _output_urls(self, job: Job, request: web.Request) -> list[str]:
+        first = f"{self._public_base(request)}/_fake/outputs/{job.request_id}.mp4"
+        # Extra outputs serve the same clip; the query only makes each URL distinct.
+        return [first] + [f"{first}?n={index}" for index in range(2, job.magic.outputs + 1)]
+
+    async def _history_page(self, request: web.Request) -> web.StreamResponse:
+        return await self._serve(request, "history", lambda: self._history_page_real(request))
+
+    async def _history_page_real(self, request: web.Request) -> web.Response:
+        denied = self._authenticate(request)
+        if denied is not None:
+            return denied
+        history = self._history(request)
+        today = datetime.fromtimestamp(self._wall(self.now()), tz=UTC).date()
+        try:
+            query = parse_query(request.query, today)
+        except QueryError as exc:
+            return _error(400, str(exc))
+        return web.json_response(history.page(query))
+
+    async def _history_row(self, request: web.Request) -> web.StreamResponse:
+        return await self._serve(request, "history", lambda: self._history_row_real(request))
+
+    async def _history_row_real(self, request: web.Request) -> web.Response:
+        denied = self._authenticate(request)
+        if denied is not None:
+            return denied
+        request_id = request.match_info["request_id"]
+        row = self._history(request).get(request_id)
+        if row is None:
+            return _error(404, f"Request {request_id} not found")
+        return web.json_response(row)
+
+    def _history(self, request: web.Request) -> History:
+        return History(
+            self.jobs.values(),
+            now=self.now(),
+            delay=self.history_delay_seconds,
+            wall=self._wall,
+            output_urls=lambda job: self._output_urls(job, request),
+        )
+
+    def _wall(self, moment: float) -> float:
+        """Epoch seconds for a reading of the fake's clock."""
+        return moment + self._wall_offset
 
     def _metrics(self, job: Job, state: JobState) -> dict[str, Any]:
         if state is JobState.QUEUED:
@@ -628,6 +717,8 @@ class FakeSegmind:
             self.processing_seconds = parsed.processing_seconds
         if "retention_seconds" in given and parsed.retention_seconds is not None:
             self.retention_seconds = parsed.retention_seconds
+        if "history_delay_seconds" in given and parsed.history_delay_seconds is not None:
+            self.history_delay_seconds = parsed.history_delay_seconds
         if "credits" in given and parsed.credits is not None:
             self.credits = parsed.credits
         if "cost_per_job" in given:
@@ -658,6 +749,7 @@ class FakeSegmind:
             "queue_seconds": self.queue_seconds,
             "processing_seconds": self.processing_seconds,
             "retention_seconds": self.retention_seconds,
+            "history_delay_seconds": self.history_delay_seconds,
             "credits": round(self.credits, 6),
             "cost_per_job": self.cost_per_job,
             "api_key_required": self.api_key is not None,

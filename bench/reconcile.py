@@ -1,0 +1,174 @@
+"""How long reconciling 10,000 history rows takes, in requests, seconds and memory.
+
+    .venv/bin/python bench/reconcile.py [--rows 10000] [--days 60]
+
+The Segmind fake runs here holding `--rows` history rows over the last `--days` days (completed
+jobs at mixed prices, failed ones at $0, some with two outputs). A child process — so its RSS is
+the client's alone — pages them through `SegmindClient.history` at 100 rows a page, de-duplicates,
+sums what was billed, and teaches a `PriceBook` from them. Pacing is off (the whole budget, a
+large `max_rpm`) to time the client itself; the time the same number of requests takes at the
+production pace (SEGMIND_MAX_RPM=50, a quarter of it for history) is printed beside it.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import json
+import random
+import sys
+import time
+from datetime import UTC, datetime, timedelta
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(ROOT))  # run from anywhere
+
+from bot.pricing import PriceBook  # noqa: E402  (after the path tweak)
+from bot.segmind.client import SegmindClient  # noqa: E402
+from bot.segmind.fake import FakeSegmind  # noqa: E402
+from bot.segmind.history import MAX_PER_PAGE, dedupe, total_billed  # noqa: E402
+from bot.segmind.polling import RateLimiter  # noqa: E402
+
+KEY = "bench-history-key"
+DAY = 86_400.0
+PRODUCTION_RPM = 50
+PRODUCTION_SHARE = 0.25
+
+
+def _peak_rss_kib() -> int:
+    for line in Path("/proc/self/status").read_text().splitlines():
+        if line.startswith("VmHWM:"):
+            return int(line.split()[1])
+    raise KeyError("VmHWM")
+
+
+def _rss_kib() -> int:
+    for line in Path("/proc/self/status").read_text().splitlines():
+        if line.startswith("VmRSS:"):
+            return int(line.split()[1])
+    raise KeyError("VmRSS")
+
+
+def fill(fake: FakeSegmind, rows: int, days: float, rng: random.Random) -> tuple[int, float]:
+    """Backfill jobs giving exactly `rows` history rows; returns (requests, dollars billed)."""
+    now = fake.now()
+    made = requests = 0
+    while made < rows:
+        kind = rng.random()
+        prompt = "a bench clip"
+        outputs = 1
+        if kind < 0.10:
+            prompt += " [fake:fail]"
+        elif kind < 0.15 and rows - made >= 2:
+            prompt += " [fake:outputs=2]"
+            outputs = 2
+        body = {
+            "prompt": f"{prompt} {requests}",
+            "duration": rng.choice((4, 6, 8)),
+            "resolution": rng.choice(("720p", "1080p")),
+            "generate_audio": rng.random() < 0.5,
+            "seed": requests + 1,
+        }
+        # Finished well before now, so every row is final and inside the window.
+        age = 3600.0 + rng.random() * (days * DAY - 7200.0)
+        fake.backfill(body, submitted_at=now - age)
+        made += outputs
+        requests += 1
+    later = fake.now()
+    billed = sum(job.billed_at(later) for job in fake.jobs.values())
+    return requests, billed
+
+
+async def child(base_url: str, history_url: str, days: int) -> dict[str, float]:
+    """Page everything through the real client; report what a reconciliation needs."""
+    baseline = _rss_kib()
+    until = datetime.now(UTC).date()
+    since = until - timedelta(days=days)
+    book = PriceBook()
+    async with SegmindClient(
+        KEY, base_url, history_url=history_url, max_rpm=100_000, history_share=1.0
+    ) as client:
+        start = time.perf_counter()
+        cpu_start = time.process_time()
+        rows = [row async for row in client.history(since, until, per_page=MAX_PER_PAGE)]
+        paged = time.perf_counter() - start
+        unique = dedupe(rows)
+        billed = total_billed(rows)
+        taught = book.observe_rows(rows)
+        total = time.perf_counter() - start
+        cpu = time.process_time() - cpu_start
+        granted = client.limiter.granted
+    return {
+        "rows": len(rows),
+        "requests_seen": len(unique),
+        "billed": billed,
+        "taught": taught,
+        "paged_s": paged,
+        "total_s": total,
+        "client_cpu_s": cpu,
+        "http_requests": granted,
+        "baseline_rss_kib": baseline,
+        "peak_rss_kib": _peak_rss_kib(),
+    }
+
+
+async def run(rows: int, days: int) -> dict[str, float]:
+    rng = random.Random(12)
+    async with FakeSegmind(api_key=KEY, cost_per_job=None, credits=1e9) as fake:
+        requests, billed = fill(fake, rows, days, rng)
+        fake_cpu = time.process_time()
+        proc = await asyncio.create_subprocess_exec(
+            sys.executable,
+            __file__,
+            "--child",
+            fake.base_url,
+            fake.history_url,
+            str(days),
+            stdout=asyncio.subprocess.PIPE,
+        )
+        out, _ = await proc.communicate()
+        fake_cpu = time.process_time() - fake_cpu
+        if proc.returncode != 0:
+            raise SystemExit(f"the child failed with exit code {proc.returncode}")
+        result: dict[str, float] = json.loads(out)
+        served = sum(1 for r in fake.requests if r.route == "history")
+    assert result["rows"] == rows, result
+    assert result["requests_seen"] == requests, result
+    assert abs(result["billed"] - billed) < 1e-6, (result["billed"], billed)
+    assert served == result["http_requests"], (served, result)
+    interval = 61.0 / (PRODUCTION_RPM * PRODUCTION_SHARE)
+    result["paced_s"] = (served - 1) * interval
+    result["true_billed"] = billed
+    result["fake_cpu_s"] = fake_cpu
+    return result
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0] if __doc__ else None)
+    parser.add_argument("--rows", type=int, default=10_000)
+    parser.add_argument("--days", type=int, default=60)
+    parser.add_argument("--child", nargs=3, metavar=("BASE", "HISTORY", "DAYS"), help="internal")
+    args = parser.parse_args()
+    if args.child:
+        base, history, days = args.child
+        print(json.dumps(asyncio.run(child(base, history, int(days)))))
+        return
+    r = asyncio.run(run(args.rows, args.days))
+    window = RateLimiter(PRODUCTION_RPM, window=61.0).window
+    print(
+        f"reconcile {r['rows']:.0f} history rows ({r['requests_seen']:.0f} requests, "
+        f"${r['billed']:.2f} billed = fake's ${r['true_billed']:.2f}) over {args.days} days:\n"
+        f"  {r['http_requests']:.0f} HTTP requests, {r['paged_s']:.2f} s paging, "
+        f"{r['total_s']:.2f} s with de-dup, sum and price learning "
+        f"({r['taught']:.0f} charges learned); client CPU {r['client_cpu_s']:.2f} s, "
+        f"fake CPU {r['fake_cpu_s']:.2f} s\n"
+        f"  client peak RSS {r['peak_rss_kib'] / 1024:.1f} MB "
+        f"(baseline after imports {r['baseline_rss_kib'] / 1024:.1f} MB)\n"
+        f"  at the production pace ({PRODUCTION_RPM}/{window:.0f} s, "
+        f"{PRODUCTION_SHARE:.0%} for history): {r['paced_s'] / 60:.1f} min"
+    )
+
+
+if __name__ == "__main__":
+    main()
