@@ -1,28 +1,26 @@
 """The store: jobs as a persisted state machine, the quota ledger, moderation settings, reports
-and audit. Callers import from here; the SQLite backend lives in `bot.store.sqlite`."""
+and audit. Callers import from here; the vocabulary (states, rows, errors) lives in
+`bot.store.model`, the SQLite backend in `bot.store.sqlite`."""
 
-from bot.store.sqlite import (
+from bot.store.model import (
     ALL_STATES,
     IN_FLIGHT_STATES,
     LEGAL_TRANSITIONS,
-    MIGRATIONS,
-    SCHEMA_VERSION,
     TERMINAL_STATES,
     AuditEntry,
     IllegalTransition,
     Job,
     JobState,
-    Migration,
     ReleaseReason,
     Reserved,
     ReserveRequest,
-    Store,
     StoreError,
     StoreUnavailable,
     UsageSummary,
     UserUsage,
-    apply_migrations,
 )
+from bot.store.sqlite import Store
+from bot.store.sqlite.migrations import MIGRATIONS, SCHEMA_VERSION, Migration, apply_migrations
 
 __all__ = [
     "ALL_STATES",

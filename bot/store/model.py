@@ -1,0 +1,230 @@
+"""The store's vocabulary, free of any database: job states and the legal moves between them,
+the rows the store hands out, the requests it takes, and its errors.
+
+A backend (`bot.store.sqlite` today) speaks in these terms;
+nothing here imports a database driver, Discord or HTTP.
+
+Job lifecycle (see `LEGAL_TRANSITIONS`)::
+
+    queued ──▶ submitting ──▶ submitted ──▶ completed ──▶ delivering ──▶ delivered
+      │            │  │            │             │              │
+      │            │  └─▶ unknown  └─▶ failed / expired        └─▶ failed
+      └─▶ cancelled / expired / failed       (submitting ─▶ queued: the POST surely never left)
+
+A transition is a compare-and-set committed before the action it enables (write-ahead): the
+lifecycle moves a job to `submitting` *then* POSTs, to `delivering` *then* posts to Discord, so
+after a crash it knows which side effects may have happened and never repeats a billed one.
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass
+from typing import Any, Literal, cast, get_args
+
+from bot.quota import Allowed, EffectiveLimits, Refusal, UsageSnapshot
+
+JobState = Literal[
+    "queued",
+    "submitting",
+    "submitted",
+    "completed",
+    "delivering",
+    "delivered",
+    "failed",
+    "expired",
+    "cancelled",
+    "unknown",
+]
+ALL_STATES: tuple[JobState, ...] = get_args(JobState)
+TERMINAL_STATES: frozenset[JobState] = frozenset(
+    {"delivered", "failed", "expired", "cancelled", "unknown"}
+)
+# Holding a Segmind slot (or about to): what the global concurrency limit counts.
+IN_FLIGHT_STATES: tuple[JobState, ...] = ("submitting", "submitted", "completed", "delivering")
+NONTERMINAL_STATES: tuple[JobState, ...] = ("queued", *IN_FLIGHT_STATES)
+
+LEGAL_TRANSITIONS: dict[JobState, frozenset[JobState]] = {
+    # A queued job has cost nothing yet: it may be dropped for any reason.
+    "queued": frozenset({"submitting", "cancelled", "expired", "failed"}),
+    # `queued` again only when the POST certainly never reached Segmind (connection refused,
+    # 429 before the body was read); `unknown` when it may have and no request id was saved.
+    "submitting": frozenset({"submitted", "queued", "failed", "unknown"}),
+    "submitted": frozenset({"completed", "failed", "expired"}),
+    "completed": frozenset({"delivering", "failed", "expired"}),
+    "delivering": frozenset({"delivered", "failed"}),
+    "delivered": frozenset(),
+    "failed": frozenset(),
+    "expired": frozenset(),
+    "cancelled": frozenset(),
+    "unknown": frozenset(),
+}
+
+LedgerStatus = Literal["reserved", "charged", "released"]
+ReleaseReason = Literal[
+    "failed",  # Segmind reported the job failed or returned no video
+    "content_blocked",  # Segmind refused the prompt/image: refunded only up to the daily cap
+    "not_submitted",  # the POST was refused or never went through: nothing started
+    "expired",  # past the deadline, or Segmind no longer knows the job
+    "cancelled",  # the user or a moderator cancelled it
+    "unknown",  # crashed between POST and saving the request id; the user got nothing
+    "delivery_failed",  # Segmind made it but it never reached the user
+]
+ReleaseOutcome = Literal["released", "charged", "already_settled", "no_such_job"]
+
+# Columns `transition()` may set besides `state`: column names cannot be SQL parameters, so
+# only these names are ever formatted into a statement.
+JOB_FIELDS: frozenset[str] = frozenset(
+    {
+        "request_id",
+        "image_url",
+        "error",
+        "cost",
+        "bytes",
+        "submitted_at",
+        "completed_at",
+        "delivered_at",
+        "placeholder_channel_id",
+        "placeholder_message_id",
+        "output_url",
+        "upload_limit",
+        "interaction_token",
+        "interaction_created_at",
+        "delivered_message_id",
+        "delivery_method",
+    }
+)
+
+
+class StoreError(Exception):
+    """Base of the store's errors."""
+
+
+class StoreUnavailable(StoreError):
+    """The database cannot be read or written (locked too long, disk full, unreadable).
+
+    Callers fail closed: refuse the request, never start an unrecorded job."""
+
+    user_message = "The bot cannot reach its database right now — please try again in a minute."
+
+
+class IllegalTransition(StoreError, ValueError):
+    """A transition the state machine never allows: a bug in the caller, not a race."""
+
+
+# --------------------------------------------------------------------------------------------
+# Rows
+
+
+@dataclass(frozen=True, slots=True)
+class Job:
+    """One `/veo` request and everything the lifecycle and moderators need about it."""
+
+    id: int
+    guild_id: int
+    channel_id: int
+    user_id: int
+    prompt: str
+    params_json: str
+    image_url: str | None
+    request_id: str | None
+    state: JobState
+    queue_seq: int
+    created_at: float
+    updated_at: float
+    submitted_at: float | None
+    completed_at: float | None
+    delivered_at: float | None
+    cost: float | None  # what Segmind reported (metrics.cost), if it did
+    bytes: int | None
+    error: str | None
+    placeholder_channel_id: int | None  # None: the placeholder is in `channel_id`
+    placeholder_message_id: int | None  # the public "thinking…" message, edited in place
+    interaction_token: str | None  # valid 15 minutes from interaction_created_at
+    interaction_created_at: float | None
+    delivered_message_id: int | None
+    delivery_method: str | None
+    upload_limit: int | None  # bytes the requester's channel accepts as an attachment
+    output_url: str | None  # Segmind's result URL, kept so delivery can resume after a crash
+    ledger_status: LedgerStatus | None  # None only for rows that predate the ledger
+    charged_amount: float | None
+    ledger_reason: str | None
+
+    @property
+    def params(self) -> dict[str, Any]:
+        return cast(dict[str, Any], json.loads(self.params_json))
+
+    @property
+    def terminal(self) -> bool:
+        return self.state in TERMINAL_STATES
+
+
+@dataclass(frozen=True, slots=True)
+class ReserveRequest:
+    """A member asking for one video. `role_ids` are the member's roles in that guild."""
+
+    guild_id: int
+    channel_id: int
+    user_id: int
+    role_ids: frozenset[int] | tuple[int, ...]
+    prompt: str
+    params_json: str
+    image_url: str | None
+    now: float
+    estimated_cost: float | None = None  # defaults to the configured price per job
+    exempt: bool = False  # no count limit, as if holding an exempt role (e.g. a moderator)
+    interaction_token: str | None = None
+    interaction_created_at: float | None = None
+    placeholder_channel_id: int | None = None
+    placeholder_message_id: int | None = None  # the public "thinking…" message
+    upload_limit: int | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class Reserved:
+    """The job exists (state `queued`) and its quota is held.
+
+    `used`/`limit` describe the member's window including this job (`limit` None: exempt)."""
+
+    job_id: int
+    queue_seq: int
+    used: int
+    limit: int | None
+
+
+@dataclass(frozen=True, slots=True)
+class QuotaView:
+    """A member's limits and usage without reserving anything (for `/veo quota`, `/limits`)."""
+
+    limits: EffectiveLimits
+    usage: UsageSnapshot
+    decision: Allowed | Refusal
+
+
+@dataclass(frozen=True, slots=True)
+class UsageSummary:
+    jobs: int
+    delivered: int
+    failed: int  # failed, expired or unknown
+    cancelled: int
+    in_progress: int
+    refunded: int  # ledger rows released
+    cost: float  # dollars charged
+
+
+@dataclass(frozen=True, slots=True)
+class UserUsage:
+    user_id: int
+    jobs: int
+    delivered: int
+    cost: float
+
+
+@dataclass(frozen=True, slots=True)
+class AuditEntry:
+    id: int
+    guild_id: int
+    actor_id: int
+    action: str
+    detail: dict[str, Any]
+    created_at: float

@@ -1,0 +1,75 @@
+"""SQLite persistence: jobs and their state machine, the quota ledger, moderation settings, audit.
+
+The store knows nothing of Discord or Segmind: guild/channel/user/role ids are plain ints and a
+Segmind request id is an opaque string.
+
+Concurrency model. One `Store` owns one aiosqlite connection (one worker thread). Every write
+runs as one `BEGIN IMMEDIATE` transaction under an in-process `asyncio.Lock`: the lock stops two
+tasks from interleaving statements on the shared connection, and `BEGIN IMMEDIATE` takes
+SQLite's write lock before the first read, so a check-then-insert (`reserve`) can never be
+raced by another connection or process either. Readers never block writers (WAL).
+
+The queries are grouped by concern, one mixin each: `ledger`, `jobs`, `moderation`, `reports`;
+`connection` holds the plumbing they share and `migrations` the schema.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable, Sequence
+from pathlib import Path
+from typing import Literal
+
+import aiosqlite
+
+from bot.store.model import StoreUnavailable
+from bot.store.sqlite.connection import _BUG_ERRORS, _UNAVAILABLE_ERRORS
+from bot.store.sqlite.jobs import JobQueries
+from bot.store.sqlite.ledger import LedgerQueries
+from bot.store.sqlite.migrations import MIGRATIONS, Migration, apply_migrations
+from bot.store.sqlite.moderation import ModerationQueries
+from bot.store.sqlite.reports import ReportQueries
+
+
+class Store(LedgerQueries, JobQueries, ModerationQueries, ReportQueries):
+    """The bot's database. Create with `await Store.open(path)`; close with `await close()`.
+
+    Every method that takes `now` (epoch seconds) uses the injected clock when it is omitted.
+    """
+
+    # -- opening and closing -----------------------------------------------------------------
+
+    @classmethod
+    async def open(
+        cls,
+        path: str | Path,
+        *,
+        clock: Callable[[], float] = time.time,
+        busy_timeout: float = 10.0,
+        synchronous: Literal["FULL", "NORMAL"] = "FULL",
+        migrations: Sequence[Migration] = MIGRATIONS,
+    ) -> Store:
+        """Open (creating the file and its parent directory) and migrate the database.
+
+        `synchronous=FULL` fsyncs every commit: a reservation or a `submitting` mark that was
+        acknowledged survives a power cut, which is what "no job is ever lost" needs.
+        """
+        path = Path(path)
+        try:
+            path.parent.mkdir(parents=True, exist_ok=True)
+            # isolation_level=None: we issue BEGIN IMMEDIATE/COMMIT ourselves, never implicitly.
+            conn = await aiosqlite.connect(path, isolation_level=None)
+        except (OSError, *_UNAVAILABLE_ERRORS) as exc:
+            raise StoreUnavailable(f"cannot open {path}: {exc}") from exc
+        try:
+            await conn.execute(f"PRAGMA busy_timeout = {int(busy_timeout * 1000)}")
+            await conn.execute("PRAGMA journal_mode = WAL")
+            await conn.execute(f"PRAGMA synchronous = {synchronous}")
+            await conn.execute("PRAGMA foreign_keys = ON")
+            await apply_migrations(conn, migrations)
+        except BaseException as exc:
+            await conn.close()
+            if isinstance(exc, _UNAVAILABLE_ERRORS) and not isinstance(exc, _BUG_ERRORS):
+                raise StoreUnavailable(f"cannot open {path}: {exc}") from exc
+            raise
+        return cls(conn, clock)
