@@ -14,6 +14,7 @@ import pytest
 
 from bot.quota import GuildLimits, LimitDefaults, LimitOverride, Refusal
 from bot.store import (
+    IN_FLIGHT_STATES,
     LEGAL_TRANSITIONS,
     MIGRATIONS,
     SCHEMA_VERSION,
@@ -90,6 +91,18 @@ async def reserved(store: Store, req: ReserveRequest, defaults: LimitDefaults = 
     return outcome.job_id
 
 
+def schema_version(path: Path) -> int:
+    """The file's `PRAGMA user_version`, read beside the store as another process would."""
+    with sqlite3.connect(path) as raw:
+        return int(raw.execute("PRAGMA user_version").fetchone()[0])
+
+
+async def queue_position(store: Store, job_id: int) -> int | None:
+    """1 for the next job to start, as the queue announcements number it; None once it left."""
+    queued = await store.queued_ids()
+    return queued.index(job_id) + 1 if job_id in queued else None
+
+
 async def finish(store: Store, job_id: int, cost: float | None = None) -> None:
     """Walk a job through the happy path and charge it."""
     assert await store.transition(job_id, "queued", "submitting")
@@ -105,8 +118,8 @@ async def finish(store: Store, job_id: int, cost: float | None = None) -> None:
 
 async def test_open_creates_parent_dir_and_latest_schema(tmp_path: Path) -> None:
     path = tmp_path / "nested" / "dir" / "veo.sqlite3"
-    async with await Store.open(path) as store:
-        assert await store.schema_version() == SCHEMA_VERSION
+    async with await Store.open(path):
+        assert schema_version(path) == SCHEMA_VERSION
     assert path.exists()
     with sqlite3.connect(path) as raw:
         assert raw.execute("PRAGMA journal_mode").fetchone()[0] == "wal"
@@ -119,7 +132,7 @@ async def test_reopening_is_idempotent(tmp_path: Path) -> None:
     async with await Store.open(path) as store:
         job_id = await reserved(store, request())
     async with await Store.open(path) as store:
-        assert await store.schema_version() == SCHEMA_VERSION
+        assert schema_version(path) == SCHEMA_VERSION
         job = await store.get_job(job_id)
         assert job is not None
         assert job.state == "queued"
@@ -144,13 +157,13 @@ async def test_migrates_a_version_1_database_with_data(tmp_path: Path, clock: Cl
         )
 
     async with await Store.open(path, clock=clock) as store:
-        assert await store.schema_version() == SCHEMA_VERSION
+        assert schema_version(path) == SCHEMA_VERSION
         old = await store.get_job(1)
         assert old is not None
         assert old.queue_seq == 1  # backfilled in arrival order
         assert old.charged_amount == 0.8  # the real-cost column is backfilled from the amount
         assert [j.id for j in await store.nonterminal_jobs()] == [2]
-        assert await store.queue_position(2) == 1
+        assert await queue_position(store, 2) == 1
         # The old reservations still count: used 2 of 3, and job 2 is in flight.
         view = await store.quota_view(GUILD, 1, (), LimitDefaults(concurrency=5), NOW)
         assert view.usage.user_window.count == 2
@@ -159,7 +172,7 @@ async def test_migrates_a_version_1_database_with_data(tmp_path: Path, clock: Cl
         outcome = await store.reserve(request(user_id=7), DEFAULTS)
         assert isinstance(outcome, Reserved)
         assert outcome.queue_seq == 3
-        assert await store.queue_position(outcome.job_id) == 2
+        assert await queue_position(store, outcome.job_id) == 2
 
 
 async def test_failed_migration_rolls_back_entirely(tmp_path: Path) -> None:
@@ -170,12 +183,12 @@ async def test_failed_migration_rolls_back_entirely(tmp_path: Path) -> None:
     path = tmp_path / "veo.sqlite3"
     with pytest.raises(StoreError, match="syntax error"):
         await Store.open(path, migrations=broken)
+    assert schema_version(path) == 1
     with sqlite3.connect(path) as raw:
-        assert raw.execute("PRAGMA user_version").fetchone()[0] == 1
         columns = {r[1] for r in raw.execute("PRAGMA table_info(jobs)")}
     assert "half_done" not in columns
-    async with await Store.open(path) as store:  # the real migrations still apply cleanly
-        assert await store.schema_version() == SCHEMA_VERSION
+    async with await Store.open(path):  # the real migrations still apply cleanly
+        assert schema_version(path) == SCHEMA_VERSION
 
 
 async def test_refuses_a_database_from_a_newer_bot(tmp_path: Path) -> None:
@@ -203,9 +216,9 @@ async def test_happy_path_stamps_times_and_charges(store: Store, clock: Clock) -
         job_id, "delivering", "delivered", delivered_message_id=5, delivery_method="interaction"
     )
     assert await store.charge(job_id, 1.2)
-    job = await store.job_by_request_id("abc")
+    job = await store.get_job(job_id)
     assert job is not None
-    assert job.id == job_id
+    assert job.request_id == "abc"
     assert (job.submitted_at, job.completed_at, job.delivered_at) == (NOW + 10, NOW + 70, NOW + 70)
     assert (job.state, job.ledger_status, job.charged_amount) == ("delivered", "charged", 1.2)
     assert job.output_url == "https://x"
@@ -275,23 +288,25 @@ async def test_nonterminal_jobs_and_in_flight_count(store: Store) -> None:
     assert await store.transition(ids[1], "queued", "submitting")
     assert await store.transition(ids[1], "submitting", "submitted", request_id="r1")
     assert await store.transition(ids[2], "queued", "cancelled")
-    assert [j.id for j in await store.nonterminal_jobs()] == [ids[0], ids[1], ids[3], ids[4]]
-    assert await store.count_in_flight() == 2
-    assert await store.count_queued() == 2
+    unfinished = await store.nonterminal_jobs()
+    assert [j.id for j in unfinished] == [ids[0], ids[1], ids[3], ids[4]]
+    assert [j.id for j in unfinished if j.state in IN_FLIGHT_STATES] == [ids[0], ids[1]]
+    assert await store.queued_ids() == [ids[3], ids[4]]
 
 
 async def test_queue_is_first_come_first_served_across_users(store: Store) -> None:
     ids = [await reserved(store, request(user_id=u, now=NOW + u)) for u in (5, 3, 9)]
-    assert [await store.queue_position(i) for i in ids] == [1, 2, 3]
+    assert [await queue_position(store, i) for i in ids] == [1, 2, 3]
     first = await store.next_queued()
     assert first is not None
     assert first.id == ids[0]
     assert await store.transition(ids[0], "queued", "submitting")
-    assert await store.queue_position(ids[0]) is None
-    assert [await store.queue_position(i) for i in ids[1:]] == [1, 2]
-    # A POST that surely never left goes back to its old place, ahead of later arrivals.
-    assert await store.transition(ids[0], "submitting", "queued")
-    assert [j.id for j in await store.queued_jobs()] == ids
+    assert await queue_position(store, ids[0]) is None
+    assert [await queue_position(store, i) for i in ids[1:]] == [1, 2]
+    # A job that left the queue never re-enters it: its POST may have been billed.
+    with pytest.raises(IllegalTransition):
+        await store.transition(ids[0], "submitting", "queued")
+    assert await store.queued_ids() == ids[1:]
 
 
 # ------------------------------------------------------------------------------------- quota
@@ -384,13 +399,13 @@ async def test_role_user_overrides_and_exempt_roles_in_the_store(store: Store) -
     await store.set_role_override(GUILD, 10, LimitOverride(user_limit=5), actor_id=99)
     await store.set_role_override(GUILD, 11, LimitOverride(user_limit=8), actor_id=99)
     await store.set_role_override(GUILD, 12, LimitOverride(concurrency=3), actor_id=99)
-    limits = await store.effective_limits(GUILD, 1, (10, 11, 12), DEFAULTS)
+    limits = (await store.quota_view(GUILD, 1, (10, 11, 12), DEFAULTS)).limits
     assert (limits.user_limit, limits.concurrency, limits.source) == (8, 3, "role:11")
     await store.set_user_override(GUILD, 1, LimitOverride(user_limit=1), actor_id=99)
-    assert (await store.effective_limits(GUILD, 1, (10, 11), DEFAULTS)).user_limit == 1
+    assert (await store.quota_view(GUILD, 1, (10, 11), DEFAULTS)).limits.user_limit == 1
     assert await store.set_role_exempt(GUILD, 20, True, actor_id=99)
     assert not await store.set_role_exempt(GUILD, 20, True, actor_id=99)
-    assert (await store.effective_limits(GUILD, 2, (20,), DEFAULTS)).exempt
+    assert (await store.quota_view(GUILD, 2, (20,), DEFAULTS)).limits.exempt
     assert await store.exempt_roles(GUILD) == frozenset({20})
     assert set(await store.role_overrides(GUILD)) == {10, 11, 12}
     await store.set_role_override(GUILD, 10, None, actor_id=99)
@@ -402,11 +417,14 @@ async def test_block_and_unblock(store: Store) -> None:
     await store.block_user(GUILD, 1, reason="spam", actor_id=99)
     refusal = await store.reserve(request(), DEFAULTS)
     assert refusal == Refusal(kind="blocked", reason="spam")
-    assert [b.user_id for b in await store.blocks(GUILD)] == [1]
+    view = await store.quota_view(GUILD, 1, (), DEFAULTS)
+    assert view.usage.block is not None
+    assert (view.usage.block.reason, view.usage.block.blocked_by) == ("spam", 99)
+    assert (await store.quota_view(GUILD, 2, (), DEFAULTS)).usage.block is None  # only user 1
     assert isinstance(await store.reserve(request(guild_id=GUILD + 1), DEFAULTS), Reserved)
     assert await store.unblock_user(GUILD, 1, actor_id=99)
     assert not await store.unblock_user(GUILD, 1, actor_id=99)
-    assert await store.get_block(GUILD, 1) is None
+    assert (await store.quota_view(GUILD, 1, (), DEFAULTS)).usage.block is None
 
 
 async def test_reset_clears_the_users_window_but_keeps_history(store: Store) -> None:
@@ -595,7 +613,9 @@ async def test_two_stores_on_one_file_still_hold_the_limit(tmp_path: Path) -> No
             )
         )
         assert sum(isinstance(o, Reserved) for o in outcomes) == 20
-        seqs = [j.queue_seq for j in await first.queued_jobs()]
+        queued = await first.nonterminal_jobs()
+        assert {j.state for j in queued} == {"queued"}
+        seqs = [j.queue_seq for j in queued]
         assert seqs == sorted(set(seqs))
     finally:
         await first.close()

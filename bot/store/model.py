@@ -9,7 +9,7 @@ Job lifecycle (see `LEGAL_TRANSITIONS`)::
     queued ──▶ submitting ──▶ submitted ──▶ completed ──▶ delivering ──▶ delivered
       │            │  │            │             │              │
       │            │  └─▶ unknown  └─▶ failed / expired        └─▶ failed
-      └─▶ cancelled / expired / failed       (submitting ─▶ queued: the POST surely never left)
+      └─▶ cancelled / expired / failed
 
 A transition is a compare-and-set committed before the action it enables (write-ahead): the
 lifecycle moves a job to `submitting` *then* POSTs, to `delivering` *then* posts to Discord, so
@@ -47,9 +47,9 @@ NONTERMINAL_STATES: tuple[JobState, ...] = ("queued", *IN_FLIGHT_STATES)
 LEGAL_TRANSITIONS: dict[JobState, frozenset[JobState]] = {
     # A queued job has cost nothing yet: it may be dropped for any reason.
     "queued": frozenset({"submitting", "cancelled", "expired", "failed"}),
-    # `queued` again only when the POST certainly never reached Segmind (connection refused,
-    # 429 before the body was read); `unknown` when it may have and no request id was saved.
-    "submitting": frozenset({"submitted", "queued", "failed", "unknown"}),
+    # A refused POST fails the job (refunded): it never goes back to the queue, where it could
+    # be sent twice. `unknown` when the POST may have reached Segmind and no id was saved.
+    "submitting": frozenset({"submitted", "failed", "unknown"}),
     "submitted": frozenset({"completed", "failed", "expired"}),
     "completed": frozenset({"delivering", "failed", "expired"}),
     "delivering": frozenset({"delivered", "failed"}),
@@ -171,8 +171,6 @@ class ReserveRequest:
     params_json: str
     image_url: str | None
     now: float
-    estimated_cost: float | None = None  # defaults to the configured price per job
-    exempt: bool = False  # no count limit, as if holding an exempt role (e.g. a moderator)
     interaction_token: str | None = None
     interaction_created_at: float | None = None
     placeholder_channel_id: int | None = None

@@ -14,7 +14,6 @@ from typing import Any, Self, TypeVar, cast
 import aiosqlite
 
 from bot.store.model import StoreUnavailable
-from bot.store.sqlite.migrations import _user_version
 
 _UNAVAILABLE_ERRORS = (sqlite3.OperationalError, sqlite3.DatabaseError)
 # Integrity and programming errors are bugs in our SQL or data, not an unreachable database.
@@ -67,10 +66,6 @@ class SqliteBase:
 
     async def __aexit__(self, *exc: object) -> None:
         await self.close()
-
-    async def schema_version(self) -> int:
-        """The database's `PRAGMA user_version`."""
-        return await _user_version(self._conn)
 
     # -- plumbing ----------------------------------------------------------------------------
 

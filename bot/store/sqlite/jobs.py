@@ -7,7 +7,6 @@ from collections.abc import Iterable
 from typing import Any
 
 from bot.store.model import (
-    IN_FLIGHT_STATES,
     JOB_FIELDS,
     LEGAL_TRANSITIONS,
     NONTERMINAL_STATES,
@@ -94,14 +93,6 @@ class JobQueries(SqliteBase):
         row = await self._fetchone(f"SELECT {_JOB_COLUMNS} {_JOB_FROM} WHERE j.id = ?", (job_id,))
         return _job(row) if row is not None else None
 
-    async def job_by_request_id(self, request_id: str) -> Job | None:
-        """The job Segmind knows as `request_id`."""
-        row = await self._fetchone(
-            f"SELECT {_JOB_COLUMNS} {_JOB_FROM} WHERE j.request_id = ?",
-            (request_id,),
-        )
-        return _job(row) if row is not None else None
-
     async def nonterminal_jobs(self) -> list[Job]:
         """Every unfinished job, in queue order: what to resume at start-up."""
         rows = await self._fetchall(
@@ -119,40 +110,10 @@ class JobQueries(SqliteBase):
         )
         return _job(row) if row is not None else None
 
-    async def queued_jobs(self) -> list[Job]:
-        """Every `queued` job in queue order (position 1 first)."""
-        rows = await self._fetchall(
-            f"SELECT {_JOB_COLUMNS} {_JOB_FROM} WHERE j.state = 'queued' ORDER BY j.queue_seq"
-        )
-        return [_job(r) for r in rows]
-
     async def queued_ids(self) -> list[int]:
         """The ids of every `queued` job in queue order: cheap enough to read on every change."""
         rows = await self._fetchall("SELECT id FROM jobs WHERE state = 'queued' ORDER BY queue_seq")
         return [int(r[0]) for r in rows]
-
-    async def queue_position(self, job_id: int) -> int | None:
-        """1 for the next job to start; None when the job is not queued (any more)."""
-        row = await self._fetchone(
-            "SELECT COUNT(*) FROM jobs WHERE state = 'queued' AND queue_seq <= "
-            "(SELECT queue_seq FROM jobs WHERE id = ? AND state = 'queued')",
-            (job_id,),
-        )
-        position = int(row[0]) if row is not None else 0
-        return position or None
-
-    async def count_queued(self) -> int:
-        """How many jobs wait in the bot's own queue."""
-        row = await self._fetchone("SELECT COUNT(*) FROM jobs WHERE state = 'queued'")
-        return int(row[0]) if row is not None else 0
-
-    async def count_in_flight(self) -> int:
-        """Jobs holding a Segmind slot: submitting, submitted, completed or delivering."""
-        row = await self._fetchone(
-            f"SELECT COUNT(*) FROM jobs WHERE state IN ({_placeholders(len(IN_FLIGHT_STATES))})",  # noqa: S608
-            IN_FLIGHT_STATES,
-        )
-        return int(row[0]) if row is not None else 0
 
     async def recent_durations(self, limit: int = 20) -> list[float]:
         """Seconds from submission to completion of the last `limit` delivered jobs, newest

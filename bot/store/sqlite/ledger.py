@@ -45,7 +45,6 @@ def _load_limits(
     user_id: int,
     role_ids: Iterable[int],
     defaults: LimitDefaults,
-    exempt_member: bool = False,
 ) -> tuple[EffectiveLimits, Block | None, float | None]:
     """The member's effective limits, their block (if any) and their last window reset."""
     row = conn.execute(
@@ -87,9 +86,7 @@ def _load_limits(
                 exempt.add(role_id)
             else:
                 role_overrides[role_id] = LimitOverride(limit, hours, conc)
-    limits = effective_limits(
-        defaults, guild, role_overrides, roles, exempt, user_override, exempt_member
-    )
+    limits = effective_limits(defaults, guild, role_overrides, roles, exempt, user_override)
     return limits, block, reset_at
 
 
@@ -199,10 +196,10 @@ def _reserve(
 ) -> Reserved | Refusal:
     now = request.now
     limits, block, reset_at = _load_limits(
-        conn, request.guild_id, request.user_id, request.role_ids, defaults, request.exempt
+        conn, request.guild_id, request.user_id, request.role_ids, defaults
     )
     usage = _snapshot(conn, request.guild_id, request.user_id, limits, block, reset_at, now)
-    decision = decide(limits, usage, now, request.estimated_cost)
+    decision = decide(limits, usage, now)
     if isinstance(decision, Refusal):
         return decision  # nothing was written; the commit is empty
     job_id, queue_seq = conn.execute(
@@ -231,11 +228,10 @@ def _reserve(
             request.upload_limit,
         ),
     ).fetchone()
-    price = limits.price_per_job if request.estimated_cost is None else request.estimated_cost
     conn.execute(
         "INSERT INTO quota_ledger (job_id, guild_id, user_id, status, amount, reserved_at)"
         " VALUES (?, ?, ?, 'reserved', ?, ?)",
-        (job_id, request.guild_id, request.user_id, price, now),
+        (job_id, request.guild_id, request.user_id, limits.price_per_job, now),
     )
     return Reserved(
         job_id=int(job_id), queue_seq=int(queue_seq), used=decision.used, limit=decision.limit
@@ -261,34 +257,17 @@ class LedgerQueries(SqliteBase):
         role_ids: Iterable[int],
         defaults: LimitDefaults,
         now: float | None = None,
-        *,
-        exempt: bool = False,
     ) -> QuotaView:
         """A member's effective limits, usage and what `reserve` would answer now."""
         now = self._now(now)
 
         def body(conn: sqlite3.Connection) -> QuotaView:
-            limits, block, reset_at = _load_limits(
-                conn, guild_id, user_id, role_ids, defaults, exempt
-            )
+            limits, block, reset_at = _load_limits(conn, guild_id, user_id, role_ids, defaults)
             usage = _snapshot(conn, guild_id, user_id, limits, block, reset_at, now)
             return QuotaView(limits, usage, decide(limits, usage, now))
 
         # A read transaction: one consistent snapshot without taking SQLite's write lock.
         return await self._run(body, begin="BEGIN")
-
-    async def effective_limits(
-        self,
-        guild_id: int,
-        user_id: int,
-        role_ids: Iterable[int],
-        defaults: LimitDefaults,
-        *,
-        exempt: bool = False,
-    ) -> EffectiveLimits:
-        """Settings + guild row + the member's roles + user override, resolved."""
-        view = await self.quota_view(guild_id, user_id, role_ids, defaults, exempt=exempt)
-        return view.limits
 
     # -- quota: settle -----------------------------------------------------------------------
 

@@ -6,7 +6,7 @@ from __future__ import annotations
 from dataclasses import asdict
 from typing import Any
 
-from bot.quota import Block, GuildLimits, LimitOverride
+from bot.quota import GuildLimits, LimitOverride
 from bot.store.sqlite.connection import SqliteBase
 
 
@@ -209,23 +209,6 @@ class ModerationQueries(SqliteBase):
                 return False
             await self._audit(conn, guild_id, actor_id, "unblock", {"user_id": user_id}, now)
             return True
-
-    async def get_block(self, guild_id: int, user_id: int) -> Block | None:
-        """The user's block in the guild, if any."""
-        row = await self._fetchone(
-            "SELECT reason, blocked_by, created_at FROM blocks WHERE guild_id = ? AND user_id = ?",
-            (guild_id, user_id),
-        )
-        return Block(guild_id, user_id, *row) if row is not None else None
-
-    async def blocks(self, guild_id: int) -> list[Block]:
-        """Every block in the guild, newest first."""
-        rows = await self._fetchall(
-            "SELECT user_id, reason, blocked_by, created_at FROM blocks WHERE guild_id = ? "
-            "ORDER BY created_at DESC",
-            (guild_id,),
-        )
-        return [Block(guild_id, *r) for r in rows]
 
     async def reset_user_window(
         self, guild_id: int, user_id: int, *, actor_id: int, now: float | None = None
