@@ -24,6 +24,7 @@ from bot.store import (
     Migration,
     Reserved,
     ReserveRequest,
+    SqliteStore,
     Store,
     StoreError,
     StoreUnavailable,
@@ -55,7 +56,7 @@ def clock() -> Clock:
 
 @pytest.fixture
 async def store(tmp_path: Path, clock: Clock) -> AsyncIterator[Store]:
-    opened = await Store.open(tmp_path / "data" / "veo.sqlite3", clock=clock)
+    opened = await SqliteStore.open(tmp_path / "data" / "veo.sqlite3", clock=clock)
     try:
         yield opened
     finally:
@@ -118,7 +119,7 @@ async def finish(store: Store, job_id: int, cost: float | None = None) -> None:
 
 async def test_open_creates_parent_dir_and_latest_schema(tmp_path: Path) -> None:
     path = tmp_path / "nested" / "dir" / "veo.sqlite3"
-    async with await Store.open(path):
+    async with await SqliteStore.open(path):
         assert schema_version(path) == SCHEMA_VERSION
     assert path.exists()
     with sqlite3.connect(path) as raw:
@@ -129,9 +130,9 @@ async def test_open_creates_parent_dir_and_latest_schema(tmp_path: Path) -> None
 
 async def test_reopening_is_idempotent(tmp_path: Path) -> None:
     path = tmp_path / "veo.sqlite3"
-    async with await Store.open(path) as store:
+    async with await SqliteStore.open(path) as store:
         job_id = await reserved(store, request())
-    async with await Store.open(path) as store:
+    async with await SqliteStore.open(path) as store:
         assert schema_version(path) == SCHEMA_VERSION
         job = await store.get_job(job_id)
         assert job is not None
@@ -156,7 +157,7 @@ async def test_migrates_a_version_1_database_with_data(tmp_path: Path, clock: Cl
             (GUILD, NOW - 2 * HOUR, NOW - HOUR, GUILD, NOW - 60),
         )
 
-    async with await Store.open(path, clock=clock) as store:
+    async with await SqliteStore.open(path, clock=clock) as store:
         assert schema_version(path) == SCHEMA_VERSION
         old = await store.get_job(1)
         assert old is not None
@@ -182,12 +183,12 @@ async def test_failed_migration_rolls_back_entirely(tmp_path: Path) -> None:
     )
     path = tmp_path / "veo.sqlite3"
     with pytest.raises(StoreError, match="syntax error"):
-        await Store.open(path, migrations=broken)
+        await SqliteStore.open(path, migrations=broken)
     assert schema_version(path) == 1
     with sqlite3.connect(path) as raw:
         columns = {r[1] for r in raw.execute("PRAGMA table_info(jobs)")}
     assert "half_done" not in columns
-    async with await Store.open(path):  # the real migrations still apply cleanly
+    async with await SqliteStore.open(path):  # the real migrations still apply cleanly
         assert schema_version(path) == SCHEMA_VERSION
 
 
@@ -196,7 +197,7 @@ async def test_refuses_a_database_from_a_newer_bot(tmp_path: Path) -> None:
     with sqlite3.connect(path) as raw:
         raw.execute(f"PRAGMA user_version = {SCHEMA_VERSION + 1}")
     with pytest.raises(StoreError, match="newer"):
-        await Store.open(path)
+        await SqliteStore.open(path)
 
 
 # ----------------------------------------------------------------------------- state machine
@@ -547,7 +548,7 @@ async def test_settle_terminal_is_the_crash_net(store: Store) -> None:
 
 async def test_reserve_fails_closed_when_the_database_is_locked(tmp_path: Path) -> None:
     path = tmp_path / "veo.sqlite3"
-    async with await Store.open(path, busy_timeout=0.05) as store:
+    async with await SqliteStore.open(path, busy_timeout=0.05) as store:
         holder = sqlite3.connect(path, isolation_level=None)
         try:
             holder.execute("BEGIN IMMEDIATE")  # another process hogs the write lock
@@ -560,7 +561,7 @@ async def test_reserve_fails_closed_when_the_database_is_locked(tmp_path: Path) 
 
 
 async def test_closed_store_is_unavailable(tmp_path: Path) -> None:
-    store = await Store.open(tmp_path / "veo.sqlite3")
+    store = await SqliteStore.open(tmp_path / "veo.sqlite3")
     await store.close()
     with pytest.raises(StoreUnavailable):
         await store.reserve(request(), DEFAULTS)
@@ -596,8 +597,8 @@ async def test_two_hundred_users_against_a_guild_cap_of_twenty(store: Store) -> 
 async def test_two_stores_on_one_file_still_hold_the_limit(tmp_path: Path) -> None:
     """Two connections (as two processes would have) racing: BEGIN IMMEDIATE serialises them."""
     path = tmp_path / "veo.sqlite3"
-    first = await Store.open(path)
-    second = await Store.open(path)
+    first = await SqliteStore.open(path)
+    second = await SqliteStore.open(path)
     try:
         per_user = LimitDefaults(user_limit=3, concurrency=100)
         outcomes = await asyncio.gather(

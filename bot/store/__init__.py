@@ -1,6 +1,11 @@
 """The store: jobs as a persisted state machine, the quota ledger, moderation settings, reports
-and audit. Callers import from here; the vocabulary (states, rows, errors) lives in
-`bot.store.model`, the SQLite backend in `bot.store.sqlite`."""
+and audit. Callers import from here and depend on the `Store` protocol (`bot.store.protocol`),
+never on a backend; the vocabulary (states, rows, errors) lives in `bot.store.model`, the SQLite
+backend in `bot.store.sqlite`."""
+
+import time
+from collections.abc import Callable
+from pathlib import Path
 
 from bot.store.model import (
     ALL_STATES,
@@ -10,6 +15,7 @@ from bot.store.model import (
     AuditEntry,
     IllegalTransition,
     Job,
+    JobFields,
     JobState,
     ReleaseReason,
     Reserved,
@@ -19,8 +25,15 @@ from bot.store.model import (
     UsageSummary,
     UserUsage,
 )
-from bot.store.sqlite import Store
+from bot.store.protocol import JobStore, LedgerStore, ModerationStore, ReportStore, Store
+from bot.store.sqlite import SqliteStore
 from bot.store.sqlite.migrations import MIGRATIONS, SCHEMA_VERSION, Migration, apply_migrations
+
+
+async def open_store(path: str | Path, *, clock: Callable[[], float] = time.time) -> Store:
+    """Open the bot's database: the SQLite file at `path`, created and migrated as needed."""
+    return await SqliteStore.open(path, clock=clock)
+
 
 __all__ = [
     "ALL_STATES",
@@ -32,15 +45,22 @@ __all__ = [
     "AuditEntry",
     "IllegalTransition",
     "Job",
+    "JobFields",
     "JobState",
+    "JobStore",
+    "LedgerStore",
     "Migration",
+    "ModerationStore",
     "ReleaseReason",
+    "ReportStore",
     "ReserveRequest",
     "Reserved",
+    "SqliteStore",
     "Store",
     "StoreError",
     "StoreUnavailable",
     "UsageSummary",
     "UserUsage",
     "apply_migrations",
+    "open_store",
 ]

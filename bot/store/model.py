@@ -1,7 +1,7 @@
 """The store's vocabulary, free of any database: job states and the legal moves between them,
 the rows the store hands out, the requests it takes, and its errors.
 
-A backend (`bot.store.sqlite` today) speaks in these terms;
+A backend (`bot.store.sqlite` today) implements `bot.store.protocol.Store` in these terms;
 nothing here imports a database driver, Discord or HTTP.
 
 Job lifecycle (see `LEGAL_TRANSITIONS`)::
@@ -19,8 +19,9 @@ after a crash it knows which side effects may have happened and never repeats a 
 from __future__ import annotations
 
 import json
+from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
-from typing import Any, Literal, cast, get_args
+from typing import Any, Literal, TypedDict, cast, get_args
 
 from bot.quota import Allowed, EffectiveLimits, Refusal, UsageSnapshot
 
@@ -72,28 +73,36 @@ ReleaseReason = Literal[
 ]
 ReleaseOutcome = Literal["released", "charged", "already_settled", "no_such_job"]
 
-# Columns `transition()` may set besides `state`: column names cannot be SQL parameters, so
-# only these names are ever formatted into a statement.
-JOB_FIELDS: frozenset[str] = frozenset(
-    {
-        "request_id",
-        "image_url",
-        "error",
-        "cost",
-        "bytes",
-        "submitted_at",
-        "completed_at",
-        "delivered_at",
-        "placeholder_channel_id",
-        "placeholder_message_id",
-        "output_url",
-        "upload_limit",
-        "interaction_token",
-        "interaction_created_at",
-        "delivered_message_id",
-        "delivery_method",
-    }
-)
+
+class JobFields(TypedDict, total=False):
+    """Columns `transition()` may set besides `state`, with their types."""
+
+    request_id: str
+    image_url: str | None
+    error: str | None
+    cost: float | None
+    bytes: int | None
+    submitted_at: float
+    completed_at: float
+    delivered_at: float
+    placeholder_channel_id: int | None
+    placeholder_message_id: int | None
+    output_url: str | None
+    upload_limit: int | None
+    interaction_token: str | None
+    interaction_created_at: float | None
+    delivered_message_id: int | None
+    delivery_method: str | None
+
+
+# Column names cannot be SQL parameters, so only these names are ever formatted into a statement.
+JOB_FIELDS: frozenset[str] = JobFields.__optional_keys__
+# Entering these states stamps the matching timestamp unless the caller passes one.
+ENTRY_STAMPS: dict[JobState, str] = {
+    "submitted": "submitted_at",
+    "completed": "completed_at",
+    "delivered": "delivered_at",
+}
 
 
 class StoreError(Exception):
@@ -110,6 +119,46 @@ class StoreUnavailable(StoreError):
 
 class IllegalTransition(StoreError, ValueError):
     """A transition the state machine never allows: a bug in the caller, not a race."""
+
+
+@dataclass(frozen=True, slots=True)
+class TransitionPlan:
+    """A checked `transition`: what a backend writes, in its own SQL, as one compare-and-set."""
+
+    sources: tuple[JobState, ...]  # the job must be in one of these
+    fields: dict[str, Any]  # names from `JOB_FIELDS`, the entry stamp included
+
+
+def plan_transition(
+    from_states: JobState | Iterable[JobState],
+    to_state: JobState,
+    fields: Mapping[str, Any],
+    now: float,
+) -> TransitionPlan:
+    """The state machine's rules for one `transition`, the same for every backend.
+
+    Only the `from_states` with a legal edge to `to_state` are matched (staying in the same
+    state is always legal: a guarded update of fields), so "fail it from wherever it is" can
+    list every unfinished state and a job in a state with no such edge is refused (False).
+    Raises `IllegalTransition` when no listed state may reach `to_state` at all, or a state
+    name is unknown: a bug in the caller, not a race; `ValueError` for a field that is not a
+    job column. `submitted_at`, `completed_at` and `delivered_at` are stamped with `now` on
+    entering those states."""
+    requested = (from_states,) if isinstance(from_states, str) else tuple(from_states)
+    for state in (*requested, to_state):
+        if state not in LEGAL_TRANSITIONS:
+            raise IllegalTransition(f"unknown job state {state!r}")
+    sources = tuple(s for s in requested if s == to_state or to_state in LEGAL_TRANSITIONS[s])
+    if not sources:
+        raise IllegalTransition(f"a job never goes from {requested!r} to {to_state!r}")
+    unknown = set(fields) - JOB_FIELDS
+    if unknown:
+        raise ValueError(f"not a job field: {', '.join(sorted(unknown))}")
+    values = dict(fields)
+    stamp = ENTRY_STAMPS.get(to_state)
+    if stamp is not None and stamp not in values and to_state not in sources:
+        values[stamp] = now
+    return TransitionPlan(sources, values)
 
 
 # --------------------------------------------------------------------------------------------

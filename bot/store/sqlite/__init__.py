@@ -3,7 +3,7 @@
 The store knows nothing of Discord or Segmind: guild/channel/user/role ids are plain ints and a
 Segmind request id is an opaque string.
 
-Concurrency model. One `Store` owns one aiosqlite connection (one worker thread). Every write
+Concurrency model. One `SqliteStore` owns one aiosqlite connection (one worker thread). Every write
 runs as one `BEGIN IMMEDIATE` transaction under an in-process `asyncio.Lock`: the lock stops two
 tasks from interleaving statements on the shared connection, and `BEGIN IMMEDIATE` takes
 SQLite's write lock before the first read, so a check-then-insert (`reserve`) can never be
@@ -31,11 +31,9 @@ from bot.store.sqlite.moderation import ModerationQueries
 from bot.store.sqlite.reports import ReportQueries
 
 
-class Store(LedgerQueries, JobQueries, ModerationQueries, ReportQueries):
-    """The bot's database. Create with `await Store.open(path)`; close with `await close()`.
-
-    Every method that takes `now` (epoch seconds) uses the injected clock when it is omitted.
-    """
+class SqliteStore(LedgerQueries, JobQueries, ModerationQueries, ReportQueries):
+    """`bot.store.protocol.Store` on one SQLite file. Create with `await SqliteStore.open(path)`;
+    close with `await close()`. `now` arguments default to the injected clock."""
 
     # -- opening and closing -----------------------------------------------------------------
 
@@ -48,7 +46,7 @@ class Store(LedgerQueries, JobQueries, ModerationQueries, ReportQueries):
         busy_timeout: float = 10.0,
         synchronous: Literal["FULL", "NORMAL"] = "FULL",
         migrations: Sequence[Migration] = MIGRATIONS,
-    ) -> Store:
+    ) -> SqliteStore:
         """Open (creating the file and its parent directory) and migrate the database.
 
         `synchronous=FULL` fsyncs every commit: a reservation or a `submitting` mark that was

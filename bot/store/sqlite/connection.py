@@ -25,7 +25,7 @@ def _placeholders(count: int) -> str:
 
 
 # --------------------------------------------------------------------------------------------
-# Transaction bodies that run on the connection's thread in one hand-off (see `Store._run`).
+# Transaction bodies that run on the connection's thread in one hand-off (see `SqliteBase._run`).
 
 T = TypeVar("T")
 

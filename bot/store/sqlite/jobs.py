@@ -4,25 +4,10 @@ from __future__ import annotations
 
 import sqlite3
 from collections.abc import Iterable
-from typing import Any
+from typing import Any, Unpack
 
-from bot.store.model import (
-    JOB_FIELDS,
-    LEGAL_TRANSITIONS,
-    NONTERMINAL_STATES,
-    IllegalTransition,
-    Job,
-    JobState,
-)
+from bot.store.model import NONTERMINAL_STATES, Job, JobFields, JobState, plan_transition
 from bot.store.sqlite.connection import SqliteBase, _placeholders
-
-# Entering these states stamps the matching timestamp unless the caller passes one.
-_STAMPS: dict[str, str] = {
-    "submitted": "submitted_at",
-    "completed": "completed_at",
-    "delivered": "delivered_at",
-}
-
 
 _JOB_COLUMNS = (
     "j.id, j.guild_id, j.channel_id, j.user_id, j.prompt, j.params, j.image_url, j.request_id, "
@@ -49,39 +34,17 @@ class JobQueries(SqliteBase):
         to_state: JobState,
         *,
         now: float | None = None,
-        **fields: Any,
+        **fields: Unpack[JobFields],
     ) -> bool:
-        """Compare-and-set: move the job to `to_state` only if it is in one of `from_states`,
-        setting `fields` (names from `JOB_FIELDS`) in the same committed write. Returns False
-        when the job was not in those states (someone else moved it first) — the caller must
-        then NOT perform the action the transition guards.
-
-        Only the `from_states` with a legal edge to `to_state` are matched (staying in the same
-        state is always legal: a guarded update of fields), so "fail it from wherever it is"
-        can list every unfinished state and a job in a state with no such edge is refused
-        (False). Raises `IllegalTransition` when no listed state may reach `to_state` at all,
-        or a state name is unknown: a bug in the caller, not a race. `submitted_at`,
-        `completed_at` and `delivered_at` are stamped on entering those states."""
-        requested = (from_states,) if isinstance(from_states, str) else tuple(from_states)
-        for state in (*requested, to_state):
-            if state not in LEGAL_TRANSITIONS:
-                raise IllegalTransition(f"unknown job state {state!r}")
-        sources = tuple(s for s in requested if s == to_state or to_state in LEGAL_TRANSITIONS[s])
-        if not sources:
-            raise IllegalTransition(f"a job never goes from {requested!r} to {to_state!r}")
-        unknown = set(fields) - JOB_FIELDS
-        if unknown:
-            raise ValueError(f"not a job field: {', '.join(sorted(unknown))}")
+        """See `JobStore.transition`: one guarded UPDATE of the job row."""
         now = self._now(now)
-        stamp = _STAMPS.get(to_state)
-        if stamp is not None and stamp not in fields and to_state not in sources:
-            fields[stamp] = now
-        assignments = "".join(f", {name} = ?" for name in fields)  # names checked above
+        plan = plan_transition(from_states, to_state, fields, now)
+        assignments = "".join(f", {name} = ?" for name in plan.fields)  # checked by the plan
         sql = (
             f"UPDATE jobs SET state = ?, updated_at = ?{assignments} "  # noqa: S608
-            f"WHERE id = ? AND state IN ({_placeholders(len(sources))})"
+            f"WHERE id = ? AND state IN ({_placeholders(len(plan.sources))})"
         )
-        params = (to_state, now, *fields.values(), job_id, *sources)
+        params = (to_state, now, *plan.fields.values(), job_id, *plan.sources)
 
         def body(conn: sqlite3.Connection) -> bool:
             return conn.execute(sql, params).rowcount == 1
