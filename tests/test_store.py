@@ -232,8 +232,37 @@ async def test_cas_refuses_a_second_mover(store: Store) -> None:
     results = await asyncio.gather(
         *(store.transition(job_id, "queued", "submitting") for _ in range(10))
     )
-    assert results.count(True) == 1  # one submit, however many tasks raced for it
-    assert not await store.transition(job_id, "queued", "cancelled")
+    winners = [r for r in results if r is not None]
+    assert [j.state for j in winners] == ["submitting"]  # one submit, however many raced
+    assert await store.transition(job_id, "queued", "cancelled") is None
+
+
+async def test_transition_returns_the_row_it_wrote(store: Store, clock: Clock) -> None:
+    job_id = await reserved(store, request())
+    clock.now = NOW + 10
+    assert await store.transition(job_id, "queued", "submitting")
+    submitted = await store.transition(job_id, "submitting", "submitted", request_id="abc")
+    assert submitted is not None
+    assert (submitted.id, submitted.state, submitted.request_id) == (job_id, "submitted", "abc")
+    assert (submitted.submitted_at, submitted.updated_at) == (NOW + 10, NOW + 10)
+    assert submitted.params["duration"] == 8
+    # The ledger columns come with it: the row is exactly what a fresh read gives.
+    assert (submitted.ledger_status, submitted.charged_amount) == ("reserved", None)
+    assert submitted == await store.get_job(job_id)
+    assert await store.transition(job_id, "completed", "delivering") is None  # not there yet
+    assert await store.transition(job_id, "submitting", "failed") is None  # already moved on
+    assert await store.get_job(job_id) == submitted
+    # Charged before it is marked delivered (as the lifecycle does): the row says so.
+    assert await store.transition(job_id, "submitted", "completed", cost=0.5)
+    assert await store.transition(job_id, "completed", "delivering")
+    assert await store.charge(job_id, 0.5)
+    delivered = await store.transition(job_id, "delivering", "delivered", delivered_message_id=9)
+    assert delivered is not None
+    assert (delivered.state, delivered.ledger_status, delivered.charged_amount) == (
+        "delivered",
+        "charged",
+        0.5,
+    )
 
 
 async def test_illegal_transitions_raise(store: Store) -> None:

@@ -89,11 +89,12 @@ class JobStore(Protocol):
         *,
         now: float | None = None,
         **fields: Unpack[JobFields],
-    ) -> bool:
+    ) -> Job | None:
         """Compare-and-set: move the job to `to_state` only if it is in one of `from_states`,
-        setting `fields` in the same committed write. False when the job was not in those
-        states (someone else moved it first): the caller must then NOT perform the action the
-        transition guards. The rules are `bot.store.model.plan_transition`'s."""
+        setting `fields` in the same committed write, and return the job as written (so the
+        caller need not read it again). None when the job was not in those states (someone
+        else moved it first): the caller must then NOT perform the action the transition
+        guards. The rules are `bot.store.model.plan_transition`'s."""
         ...
 
     async def get_job(self, job_id: int) -> Job | None:

@@ -9,13 +9,44 @@ from typing import Any, Unpack
 from bot.store.model import NONTERMINAL_STATES, Job, JobFields, JobState, plan_transition
 from bot.store.sqlite.connection import SqliteBase, _placeholders
 
-_JOB_COLUMNS = (
-    "j.id, j.guild_id, j.channel_id, j.user_id, j.prompt, j.params, j.image_url, j.request_id, "
-    "j.state, j.queue_seq, j.created_at, j.updated_at, j.submitted_at, j.completed_at, "
-    "j.delivered_at, j.cost, j.bytes, j.error, j.placeholder_channel_id, "
-    "j.placeholder_message_id, j.interaction_token, j.interaction_created_at, "
-    "j.delivered_message_id, j.delivery_method, j.upload_limit, j.output_url, "
-    "l.status, l.charged_amount, l.reason"
+# The `Job` fields in order: the job row's columns, then its ledger row's.
+_JOB_ROW: tuple[str, ...] = (
+    "id",
+    "guild_id",
+    "channel_id",
+    "user_id",
+    "prompt",
+    "params",
+    "image_url",
+    "request_id",
+    "state",
+    "queue_seq",
+    "created_at",
+    "updated_at",
+    "submitted_at",
+    "completed_at",
+    "delivered_at",
+    "cost",
+    "bytes",
+    "error",
+    "placeholder_channel_id",
+    "placeholder_message_id",
+    "interaction_token",
+    "interaction_created_at",
+    "delivered_message_id",
+    "delivery_method",
+    "upload_limit",
+    "output_url",
+)
+_LEDGER_ROW: tuple[str, ...] = ("status", "charged_amount", "reason")
+_JOB_COLUMNS = ", ".join([*(f"j.{c}" for c in _JOB_ROW), *(f"l.{c}" for c in _LEDGER_ROW)])
+# RETURNING may name only the updated table (no alias, no join), so the ledger's columns come
+# from correlated subqueries: the same `Job` in the same statement as the compare-and-set.
+_JOB_RETURNING = ", ".join(
+    [
+        *_JOB_ROW,
+        *(f"(SELECT {c} FROM quota_ledger WHERE job_id = jobs.id)" for c in _LEDGER_ROW),  # noqa: S608  # column names from this module
+    ]
 )
 _JOB_FROM = "FROM jobs j LEFT JOIN quota_ledger l ON l.job_id = j.id"
 
@@ -35,19 +66,21 @@ class JobQueries(SqliteBase):
         *,
         now: float | None = None,
         **fields: Unpack[JobFields],
-    ) -> bool:
-        """See `JobStore.transition`: one guarded UPDATE of the job row."""
+    ) -> Job | None:
+        """See `JobStore.transition`: one guarded `UPDATE … RETURNING` of the job row."""
         now = self._now(now)
         plan = plan_transition(from_states, to_state, fields, now)
         assignments = "".join(f", {name} = ?" for name in plan.fields)  # checked by the plan
         sql = (
             f"UPDATE jobs SET state = ?, updated_at = ?{assignments} "  # noqa: S608
-            f"WHERE id = ? AND state IN ({_placeholders(len(plan.sources))})"
+            f"WHERE id = ? AND state IN ({_placeholders(len(plan.sources))}) "
+            f"RETURNING {_JOB_RETURNING}"
         )
         params = (to_state, now, *plan.fields.values(), job_id, *plan.sources)
 
-        def body(conn: sqlite3.Connection) -> bool:
-            return conn.execute(sql, params).rowcount == 1
+        def body(conn: sqlite3.Connection) -> Job | None:
+            row = conn.execute(sql, params).fetchone()
+            return _job(row) if row is not None else None
 
         return await self._run(body)
 
