@@ -6,6 +6,8 @@ from __future__ import annotations
 import asyncio
 import json
 import sqlite3
+import subprocess
+import sys
 from collections.abc import AsyncIterator
 from pathlib import Path
 
@@ -198,6 +200,21 @@ async def test_refuses_a_database_from_a_newer_bot(tmp_path: Path) -> None:
         raw.execute(f"PRAGMA user_version = {SCHEMA_VERSION + 1}")
     with pytest.raises(StoreError, match="newer"):
         await SqliteStore.open(path)
+
+
+def test_importing_the_store_loads_no_discord_and_no_http() -> None:
+    """The store knows nothing of Discord or HTTP: a fresh interpreter that imports it (and its
+    SQLite backend) has loaded neither library, so a second backend or a tool can use it bare."""
+    probe = (
+        "import sys, bot.store\n"
+        "assert 'bot.store.sqlite' in sys.modules\n"
+        "print(' '.join(sorted(m for m in sys.modules if m.partition('.')[0] in "
+        "{'discord', 'aiohttp'})))"
+    )
+    loaded = subprocess.run(  # noqa: S603  # our own interpreter and code
+        [sys.executable, "-c", probe], capture_output=True, text=True, check=True, timeout=60
+    )
+    assert loaded.stdout.split() == []
 
 
 # ----------------------------------------------------------------------------- state machine
