@@ -17,6 +17,7 @@ import pytest
 from bot.quota import GuildLimits, LimitDefaults, LimitOverride, Refusal
 from bot.store import (
     IN_FLIGHT_STATES,
+    JOB_FIELDS,
     LEGAL_TRANSITIONS,
     MIGRATIONS,
     SCHEMA_VERSION,
@@ -128,6 +129,15 @@ async def test_open_creates_parent_dir_and_latest_schema(tmp_path: Path) -> None
         assert raw.execute("PRAGMA journal_mode").fetchone()[0] == "wal"
         tables = {r[0] for r in raw.execute("SELECT name FROM sqlite_master WHERE type='table'")}
     assert {"jobs", "quota_ledger", "guild_settings", "blocks", "audit_log"} <= tables
+
+
+async def test_every_settable_job_field_is_a_column(store: Store, tmp_path: Path) -> None:
+    """`JOB_FIELDS` (from the `JobFields` type) names columns the migrations really create, so a
+    typed field can never reach SQLite as an unknown column."""
+    with sqlite3.connect(tmp_path / "data" / "veo.sqlite3") as raw:
+        columns = {r[1] for r in raw.execute("PRAGMA table_info(jobs)")}
+    assert JOB_FIELDS
+    assert columns >= JOB_FIELDS
 
 
 async def test_reopening_is_idempotent(tmp_path: Path) -> None:

@@ -10,6 +10,7 @@ from pathlib import Path
 from bot.store.model import (
     ALL_STATES,
     IN_FLIGHT_STATES,
+    JOB_FIELDS,
     LEGAL_TRANSITIONS,
     TERMINAL_STATES,
     AuditEntry,
@@ -38,6 +39,7 @@ async def open_store(path: str | Path, *, clock: Callable[[], float] = time.time
 __all__ = [
     "ALL_STATES",
     "IN_FLIGHT_STATES",
+    "JOB_FIELDS",
     "LEGAL_TRANSITIONS",
     "MIGRATIONS",
     "SCHEMA_VERSION",

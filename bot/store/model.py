@@ -139,7 +139,7 @@ def plan_transition(
 
     Only the `from_states` with a legal edge to `to_state` are matched (staying in the same
     state is always legal: a guarded update of fields), so "fail it from wherever it is" can
-    list every unfinished state and a job in a state with no such edge is refused (False).
+    list every unfinished state and a job in a state with no such edge is refused (None).
     Raises `IllegalTransition` when no listed state may reach `to_state` at all, or a state
     name is unknown: a bug in the caller, not a race; `ValueError` for a field that is not a
     job column. `submitted_at`, `completed_at` and `delivered_at` are stamped with `now` on

@@ -3,11 +3,11 @@
 The store knows nothing of Discord or Segmind: guild/channel/user/role ids are plain ints and a
 Segmind request id is an opaque string.
 
-Concurrency model. One `SqliteStore` owns one aiosqlite connection (one worker thread). Every write
-runs as one `BEGIN IMMEDIATE` transaction under an in-process `asyncio.Lock`: the lock stops two
-tasks from interleaving statements on the shared connection, and `BEGIN IMMEDIATE` takes
-SQLite's write lock before the first read, so a check-then-insert (`reserve`) can never be
-raced by another connection or process either. Readers never block writers (WAL).
+Concurrency model. One `SqliteStore` owns one aiosqlite connection (one worker thread). Every
+write runs as one `BEGIN IMMEDIATE` transaction under an in-process `asyncio.Lock`: the lock
+stops two tasks from interleaving statements on the shared connection, and `BEGIN IMMEDIATE`
+takes SQLite's write lock before the first read, so a check-then-insert (`reserve`) can never
+be raced by another connection or process either. Readers never block writers (WAL).
 
 The queries are grouped by concern, one mixin each: `ledger`, `jobs`, `moderation`, `reports`;
 `connection` holds the plumbing they share and `migrations` the schema.
