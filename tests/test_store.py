@@ -616,6 +616,24 @@ async def test_reserve_fails_closed_when_the_database_is_locked(tmp_path: Path) 
         assert isinstance(await store.reserve(request(), DEFAULTS), Reserved)
 
 
+async def test_a_refused_statement_is_a_store_error_and_writes_nothing(store: Store) -> None:
+    """A bug the database catches (here two jobs claiming one Segmind request id) comes out as
+    the store's own error, not the driver's, and is not mistaken for an unreachable database."""
+    first = await reserved(store, request(user_id=1))
+    second = await reserved(store, request(user_id=2))
+    for job_id in (first, second):
+        assert await store.transition(job_id, "queued", "submitting")
+    assert await store.transition(first, "submitting", "submitted", request_id="same")
+    with pytest.raises(StoreError, match="UNIQUE") as raised:
+        await store.transition(second, "submitting", "submitted", request_id="same")
+    assert not isinstance(raised.value, (StoreUnavailable, sqlite3.Error))
+    job = await store.get_job(second)
+    assert job is not None
+    assert (job.state, job.request_id) == ("submitting", None)
+    # The store is still usable afterwards: the failed write was rolled back.
+    assert await store.transition(second, "submitting", "unknown")
+
+
 async def test_closed_store_is_unavailable(tmp_path: Path) -> None:
     store = await SqliteStore.open(tmp_path / "veo.sqlite3")
     await store.close()

@@ -15,6 +15,7 @@ The queries are grouped by concern, one mixin each: `ledger`, `jobs`, `moderatio
 
 from __future__ import annotations
 
+import sqlite3
 import time
 from collections.abc import Callable, Sequence
 from pathlib import Path
@@ -23,7 +24,7 @@ from typing import Literal
 import aiosqlite
 
 from bot.store.model import StoreUnavailable
-from bot.store.sqlite.connection import _BUG_ERRORS, _UNAVAILABLE_ERRORS
+from bot.store.sqlite.connection import _UNAVAILABLE_ERRORS, _store_error
 from bot.store.sqlite.jobs import JobQueries
 from bot.store.sqlite.ledger import LedgerQueries
 from bot.store.sqlite.migrations import MIGRATIONS, Migration, apply_migrations
@@ -67,7 +68,7 @@ class SqliteStore(LedgerQueries, JobQueries, ModerationQueries, ReportQueries):
             await apply_migrations(conn, migrations)
         except BaseException as exc:
             await conn.close()
-            if isinstance(exc, _UNAVAILABLE_ERRORS) and not isinstance(exc, _BUG_ERRORS):
-                raise StoreUnavailable(f"cannot open {path}: {exc}") from exc
+            if isinstance(exc, sqlite3.Error):
+                raise _store_error(exc, f"cannot open {path}") from exc
             raise
         return cls(conn, clock)

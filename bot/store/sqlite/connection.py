@@ -13,11 +13,21 @@ from typing import Any, Self, TypeVar, cast
 
 import aiosqlite
 
-from bot.store.model import StoreUnavailable
+from bot.store.model import StoreError, StoreUnavailable
 
 _UNAVAILABLE_ERRORS = (sqlite3.OperationalError, sqlite3.DatabaseError)
 # Integrity and programming errors are bugs in our SQL or data, not an unreachable database.
 _BUG_ERRORS = (sqlite3.IntegrityError, sqlite3.ProgrammingError, sqlite3.InterfaceError)
+
+
+def _store_error(exc: sqlite3.Error, context: str = "") -> StoreError:
+    """What a caller sees of a driver error: never a `sqlite3` type, which another backend
+    would not raise. Trouble with the database is `StoreUnavailable` (callers fail closed);
+    a statement SQLite refused on its merits is a bug, a plain `StoreError`."""
+    text = f"{context}: {exc}" if context else str(exc)
+    if isinstance(exc, _BUG_ERRORS) or not isinstance(exc, _UNAVAILABLE_ERRORS):
+        return StoreError(f"the database refused a statement: {text}")
+    return StoreUnavailable(text)
 
 
 def _placeholders(count: int) -> str:
@@ -89,10 +99,8 @@ class SqliteBase:
                 raise StoreUnavailable(str(exc)) from exc
             try:
                 result = await self._conn._execute(_transaction, raw, begin, body)
-            except _BUG_ERRORS:
-                raise
-            except _UNAVAILABLE_ERRORS as exc:
-                raise StoreUnavailable(str(exc)) from exc
+            except sqlite3.Error as exc:
+                raise _store_error(exc) from exc
             return cast(T, result)
 
     @asynccontextmanager
@@ -107,10 +115,8 @@ class SqliteBase:
                 await self._conn.execute(begin)
             except ValueError as exc:  # aiosqlite: the connection is closed
                 raise StoreUnavailable(str(exc)) from exc
-            except _BUG_ERRORS:
-                raise
-            except _UNAVAILABLE_ERRORS as exc:
-                raise StoreUnavailable(str(exc)) from exc
+            except sqlite3.Error as exc:
+                raise _store_error(exc) from exc
             try:
                 yield self._conn
                 await self._conn.execute("COMMIT")
@@ -119,19 +125,17 @@ class SqliteBase:
                     # The original error below is the one worth reporting.
                     with contextlib.suppress(*_UNAVAILABLE_ERRORS):
                         await self._conn.execute("ROLLBACK")
-                if isinstance(exc, _UNAVAILABLE_ERRORS) and not isinstance(exc, _BUG_ERRORS):
-                    raise StoreUnavailable(str(exc)) from exc
+                if isinstance(exc, sqlite3.Error):
+                    raise _store_error(exc) from exc
                 raise
 
     async def _fetchall(self, sql: str, params: Sequence[Any] = ()) -> list[sqlite3.Row]:
         try:
             return list(await self._conn.execute_fetchall(sql, params))
-        except ValueError as exc:
+        except ValueError as exc:  # aiosqlite: the connection is closed
             raise StoreUnavailable(str(exc)) from exc
-        except _BUG_ERRORS:
-            raise
-        except _UNAVAILABLE_ERRORS as exc:
-            raise StoreUnavailable(str(exc)) from exc
+        except sqlite3.Error as exc:
+            raise _store_error(exc) from exc
 
     async def _fetchone(self, sql: str, params: Sequence[Any] = ()) -> sqlite3.Row | None:
         rows = await self._fetchall(sql, params)
