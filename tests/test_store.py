@@ -36,6 +36,7 @@ from bot.store import (
     StoreError,
     StoreUnavailable,
     apply_migrations,
+    open_store,
 )
 
 NOW = 1_700_000_000.0
@@ -134,7 +135,7 @@ async def finish(store: Store, job_id: int, cost: float | None = None) -> None:
 
 async def test_open_creates_parent_dir_and_latest_schema(tmp_path: Path) -> None:
     path = tmp_path / "nested" / "dir" / "veo.sqlite3"
-    async with await SqliteStore.open(path):
+    async with await open_store(path):  # what the bot calls at start-up
         assert schema_version(path) == SCHEMA_VERSION
     assert path.exists()
     with sqlite3.connect(path) as raw:
@@ -478,6 +479,10 @@ async def test_role_user_overrides_and_exempt_roles_in_the_store(store: Store) -
     assert not await store.set_role_exempt(GUILD, 20, True, actor_id=99)
     assert (await store.quota_view(GUILD, 2, (20,), DEFAULTS)).limits.exempt
     assert await store.exempt_roles(GUILD) == frozenset({20})
+    assert await store.set_role_exempt(GUILD, 20, False, actor_id=99)
+    assert not await store.set_role_exempt(GUILD, 20, False, actor_id=99)
+    assert not (await store.quota_view(GUILD, 2, (20,), DEFAULTS)).limits.exempt
+    assert await store.set_role_exempt(GUILD, 20, True, actor_id=99)
     assert set(await store.role_overrides(GUILD)) == {10, 11, 12}
     await store.set_role_override(GUILD, 10, None, actor_id=99)
     assert set(await store.role_overrides(GUILD)) == {11, 12}
@@ -624,10 +629,23 @@ async def test_reserve_fails_closed_when_the_database_is_locked(tmp_path: Path) 
             holder.execute("BEGIN IMMEDIATE")  # another process hogs the write lock
             with pytest.raises(StoreUnavailable):
                 await store.reserve(request(), DEFAULTS)
+            with pytest.raises(StoreUnavailable):  # a moderator's change fails closed too
+                await store.set_guild_limits(GUILD, GuildLimits(user_limit=9), actor_id=99)
             holder.execute("ROLLBACK")
         finally:
             holder.close()
         assert isinstance(await store.reserve(request(), DEFAULTS), Reserved)
+        assert await store.get_guild_limits(GUILD) == GuildLimits()
+        assert await store.audit_entries(GUILD) == []
+
+
+async def test_a_refused_setting_changes_nothing_and_audits_nothing(store: Store) -> None:
+    with pytest.raises(StoreError):
+        await store.set_guild_limits(GUILD, GuildLimits(user_limit=-1), actor_id=99)
+    assert await store.get_guild_limits(GUILD) == GuildLimits()
+    assert await store.audit_entries(GUILD) == []  # the audit row went with the change
+    await store.set_guild_limits(GUILD, GuildLimits(user_limit=1), actor_id=99)
+    assert await store.get_guild_limits(GUILD) == GuildLimits(user_limit=1)
 
 
 async def test_a_refused_statement_is_a_store_error_and_writes_nothing(store: Store) -> None:
