@@ -4,7 +4,7 @@
 
 Each reservation is the real thing: BEGIN IMMEDIATE, load the member's limits, read the usage,
 decide, insert the job and the ledger row, COMMIT (fsync with synchronous=FULL). Callers are
-concurrent asyncio tasks on one Store, as in the bot. Limits are set so every call is allowed:
+concurrent asyncio tasks on one store, as in the bot. Limits are set so every call is allowed:
 the refused path writes nothing and is cheaper. Goal: at least 1,000 reservations/s.
 """
 
@@ -22,7 +22,7 @@ from typing import Literal, cast
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 from bot.quota import LimitDefaults  # after the path tweak: runs from anywhere
-from bot.store import Reserved, ReserveRequest, Store
+from bot.store import Reserved, ReserveRequest, SqliteStore
 
 # Realistic per-user limits (each simulated user makes exactly `PER_USER` requests), and
 # every guild/global/spend cap set high so all their queries run yet nothing is refused.
@@ -39,7 +39,7 @@ DEFAULTS = LimitDefaults(
 async def run(callers: int, total: int, synchronous: Literal["FULL", "NORMAL"]) -> float:
     """Reservations per second for `callers` concurrent tasks sharing `total` reservations."""
     with tempfile.TemporaryDirectory() as tmp:
-        store = await Store.open(Path(tmp) / "bench.sqlite3", synchronous=synchronous)
+        store = await SqliteStore.open(Path(tmp) / "bench.sqlite3", synchronous=synchronous)
         try:
             params = json.dumps({"prompt": "a lighthouse at dusk", "duration": 8})
             per_caller = max(1, total // callers)

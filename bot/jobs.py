@@ -348,7 +348,7 @@ class JobService:
             log.error("job %s: submitted as %s but its state moved", job_id, submitted.request_id)
             return
         log.info("job %s submitted as Segmind request %s", job_id, submitted.request_id)
-        await self._follow(await self._job(job_id), submitted)
+        await self._follow(recorded, submitted)
 
     async def _follow(self, job: Job, submitted: sm.SubmittedJob) -> None:
         """From `submitted`: wait for Segmind, download, deliver."""
@@ -388,7 +388,7 @@ class JobService:
                 release_reason="failed",
             )
             return
-        await self.store.transition(
+        completed = await self.store.transition(
             job.id,
             ("submitted",),
             "completed",
@@ -396,7 +396,10 @@ class JobService:
             cost=result.cost,
             output_url=result.output_urls[0],
         )
-        await self._deliver(await self._job(job.id), result.output_urls[0], took, result.cost)
+        if completed is None:
+            log.warning("job %s: ended while Segmind finished it; not delivering", job.id)
+            return
+        await self._deliver(completed, result.output_urls[0], took, result.cost)
 
     async def _deliver(self, job: Job, output_url: str, took: float, cost: float | None) -> None:
         """From `completed` (or `delivering` after a restart): download once, deliver once."""
@@ -410,9 +413,12 @@ class JobService:
             await self._fail(job, "failed", exc, release_reason="delivery_failed")
             return
         try:
-            if not await self.store.transition(job.id, ("completed", "delivering"), "delivering"):
+            delivering = await self.store.transition(
+                job.id, ("completed", "delivering"), "delivering"
+            )
+            if delivering is None:
                 return
-            job = await self._job(job.id)
+            job = delivering
             await self._progress(job, Progress(Stage.UPLOADING))
 
             async def checkpoint(route: str) -> None:
@@ -482,7 +488,7 @@ class JobService:
         # Charged first, so a job never reads as delivered-but-free; if the process dies in
         # between, the resume finds the video, and charge() is idempotent.
         await self.store.charge(job.id, cost)
-        await self.store.transition(
+        delivered = await self.store.transition(
             job.id,
             ("delivering",),
             "delivered",
@@ -492,7 +498,7 @@ class JobService:
             bytes=size,
         )
         log.info("job %s delivered (%s, %s bytes)", job.id, receipt.method, size)
-        await self._finished(await self.store.get_job(job.id))
+        await self._finished(delivered)
 
     # ---------------------------------------------------------------------------- endings
 

@@ -1,12 +1,18 @@
 """The store on a real SQLite file: migrations, the job state machine, the ledger, moderation,
-and contention (many truly concurrent reservations, on one connection and on two)."""
+and contention (many truly concurrent reservations, on one connection and on two).
+
+The tests that take the `store` fixture speak only the `Store` protocol: they are the contract
+every backend passes (add its opener to `BACKENDS`). The ones that open a file by path are the
+SQLite backend's own: migrations, PRAGMAs, locking across connections."""
 
 from __future__ import annotations
 
 import asyncio
 import json
 import sqlite3
-from collections.abc import AsyncIterator
+import subprocess
+import sys
+from collections.abc import AsyncIterator, Awaitable, Callable
 from pathlib import Path
 
 import aiosqlite
@@ -14,6 +20,8 @@ import pytest
 
 from bot.quota import GuildLimits, LimitDefaults, LimitOverride, Refusal
 from bot.store import (
+    IN_FLIGHT_STATES,
+    JOB_FIELDS,
     LEGAL_TRANSITIONS,
     MIGRATIONS,
     SCHEMA_VERSION,
@@ -23,10 +31,12 @@ from bot.store import (
     Migration,
     Reserved,
     ReserveRequest,
+    SqliteStore,
     Store,
     StoreError,
     StoreUnavailable,
     apply_migrations,
+    open_store,
 )
 
 NOW = 1_700_000_000.0
@@ -52,9 +62,17 @@ def clock() -> Clock:
     return Clock()
 
 
-@pytest.fixture
-async def store(tmp_path: Path, clock: Clock) -> AsyncIterator[Store]:
-    opened = await Store.open(tmp_path / "data" / "veo.sqlite3", clock=clock)
+# How each backend opens an empty store in a test's own directory.
+BACKENDS: dict[str, Callable[[Path, Clock], Awaitable[Store]]] = {
+    "sqlite": lambda tmp, clock: SqliteStore.open(tmp / "data" / "veo.sqlite3", clock=clock),
+}
+
+
+@pytest.fixture(params=sorted(BACKENDS))
+async def store(
+    request: pytest.FixtureRequest, tmp_path: Path, clock: Clock
+) -> AsyncIterator[Store]:
+    opened = await BACKENDS[request.param](tmp_path, clock)
     try:
         yield opened
     finally:
@@ -90,6 +108,18 @@ async def reserved(store: Store, req: ReserveRequest, defaults: LimitDefaults = 
     return outcome.job_id
 
 
+def schema_version(path: Path) -> int:
+    """The file's `PRAGMA user_version`, read beside the store as another process would."""
+    with sqlite3.connect(path) as raw:
+        return int(raw.execute("PRAGMA user_version").fetchone()[0])
+
+
+async def queue_position(store: Store, job_id: int) -> int | None:
+    """1 for the next job to start, as the queue announcements number it; None once it left."""
+    queued = await store.queued_ids()
+    return queued.index(job_id) + 1 if job_id in queued else None
+
+
 async def finish(store: Store, job_id: int, cost: float | None = None) -> None:
     """Walk a job through the happy path and charge it."""
     assert await store.transition(job_id, "queued", "submitting")
@@ -105,8 +135,8 @@ async def finish(store: Store, job_id: int, cost: float | None = None) -> None:
 
 async def test_open_creates_parent_dir_and_latest_schema(tmp_path: Path) -> None:
     path = tmp_path / "nested" / "dir" / "veo.sqlite3"
-    async with await Store.open(path) as store:
-        assert await store.schema_version() == SCHEMA_VERSION
+    async with await open_store(path):  # what the bot calls at start-up
+        assert schema_version(path) == SCHEMA_VERSION
     assert path.exists()
     with sqlite3.connect(path) as raw:
         assert raw.execute("PRAGMA journal_mode").fetchone()[0] == "wal"
@@ -114,12 +144,23 @@ async def test_open_creates_parent_dir_and_latest_schema(tmp_path: Path) -> None
     assert {"jobs", "quota_ledger", "guild_settings", "blocks", "audit_log"} <= tables
 
 
+async def test_every_settable_job_field_is_a_column(tmp_path: Path) -> None:
+    """`JOB_FIELDS` (from the `JobFields` type) names columns the migrations really create, so a
+    typed field can never reach SQLite as an unknown column."""
+    path = tmp_path / "veo.sqlite3"
+    async with await SqliteStore.open(path):
+        with sqlite3.connect(path) as raw:
+            columns = {r[1] for r in raw.execute("PRAGMA table_info(jobs)")}
+    assert JOB_FIELDS
+    assert columns >= JOB_FIELDS
+
+
 async def test_reopening_is_idempotent(tmp_path: Path) -> None:
     path = tmp_path / "veo.sqlite3"
-    async with await Store.open(path) as store:
+    async with await SqliteStore.open(path) as store:
         job_id = await reserved(store, request())
-    async with await Store.open(path) as store:
-        assert await store.schema_version() == SCHEMA_VERSION
+    async with await SqliteStore.open(path) as store:
+        assert schema_version(path) == SCHEMA_VERSION
         job = await store.get_job(job_id)
         assert job is not None
         assert job.state == "queued"
@@ -143,14 +184,14 @@ async def test_migrates_a_version_1_database_with_data(tmp_path: Path, clock: Cl
             (GUILD, NOW - 2 * HOUR, NOW - HOUR, GUILD, NOW - 60),
         )
 
-    async with await Store.open(path, clock=clock) as store:
-        assert await store.schema_version() == SCHEMA_VERSION
+    async with await SqliteStore.open(path, clock=clock) as store:
+        assert schema_version(path) == SCHEMA_VERSION
         old = await store.get_job(1)
         assert old is not None
         assert old.queue_seq == 1  # backfilled in arrival order
         assert old.charged_amount == 0.8  # the real-cost column is backfilled from the amount
         assert [j.id for j in await store.nonterminal_jobs()] == [2]
-        assert await store.queue_position(2) == 1
+        assert await queue_position(store, 2) == 1
         # The old reservations still count: used 2 of 3, and job 2 is in flight.
         view = await store.quota_view(GUILD, 1, (), LimitDefaults(concurrency=5), NOW)
         assert view.usage.user_window.count == 2
@@ -159,7 +200,7 @@ async def test_migrates_a_version_1_database_with_data(tmp_path: Path, clock: Cl
         outcome = await store.reserve(request(user_id=7), DEFAULTS)
         assert isinstance(outcome, Reserved)
         assert outcome.queue_seq == 3
-        assert await store.queue_position(outcome.job_id) == 2
+        assert await queue_position(store, outcome.job_id) == 2
 
 
 async def test_failed_migration_rolls_back_entirely(tmp_path: Path) -> None:
@@ -169,13 +210,13 @@ async def test_failed_migration_rolls_back_entirely(tmp_path: Path) -> None:
     )
     path = tmp_path / "veo.sqlite3"
     with pytest.raises(StoreError, match="syntax error"):
-        await Store.open(path, migrations=broken)
+        await SqliteStore.open(path, migrations=broken)
+    assert schema_version(path) == 1
     with sqlite3.connect(path) as raw:
-        assert raw.execute("PRAGMA user_version").fetchone()[0] == 1
         columns = {r[1] for r in raw.execute("PRAGMA table_info(jobs)")}
     assert "half_done" not in columns
-    async with await Store.open(path) as store:  # the real migrations still apply cleanly
-        assert await store.schema_version() == SCHEMA_VERSION
+    async with await SqliteStore.open(path):  # the real migrations still apply cleanly
+        assert schema_version(path) == SCHEMA_VERSION
 
 
 async def test_refuses_a_database_from_a_newer_bot(tmp_path: Path) -> None:
@@ -183,7 +224,22 @@ async def test_refuses_a_database_from_a_newer_bot(tmp_path: Path) -> None:
     with sqlite3.connect(path) as raw:
         raw.execute(f"PRAGMA user_version = {SCHEMA_VERSION + 1}")
     with pytest.raises(StoreError, match="newer"):
-        await Store.open(path)
+        await SqliteStore.open(path)
+
+
+def test_importing_the_store_loads_no_discord_and_no_http() -> None:
+    """The store knows nothing of Discord or HTTP: a fresh interpreter that imports it (and its
+    SQLite backend) has loaded neither library, so a second backend or a tool can use it bare."""
+    probe = (
+        "import sys, bot.store\n"
+        "assert 'bot.store.sqlite' in sys.modules\n"
+        "print(' '.join(sorted(m for m in sys.modules if m.partition('.')[0] in "
+        "{'discord', 'aiohttp'})))"
+    )
+    loaded = subprocess.run(  # noqa: S603  # our own interpreter and code
+        [sys.executable, "-c", probe], capture_output=True, text=True, check=True, timeout=60
+    )
+    assert loaded.stdout.split() == []
 
 
 # ----------------------------------------------------------------------------- state machine
@@ -203,9 +259,9 @@ async def test_happy_path_stamps_times_and_charges(store: Store, clock: Clock) -
         job_id, "delivering", "delivered", delivered_message_id=5, delivery_method="interaction"
     )
     assert await store.charge(job_id, 1.2)
-    job = await store.job_by_request_id("abc")
+    job = await store.get_job(job_id)
     assert job is not None
-    assert job.id == job_id
+    assert job.request_id == "abc"
     assert (job.submitted_at, job.completed_at, job.delivered_at) == (NOW + 10, NOW + 70, NOW + 70)
     assert (job.state, job.ledger_status, job.charged_amount) == ("delivered", "charged", 1.2)
     assert job.output_url == "https://x"
@@ -218,8 +274,37 @@ async def test_cas_refuses_a_second_mover(store: Store) -> None:
     results = await asyncio.gather(
         *(store.transition(job_id, "queued", "submitting") for _ in range(10))
     )
-    assert results.count(True) == 1  # one submit, however many tasks raced for it
-    assert not await store.transition(job_id, "queued", "cancelled")
+    winners = [r for r in results if r is not None]
+    assert [j.state for j in winners] == ["submitting"]  # one submit, however many raced
+    assert await store.transition(job_id, "queued", "cancelled") is None
+
+
+async def test_transition_returns_the_row_it_wrote(store: Store, clock: Clock) -> None:
+    job_id = await reserved(store, request())
+    clock.now = NOW + 10
+    assert await store.transition(job_id, "queued", "submitting")
+    submitted = await store.transition(job_id, "submitting", "submitted", request_id="abc")
+    assert submitted is not None
+    assert (submitted.id, submitted.state, submitted.request_id) == (job_id, "submitted", "abc")
+    assert (submitted.submitted_at, submitted.updated_at) == (NOW + 10, NOW + 10)
+    assert submitted.params["duration"] == 8
+    # The ledger columns come with it: the row is exactly what a fresh read gives.
+    assert (submitted.ledger_status, submitted.charged_amount) == ("reserved", None)
+    assert submitted == await store.get_job(job_id)
+    assert await store.transition(job_id, "completed", "delivering") is None  # not there yet
+    assert await store.transition(job_id, "submitting", "failed") is None  # already moved on
+    assert await store.get_job(job_id) == submitted
+    # Charged before it is marked delivered (as the lifecycle does): the row says so.
+    assert await store.transition(job_id, "submitted", "completed", cost=0.5)
+    assert await store.transition(job_id, "completed", "delivering")
+    assert await store.charge(job_id, 0.5)
+    delivered = await store.transition(job_id, "delivering", "delivered", delivered_message_id=9)
+    assert delivered is not None
+    assert (delivered.state, delivered.ledger_status, delivered.charged_amount) == (
+        "delivered",
+        "charged",
+        0.5,
+    )
 
 
 async def test_illegal_transitions_raise(store: Store) -> None:
@@ -275,23 +360,25 @@ async def test_nonterminal_jobs_and_in_flight_count(store: Store) -> None:
     assert await store.transition(ids[1], "queued", "submitting")
     assert await store.transition(ids[1], "submitting", "submitted", request_id="r1")
     assert await store.transition(ids[2], "queued", "cancelled")
-    assert [j.id for j in await store.nonterminal_jobs()] == [ids[0], ids[1], ids[3], ids[4]]
-    assert await store.count_in_flight() == 2
-    assert await store.count_queued() == 2
+    unfinished = await store.nonterminal_jobs()
+    assert [j.id for j in unfinished] == [ids[0], ids[1], ids[3], ids[4]]
+    assert [j.id for j in unfinished if j.state in IN_FLIGHT_STATES] == [ids[0], ids[1]]
+    assert await store.queued_ids() == [ids[3], ids[4]]
 
 
 async def test_queue_is_first_come_first_served_across_users(store: Store) -> None:
     ids = [await reserved(store, request(user_id=u, now=NOW + u)) for u in (5, 3, 9)]
-    assert [await store.queue_position(i) for i in ids] == [1, 2, 3]
+    assert [await queue_position(store, i) for i in ids] == [1, 2, 3]
     first = await store.next_queued()
     assert first is not None
     assert first.id == ids[0]
     assert await store.transition(ids[0], "queued", "submitting")
-    assert await store.queue_position(ids[0]) is None
-    assert [await store.queue_position(i) for i in ids[1:]] == [1, 2]
-    # A POST that surely never left goes back to its old place, ahead of later arrivals.
-    assert await store.transition(ids[0], "submitting", "queued")
-    assert [j.id for j in await store.queued_jobs()] == ids
+    assert await queue_position(store, ids[0]) is None
+    assert [await queue_position(store, i) for i in ids[1:]] == [1, 2]
+    # A job that left the queue never re-enters it: its POST may have been billed.
+    with pytest.raises(IllegalTransition):
+        await store.transition(ids[0], "submitting", "queued")
+    assert await store.queued_ids() == ids[1:]
 
 
 # ------------------------------------------------------------------------------------- quota
@@ -384,14 +471,18 @@ async def test_role_user_overrides_and_exempt_roles_in_the_store(store: Store) -
     await store.set_role_override(GUILD, 10, LimitOverride(user_limit=5), actor_id=99)
     await store.set_role_override(GUILD, 11, LimitOverride(user_limit=8), actor_id=99)
     await store.set_role_override(GUILD, 12, LimitOverride(concurrency=3), actor_id=99)
-    limits = await store.effective_limits(GUILD, 1, (10, 11, 12), DEFAULTS)
+    limits = (await store.quota_view(GUILD, 1, (10, 11, 12), DEFAULTS)).limits
     assert (limits.user_limit, limits.concurrency, limits.source) == (8, 3, "role:11")
     await store.set_user_override(GUILD, 1, LimitOverride(user_limit=1), actor_id=99)
-    assert (await store.effective_limits(GUILD, 1, (10, 11), DEFAULTS)).user_limit == 1
+    assert (await store.quota_view(GUILD, 1, (10, 11), DEFAULTS)).limits.user_limit == 1
     assert await store.set_role_exempt(GUILD, 20, True, actor_id=99)
     assert not await store.set_role_exempt(GUILD, 20, True, actor_id=99)
-    assert (await store.effective_limits(GUILD, 2, (20,), DEFAULTS)).exempt
+    assert (await store.quota_view(GUILD, 2, (20,), DEFAULTS)).limits.exempt
     assert await store.exempt_roles(GUILD) == frozenset({20})
+    assert await store.set_role_exempt(GUILD, 20, False, actor_id=99)
+    assert not await store.set_role_exempt(GUILD, 20, False, actor_id=99)
+    assert not (await store.quota_view(GUILD, 2, (20,), DEFAULTS)).limits.exempt
+    assert await store.set_role_exempt(GUILD, 20, True, actor_id=99)
     assert set(await store.role_overrides(GUILD)) == {10, 11, 12}
     await store.set_role_override(GUILD, 10, None, actor_id=99)
     assert set(await store.role_overrides(GUILD)) == {11, 12}
@@ -402,11 +493,14 @@ async def test_block_and_unblock(store: Store) -> None:
     await store.block_user(GUILD, 1, reason="spam", actor_id=99)
     refusal = await store.reserve(request(), DEFAULTS)
     assert refusal == Refusal(kind="blocked", reason="spam")
-    assert [b.user_id for b in await store.blocks(GUILD)] == [1]
+    view = await store.quota_view(GUILD, 1, (), DEFAULTS)
+    assert view.usage.block is not None
+    assert (view.usage.block.reason, view.usage.block.blocked_by) == ("spam", 99)
+    assert (await store.quota_view(GUILD, 2, (), DEFAULTS)).usage.block is None  # only user 1
     assert isinstance(await store.reserve(request(guild_id=GUILD + 1), DEFAULTS), Reserved)
     assert await store.unblock_user(GUILD, 1, actor_id=99)
     assert not await store.unblock_user(GUILD, 1, actor_id=99)
-    assert await store.get_block(GUILD, 1) is None
+    assert (await store.quota_view(GUILD, 1, (), DEFAULTS)).usage.block is None
 
 
 async def test_reset_clears_the_users_window_but_keeps_history(store: Store) -> None:
@@ -529,20 +623,51 @@ async def test_settle_terminal_is_the_crash_net(store: Store) -> None:
 
 async def test_reserve_fails_closed_when_the_database_is_locked(tmp_path: Path) -> None:
     path = tmp_path / "veo.sqlite3"
-    async with await Store.open(path, busy_timeout=0.05) as store:
+    async with await SqliteStore.open(path, busy_timeout=0.05) as store:
         holder = sqlite3.connect(path, isolation_level=None)
         try:
             holder.execute("BEGIN IMMEDIATE")  # another process hogs the write lock
             with pytest.raises(StoreUnavailable):
                 await store.reserve(request(), DEFAULTS)
+            with pytest.raises(StoreUnavailable):  # a moderator's change fails closed too
+                await store.set_guild_limits(GUILD, GuildLimits(user_limit=9), actor_id=99)
             holder.execute("ROLLBACK")
         finally:
             holder.close()
         assert isinstance(await store.reserve(request(), DEFAULTS), Reserved)
+        assert await store.get_guild_limits(GUILD) == GuildLimits()
+        assert await store.audit_entries(GUILD) == []
+
+
+async def test_a_refused_setting_changes_nothing_and_audits_nothing(store: Store) -> None:
+    with pytest.raises(StoreError):
+        await store.set_guild_limits(GUILD, GuildLimits(user_limit=-1), actor_id=99)
+    assert await store.get_guild_limits(GUILD) == GuildLimits()
+    assert await store.audit_entries(GUILD) == []  # the audit row went with the change
+    await store.set_guild_limits(GUILD, GuildLimits(user_limit=1), actor_id=99)
+    assert await store.get_guild_limits(GUILD) == GuildLimits(user_limit=1)
+
+
+async def test_a_refused_statement_is_a_store_error_and_writes_nothing(store: Store) -> None:
+    """A bug the database catches (here two jobs claiming one Segmind request id) comes out as
+    the store's own error, not the driver's, and is not mistaken for an unreachable database."""
+    first = await reserved(store, request(user_id=1))
+    second = await reserved(store, request(user_id=2))
+    for job_id in (first, second):
+        assert await store.transition(job_id, "queued", "submitting")
+    assert await store.transition(first, "submitting", "submitted", request_id="same")
+    with pytest.raises(StoreError) as raised:
+        await store.transition(second, "submitting", "submitted", request_id="same")
+    assert not isinstance(raised.value, (StoreUnavailable, sqlite3.Error))
+    job = await store.get_job(second)
+    assert job is not None
+    assert (job.state, job.request_id) == ("submitting", None)
+    # The store is still usable afterwards: the failed write was rolled back.
+    assert await store.transition(second, "submitting", "unknown")
 
 
 async def test_closed_store_is_unavailable(tmp_path: Path) -> None:
-    store = await Store.open(tmp_path / "veo.sqlite3")
+    store = await SqliteStore.open(tmp_path / "veo.sqlite3")
     await store.close()
     with pytest.raises(StoreUnavailable):
         await store.reserve(request(), DEFAULTS)
@@ -578,8 +703,8 @@ async def test_two_hundred_users_against_a_guild_cap_of_twenty(store: Store) -> 
 async def test_two_stores_on_one_file_still_hold_the_limit(tmp_path: Path) -> None:
     """Two connections (as two processes would have) racing: BEGIN IMMEDIATE serialises them."""
     path = tmp_path / "veo.sqlite3"
-    first = await Store.open(path)
-    second = await Store.open(path)
+    first = await SqliteStore.open(path)
+    second = await SqliteStore.open(path)
     try:
         per_user = LimitDefaults(user_limit=3, concurrency=100)
         outcomes = await asyncio.gather(
@@ -595,7 +720,9 @@ async def test_two_stores_on_one_file_still_hold_the_limit(tmp_path: Path) -> No
             )
         )
         assert sum(isinstance(o, Reserved) for o in outcomes) == 20
-        seqs = [j.queue_seq for j in await first.queued_jobs()]
+        queued = await first.nonterminal_jobs()
+        assert {j.state for j in queued} == {"queued"}
+        seqs = [j.queue_seq for j in queued]
         assert seqs == sorted(set(seqs))
     finally:
         await first.close()

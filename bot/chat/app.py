@@ -17,7 +17,7 @@ from bot.config import Settings
 from bot.jobs import JobService
 from bot.quota import LimitDefaults
 from bot.segmind import client as sm
-from bot.store import Store
+from bot.store import Store, open_store
 
 log = logging.getLogger(__name__)
 
@@ -97,7 +97,7 @@ class VeoBot(commands.Bot):
     async def setup_hook(self) -> None:
         settings = self.settings
         self.session = aiohttp.ClientSession()
-        self.store = await Store.open(settings.veo_db_path)
+        self.store = await open_store(settings.veo_db_path)
         base_url, key = await self._segmind_endpoint()
         self.segmind = sm.SegmindClient(
             key,

@@ -1,0 +1,277 @@
+"""The store's vocabulary, free of any database: job states and the legal moves between them,
+the rows the store hands out, the requests it takes, and its errors.
+
+A backend (`bot.store.sqlite` today) implements `bot.store.protocol.Store` in these terms;
+nothing here imports a database driver, Discord or HTTP.
+
+Job lifecycle (see `LEGAL_TRANSITIONS`)::
+
+    queued ──▶ submitting ──▶ submitted ──▶ completed ──▶ delivering ──▶ delivered
+      │            │  │            │             │              │
+      │            │  └─▶ unknown  └─▶ failed / expired        └─▶ failed
+      └─▶ cancelled / expired / failed
+
+A transition is a compare-and-set committed before the action it enables (write-ahead): the
+lifecycle moves a job to `submitting` *then* POSTs, to `delivering` *then* posts to Discord, so
+after a crash it knows which side effects may have happened and never repeats a billed one.
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Iterable, Mapping
+from dataclasses import dataclass
+from typing import Any, Literal, TypedDict, cast, get_args
+
+from bot.quota import Allowed, EffectiveLimits, Refusal, UsageSnapshot
+
+JobState = Literal[
+    "queued",
+    "submitting",
+    "submitted",
+    "completed",
+    "delivering",
+    "delivered",
+    "failed",
+    "expired",
+    "cancelled",
+    "unknown",
+]
+ALL_STATES: tuple[JobState, ...] = get_args(JobState)
+TERMINAL_STATES: frozenset[JobState] = frozenset(
+    {"delivered", "failed", "expired", "cancelled", "unknown"}
+)
+# Holding a Segmind slot (or about to): what the global concurrency limit counts.
+IN_FLIGHT_STATES: tuple[JobState, ...] = ("submitting", "submitted", "completed", "delivering")
+NONTERMINAL_STATES: tuple[JobState, ...] = ("queued", *IN_FLIGHT_STATES)
+
+LEGAL_TRANSITIONS: dict[JobState, frozenset[JobState]] = {
+    # A queued job has cost nothing yet: it may be dropped for any reason.
+    "queued": frozenset({"submitting", "cancelled", "expired", "failed"}),
+    # A refused POST fails the job (refunded): it never goes back to the queue, where it could
+    # be sent twice. `unknown` when the POST may have reached Segmind and no id was saved.
+    "submitting": frozenset({"submitted", "failed", "unknown"}),
+    "submitted": frozenset({"completed", "failed", "expired"}),
+    "completed": frozenset({"delivering", "failed", "expired"}),
+    "delivering": frozenset({"delivered", "failed"}),
+    "delivered": frozenset(),
+    "failed": frozenset(),
+    "expired": frozenset(),
+    "cancelled": frozenset(),
+    "unknown": frozenset(),
+}
+
+LedgerStatus = Literal["reserved", "charged", "released"]
+ReleaseReason = Literal[
+    "failed",  # Segmind reported the job failed or returned no video
+    "content_blocked",  # Segmind refused the prompt/image: refunded only up to the daily cap
+    "not_submitted",  # the POST was refused or never went through: nothing started
+    "expired",  # past the deadline, or Segmind no longer knows the job
+    "cancelled",  # the user or a moderator cancelled it
+    "unknown",  # crashed between POST and saving the request id; the user got nothing
+    "delivery_failed",  # Segmind made it but it never reached the user
+]
+ReleaseOutcome = Literal["released", "charged", "already_settled", "no_such_job"]
+
+
+class JobFields(TypedDict, total=False):
+    """Columns `transition()` may set besides `state`, with their types."""
+
+    request_id: str
+    image_url: str | None
+    error: str | None
+    cost: float | None
+    bytes: int | None
+    submitted_at: float
+    completed_at: float
+    delivered_at: float
+    placeholder_channel_id: int | None
+    placeholder_message_id: int | None
+    output_url: str | None
+    upload_limit: int | None
+    interaction_token: str | None
+    interaction_created_at: float | None
+    delivered_message_id: int | None
+    delivery_method: str | None
+
+
+# Column names cannot be SQL parameters, so only these names are ever formatted into a statement.
+JOB_FIELDS: frozenset[str] = JobFields.__optional_keys__
+# Entering these states stamps the matching timestamp unless the caller passes one.
+ENTRY_STAMPS: dict[JobState, str] = {
+    "submitted": "submitted_at",
+    "completed": "completed_at",
+    "delivered": "delivered_at",
+}
+
+
+class StoreError(Exception):
+    """Base of the store's errors."""
+
+
+class StoreUnavailable(StoreError):
+    """The database cannot be read or written (locked too long, disk full, unreadable).
+
+    Callers fail closed: refuse the request, never start an unrecorded job."""
+
+    user_message = "The bot cannot reach its database right now — please try again in a minute."
+
+
+class IllegalTransition(StoreError, ValueError):
+    """A transition the state machine never allows: a bug in the caller, not a race."""
+
+
+@dataclass(frozen=True, slots=True)
+class TransitionPlan:
+    """A checked `transition`: what a backend writes, in its own SQL, as one compare-and-set."""
+
+    sources: tuple[JobState, ...]  # the job must be in one of these
+    fields: dict[str, Any]  # names from `JOB_FIELDS`, the entry stamp included
+
+
+def plan_transition(
+    from_states: JobState | Iterable[JobState],
+    to_state: JobState,
+    fields: Mapping[str, Any],
+    now: float,
+) -> TransitionPlan:
+    """The state machine's rules for one `transition`, the same for every backend.
+
+    Only the `from_states` with a legal edge to `to_state` are matched (staying in the same
+    state is always legal: a guarded update of fields), so "fail it from wherever it is" can
+    list every unfinished state and a job in a state with no such edge is refused (None).
+    Raises `IllegalTransition` when no listed state may reach `to_state` at all, or a state
+    name is unknown: a bug in the caller, not a race; `ValueError` for a field that is not a
+    job column. `submitted_at`, `completed_at` and `delivered_at` are stamped with `now` on
+    entering those states."""
+    requested = (from_states,) if isinstance(from_states, str) else tuple(from_states)
+    for state in (*requested, to_state):
+        if state not in LEGAL_TRANSITIONS:
+            raise IllegalTransition(f"unknown job state {state!r}")
+    sources = tuple(s for s in requested if s == to_state or to_state in LEGAL_TRANSITIONS[s])
+    if not sources:
+        raise IllegalTransition(f"a job never goes from {requested!r} to {to_state!r}")
+    unknown = set(fields) - JOB_FIELDS
+    if unknown:
+        raise ValueError(f"not a job field: {', '.join(sorted(unknown))}")
+    values = dict(fields)
+    stamp = ENTRY_STAMPS.get(to_state)
+    if stamp is not None and stamp not in values and to_state not in sources:
+        values[stamp] = now
+    return TransitionPlan(sources, values)
+
+
+# --------------------------------------------------------------------------------------------
+# Rows
+
+
+@dataclass(frozen=True, slots=True)
+class Job:
+    """One `/veo` request and everything the lifecycle and moderators need about it."""
+
+    id: int
+    guild_id: int
+    channel_id: int
+    user_id: int
+    prompt: str
+    params_json: str
+    image_url: str | None
+    request_id: str | None
+    state: JobState
+    queue_seq: int
+    created_at: float
+    updated_at: float
+    submitted_at: float | None
+    completed_at: float | None
+    delivered_at: float | None
+    cost: float | None  # what Segmind reported (metrics.cost), if it did
+    bytes: int | None
+    error: str | None
+    placeholder_channel_id: int | None  # None: the placeholder is in `channel_id`
+    placeholder_message_id: int | None  # the public "thinking…" message, edited in place
+    interaction_token: str | None  # valid 15 minutes from interaction_created_at
+    interaction_created_at: float | None
+    delivered_message_id: int | None
+    delivery_method: str | None
+    upload_limit: int | None  # bytes the requester's channel accepts as an attachment
+    output_url: str | None  # Segmind's result URL, kept so delivery can resume after a crash
+    ledger_status: LedgerStatus | None  # None only for rows that predate the ledger
+    charged_amount: float | None
+    ledger_reason: str | None
+
+    @property
+    def params(self) -> dict[str, Any]:
+        return cast(dict[str, Any], json.loads(self.params_json))
+
+    @property
+    def terminal(self) -> bool:
+        return self.state in TERMINAL_STATES
+
+
+@dataclass(frozen=True, slots=True)
+class ReserveRequest:
+    """A member asking for one video. `role_ids` are the member's roles in that guild."""
+
+    guild_id: int
+    channel_id: int
+    user_id: int
+    role_ids: frozenset[int] | tuple[int, ...]
+    prompt: str
+    params_json: str
+    image_url: str | None
+    now: float
+    interaction_token: str | None = None
+    interaction_created_at: float | None = None
+    placeholder_channel_id: int | None = None
+    placeholder_message_id: int | None = None  # the public "thinking…" message
+    upload_limit: int | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class Reserved:
+    """The job exists (state `queued`) and its quota is held.
+
+    `used`/`limit` describe the member's window including this job (`limit` None: exempt)."""
+
+    job_id: int
+    queue_seq: int
+    used: int
+    limit: int | None
+
+
+@dataclass(frozen=True, slots=True)
+class QuotaView:
+    """A member's limits and usage without reserving anything (for `/veo quota`, `/limits`)."""
+
+    limits: EffectiveLimits
+    usage: UsageSnapshot
+    decision: Allowed | Refusal
+
+
+@dataclass(frozen=True, slots=True)
+class UsageSummary:
+    jobs: int
+    delivered: int
+    failed: int  # failed, expired or unknown
+    cancelled: int
+    in_progress: int
+    refunded: int  # ledger rows released
+    cost: float  # dollars charged
+
+
+@dataclass(frozen=True, slots=True)
+class UserUsage:
+    user_id: int
+    jobs: int
+    delivered: int
+    cost: float
+
+
+@dataclass(frozen=True, slots=True)
+class AuditEntry:
+    id: int
+    guild_id: int
+    actor_id: int
+    action: str
+    detail: dict[str, Any]
+    created_at: float
