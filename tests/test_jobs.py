@@ -20,7 +20,7 @@ from bot.params import VeoParams
 from bot.quota import LimitDefaults
 from bot.segmind.client import SegmindClient
 from bot.segmind.fake import FakeSegmind, Fault
-from bot.store import Job, Store
+from bot.store import Job, Store, open_store
 from tests.lifecycle_support import (
     GUILD,
     MEMBER,
@@ -57,7 +57,7 @@ async def segmind(fake: FakeSegmind) -> AsyncIterator[SegmindClient]:
 
 @pytest.fixture
 async def store(tmp_path: Path) -> AsyncIterator[Store]:
-    opened = await Store.open(tmp_path / "data" / "veo.sqlite3")
+    opened = await open_store(tmp_path / "data" / "veo.sqlite3")
     yield opened
     await opened.close()
 

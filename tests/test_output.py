@@ -26,7 +26,7 @@ from bot.jobs import Finished, delivery_checkpoint
 from bot.params import VeoParams
 from bot.quota import LimitDefaults
 from bot.segmind.fake.video import VideoSpec, ensure_rendered, probe
-from bot.store import Job, ReserveRequest, Store
+from bot.store import Job, ReserveRequest, Store, open_store
 from tests.discord_emulator import DiscordEmulator, point_discord_py_at
 from tests.discord_emulator.world import Channel
 from tests.lifecycle_support import MIB, WAIT, OutputUnavailable, Progress, Stage, make_output
@@ -87,7 +87,7 @@ def log_channel(emu: DiscordEmulator) -> Channel:
 
 @pytest.fixture
 async def store(tmp_path: Path) -> AsyncIterator[Store]:
-    opened = await Store.open(tmp_path / "veo.sqlite3")
+    opened = await open_store(tmp_path / "veo.sqlite3")
     yield opened
     await opened.close()
 
