@@ -138,6 +138,7 @@ async def open_client(
             poll_ceiling=settings.veo_poll_ceiling,
             job_deadline=settings.veo_job_deadline,
             max_attempts=max_attempts,
+            download_timeout=settings.veo_download_timeout,
         ) as client:
             yield client, False
         return

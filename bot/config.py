@@ -76,6 +76,8 @@ class Settings(BaseSettings):
     veo_max_concurrent_jobs: int = Field(default=4, ge=1)
     veo_max_image_bytes: int = Field(default=20 * 1024 * 1024, gt=0)
     veo_max_video_bytes: int = Field(default=500 * 1024 * 1024, gt=0)
+    # Seconds the whole download of a finished video may take (retries included).
+    veo_download_timeout: float = Field(default=300.0, gt=0)
 
     @field_validator("segmind_base_url", "discord_api_base_url", "discord_gateway_url")
     @classmethod

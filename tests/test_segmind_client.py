@@ -558,6 +558,7 @@ class OutputHost:
         app = web.Application()
         app.router.add_get("/fixed.mp4", self.fixed)
         app.router.add_get("/stream.mp4", self.stream)
+        app.router.add_get("/redirect", self.redirect)
         self.runner = web.AppRunner(app)
         await self.runner.setup()
         sock = socket.create_server(("127.0.0.1", 0))
@@ -567,6 +568,10 @@ class OutputHost:
     async def fixed(self, request: web.Request) -> web.Response:
         self.headers.append(dict(request.headers))
         return web.Response(body=b"v" * self.size, content_type="video/mp4")
+
+    async def redirect(self, request: web.Request) -> web.Response:
+        self.headers.append(dict(request.headers))
+        return web.Response(status=302, headers={"Location": request.query["to"]})
 
     async def stream(self, request: web.Request) -> web.StreamResponse:
         self.headers.append(dict(request.headers))
@@ -638,6 +643,69 @@ async def test_download_404_is_download_error(
 ) -> None:
     with pytest.raises(DownloadError):
         await client.download(f"{fake.base_url}/_fake/outputs/nope.mp4", tmp_path / "v", 10**6)
+
+
+class _LoopbackResolver(aiohttp.abc.AbstractResolver):
+    """Connects every name to 127.0.0.1, as if DNS pointed a public name at our test host."""
+
+    async def resolve(
+        self, host: str, port: int = 0, family: socket.AddressFamily = socket.AF_INET
+    ) -> list[aiohttp.abc.ResolveResult]:
+        return [
+            {
+                "hostname": host,
+                "host": "127.0.0.1",
+                "port": port,
+                "family": socket.AF_INET,
+                "proto": 0,
+                "flags": 0,
+            }
+        ]
+
+    async def close(self) -> None:
+        pass
+
+
+async def _public(host: str) -> list[str]:
+    return ["93.184.215.14"]  # what the bot's own check is told the name resolves to
+
+
+async def test_item3_download_refuses_internal_addresses_when_segmind_is_public(
+    ft: FakeTime, host: OutputHost, tmp_path: Path
+) -> None:
+    port = host.base.rsplit(":", 1)[1]
+    async with make_client("https://api.segmind.example", ft) as client:
+        for url in (f"{host.base}/fixed.mp4", f"http://localhost:{port}/fixed.mp4"):
+            with pytest.raises(DownloadError, match="internal address"):
+                await client.download(url, tmp_path / "v.mp4", max_bytes=10**6)
+    assert host.headers == []  # never contacted
+    assert listing(tmp_path) == []
+
+
+async def test_item3_redirects_are_checked_hop_by_hop(
+    ft: FakeTime, host: OutputHost, tmp_path: Path
+) -> None:
+    port = host.base.rsplit(":", 1)[1]
+    public = f"http://videos.example:{port}"
+    connector = aiohttp.TCPConnector(resolver=_LoopbackResolver())
+    async with (
+        aiohttp.ClientSession(connector=connector) as session,
+        make_client(
+            "https://api.segmind.example", ft, session=session, resolve_host=_public
+        ) as client,
+    ):
+        # A redirect to another public URL is followed...
+        to_public = f"{public}/redirect?to={public}/fixed.mp4"
+        assert await client.download(to_public, tmp_path / "a.mp4", max_bytes=10**6) == 200_000
+        # ...one to an internal address, or away from http(s), is not.
+        for target in (f"{host.base}/fixed.mp4", "file:///etc/passwd"):
+            seen = len(host.headers)
+            with pytest.raises(DownloadError):
+                await client.download(
+                    f"{public}/redirect?to={target}", tmp_path / "b.mp4", max_bytes=10**6
+                )
+            assert len(host.headers) == seen + 1  # the redirect only, not its target
+    assert listing(tmp_path) == ["a.mp4"]
 
 
 # --- the key never leaks ----------------------------------------------------------------------

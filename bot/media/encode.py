@@ -56,6 +56,31 @@ class EncodeFailed(EncodeError):
     """FFmpeg could not read or write the video."""
 
 
+class NotAVideo(EncodeError):
+    """The file is not a playable video of a sane length (see `probe_video`)."""
+
+
+# Veo makes 4-8 s clips; anything far outside that is not the video we asked for.
+MIN_SANE_SECONDS = 0.5
+MAX_SANE_SECONDS = 60.0
+
+
+def probe_video(path: Path) -> float:
+    """The duration of the video at `path`, in seconds; raises `NotAVideo` unless the file
+    opens as a container with a video stream lasting a sane time. Blocking: run in a thread."""
+    try:
+        with av.open(str(path), "r") as container:
+            if not container.streams.video:
+                raise NotAVideo("the file holds no video stream")
+            duration = media_duration(container, container.streams.video[0])
+    except av.error.FFmpegError as exc:
+        raise NotAVideo(f"the file does not open as a video ({type(exc).__name__})") from None
+    if duration is None or not MIN_SANE_SECONDS <= duration <= MAX_SANE_SECONDS:
+        shown = "unknown" if duration is None else f"{duration:.1f} s"
+        raise NotAVideo(f"the video's length is {shown}")
+    return duration
+
+
 @dataclass(frozen=True)
 class FitResult:
     path: Path
