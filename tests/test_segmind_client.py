@@ -389,6 +389,34 @@ async def test_get_429_waits_for_reset_header(
     assert ft.now - start <= 32.0
 
 
+@pytest.mark.parametrize(
+    ("headers", "low", "high"),
+    [
+        # Two 429s, each resetting 2 s ahead: retried at each reset (plus the slack), ~5 s.
+        ({"x-rate-limit-reset-at-utc": "2"}, 4.0, 6.0),
+        ({"Retry-After": "2"}, 4.0, 5.0),
+        # Neither header: back off a ceiling each time, as before.
+        ({}, 40.0, 41.0),
+    ],
+)
+async def test_item5_a_poll_answered_429_waits_for_the_reset_not_the_ceiling(
+    client: SegmindClient,
+    fake: FakeSegmind,
+    ft: FakeTime,
+    headers: dict[str, str],
+    low: float,
+    high: float,
+) -> None:
+    job = await client.submit(PARAMS)
+    ft.now += 300.0  # finished meanwhile: the first poll is due at once
+    fake.inject("status", Fault(status=429, headers=headers), times=2)
+    before = ft.now
+    result = await client.wait(job, started_at=ft.now - 300.0)
+    assert result.output_urls
+    assert gets(fake, "status") == 3
+    assert low <= ft.now - before <= high
+
+
 async def test_get_429_retry_after(client: SegmindClient, fake: FakeSegmind, ft: FakeTime) -> None:
     fake.inject("credits", Fault(status=429, headers={"Retry-After": "12"}))
     start = ft.now

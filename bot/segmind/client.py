@@ -680,6 +680,7 @@ class SegmindClient:
                 deadline=self.job_deadline if deadline is None else deadline,
                 on_result=seen,
                 retryable=(Unavailable, RateLimited),
+                retry_in=self._poll_retry_in,
             )
         except DeadlineReached as exc:
             raise DeadlineExceeded(
@@ -839,6 +840,15 @@ class SegmindClient:
     def _backoff(self, attempt: int) -> float:
         """Full jitter: uniform in [0, min(cap, base * 2**attempt)]."""
         return self._rng.uniform(0.0, min(self.max_backoff, self.backoff_base * 2.0**attempt))
+
+    def _poll_retry_in(self, error: BaseException) -> float | None:
+        """When a failed poll should be tried again: at a 429's reset (or Retry-After) when
+        Segmind named one, capped by our patience; None lets the poller back off as usual."""
+        if not isinstance(error, RateLimited):
+            return None
+        if error.reset_at is None and error.retry_after is None:
+            return None
+        return min(self._rate_wait(error, 0), self.max_rate_wait)
 
     def _rate_wait(self, error: RateLimited, attempt: int) -> float:
         if error.reset_at is not None:
