@@ -89,7 +89,8 @@ def find_image(message: discord.Message) -> ImageSource | None:
             return ImageSource.from_attachment(attachment)
     for embed in message.embeds:
         # Prefer Discord's media proxy: the bot then fetches from Discord, not from any site
-        # a member linked.
+        # a member linked. A bare `url` is still returned so the check can tell the member
+        # it only takes images on Discord; it is never fetched off the allow-list.
         if embed.image.url:
             return ImageSource(embed.image.proxy_url or embed.image.url)
         if embed.type == "image" and embed.thumbnail.url:
@@ -114,6 +115,7 @@ async def prepare_params(
                 max_bytes=bot.settings.veo_max_image_bytes,
                 declared_type=image.content_type,
                 declared_size=image.size,
+                allowed_hosts=bot.settings.veo_image_hosts,
             )
         except ImageRejected as exc:
             log.info("image refused (%s): %s", image.url.split("?", 1)[0], exc)
