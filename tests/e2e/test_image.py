@@ -436,3 +436,56 @@ async def test_item1_again_checks_the_stored_image_url_again(
     )
     assert [s.get("image_url") for s in fake.submits] == [url]
     await bot.wait_for_log("not on the image host allow-list")
+
+
+# -------------------------------------------------------------------- forwarded messages
+
+
+async def test_item12_menu_on_a_forwarded_message_animates_the_forwarded_image(
+    emu: DiscordEmulator, fake: FakeSegmind, bot: BotProcess
+) -> None:
+    await emu.wait_for_command("Animate with Veo")
+    original = await emu.post_user_message(
+        emu.channel.id, "", emu.owner, attachments=[_image_post(emu, "png", 400, 300)]
+    )
+    forward = await emu.forward_message(original, author=emu.owner)
+    assert forward.snapshot is not None
+    opened = await emu.dispatch_context_menu("Animate with Veo", forward, user=emu.member)
+    await opened.wait_for_callback()
+    assert opened.callback_type == 9, "a forward is not 'a message without an image'"
+    submit = await emu.dispatch_modal_submit(
+        "veo-animate", {"prompt": "the page turns", "aspect": ["image"]}
+    )
+    await submit.wait_for_callback()
+    final = await _final_for_interaction(emu, submit.token)
+    assert "ready" in _content(final)
+    image_url = forward.snapshot.attachments[0].url
+    assert fake.submits[0]["image_url"] == image_url
+    assert fake.submits[0]["aspect_ratio"] == "4:3"
+    assert _thumbnail(final) == image_url
+
+
+@pytest.mark.parametrize(
+    "intent",
+    [
+        pytest.param(False, id="no-intent"),
+        pytest.param(True, id="intent", marks=pytest.mark.bot_env(INTENT_ON)),
+    ],
+)
+async def test_item12_a_mention_replying_to_a_forward_animates_the_forwarded_image(
+    emu: DiscordEmulator, fake: FakeSegmind, bot: BotProcess, intent: bool
+) -> None:
+    original = await emu.post_user_message(
+        emu.channel.id, "", emu.owner, attachments=[_image_post(emu, "jpeg", 360, 640)]
+    )
+    forward = await emu.forward_message(original, author=emu.owner)
+    assert forward.snapshot is not None
+    ask = await emu.post_user_message(
+        emu.channel.id, "the rain starts", emu.member, reference=forward, mentions=[emu.bot_user]
+    )
+    placeholder = await _bot_reply_to(emu, ask)
+    final = await _channel_final(emu, placeholder)
+    assert "ready" in _content(final)
+    assert fake.submits[0]["image_url"] == forward.snapshot.attachments[0].url
+    assert fake.submits[0]["prompt"] == "the rain starts"
+    assert fake.submits[0]["aspect_ratio"] == "9:16"
