@@ -34,7 +34,7 @@ from pathlib import Path
 from typing import Literal, Protocol
 
 from bot.chat.presenter import Progress, Stage
-from bot.media.encode import NotAVideo, probe_video
+from bot.media.encode import NotAVideo, encoded_path, probe_video
 from bot.params import VeoParams
 from bot.quota import LimitDefaults, Refusal
 from bot.segmind import client as sm
@@ -430,6 +430,7 @@ class JobService:
             await self._deliver_attempts(job, finished)
         finally:
             video.unlink(missing_ok=True)
+            encoded_path(video).unlink(missing_ok=True)  # kept across delivery attempts
 
     async def _deliver_attempts(self, job: Job, finished: Finished) -> None:
         """Deliver, retrying transient trouble; before every retry, look for the last attempt."""
