@@ -4,9 +4,23 @@ from __future__ import annotations
 
 import sys
 
+USAGE = """usage: python -m bot [COMMAND] [ARGS...]
+
+commands:
+  run            run the Discord bot (the default when no command is given)
+  generate       make one video from a prompt, without Discord (`generate --help` for options)
+  check          check the settings and that Segmind answers (credits)
+  fake-segmind   serve a fake Segmind API for tests and demos (`fake-segmind --help`)
+
+Settings come from the environment and .env (see .env.example)."""
+HELP_FLAGS = ("-h", "--help", "help")
+
 
 def main(argv: list[str] | None = None) -> int:
     args = list(sys.argv[1:] if argv is None else argv)
+    if args and args[0] in HELP_FLAGS:
+        print(USAGE)
+        return 0
     command = args.pop(0) if args and not args[0].startswith("-") else "run"
     if command == "run":
         from bot.chat.runner import main_run
@@ -25,7 +39,8 @@ def main(argv: list[str] | None = None) -> int:
 
         return run_cli(args)
     print(
-        f"unknown command {command!r}: use run (default), generate, check or fake-segmind",
+        f"unknown command {command!r}: use run (default), generate, check or fake-segmind "
+        "(python -m bot --help)",
         file=sys.stderr,
     )
     return 2

@@ -138,6 +138,7 @@ async def open_client(
             poll_ceiling=settings.veo_poll_ceiling,
             job_deadline=settings.veo_job_deadline,
             max_attempts=max_attempts,
+            download_timeout=settings.veo_download_timeout,
         ) as client:
             yield client, False
         return
@@ -204,7 +205,7 @@ async def generate_command(
                 if ticker is not None:
                     ticker.cancel()
                 progress.finish()
-            dest = args.out or Path(f"veo-{job.request_id}.mp4")
+            dest = args.out or default_output_path(Path.cwd())
             size = await client.download(result.output, dest, settings.veo_max_video_bytes)
     except SubmitUncertain as exc:
         print(f"error: {exc.user_message}", file=err)
@@ -221,6 +222,20 @@ async def generate_command(
     print(f"cost: {cost}", file=out)
     print(f"saved: {dest} ({size} bytes)", file=out)
     return EXIT_OK
+
+
+def default_output_path(folder: Path, *, now: float | None = None) -> Path:
+    """`veo-<local time>.mp4` in `folder`, never overwriting a file already there.
+
+    Built only from our own clock: Segmind's request id is remote text, and one like
+    `../../x` would otherwise choose where the file lands."""
+    stamp = time.strftime("%Y%m%d-%H%M%S", time.localtime(now))
+    candidate = folder / f"veo-{stamp}.mp4"
+    number = 2
+    while candidate.exists():
+        candidate = folder / f"veo-{stamp}-{number}.mp4"
+        number += 1
+    return candidate
 
 
 async def _tick(progress: ProgressLine) -> None:

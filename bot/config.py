@@ -2,12 +2,14 @@
 
 from __future__ import annotations
 
+import ipaddress
 from pathlib import Path
-from typing import Any, get_args
+from typing import Annotated, Any, get_args
 
 from pydantic import Field, SecretStr, ValidationError, field_validator
-from pydantic_settings import BaseSettings, SettingsConfigDict
+from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
 
+from bot.media.images import DEFAULT_IMAGE_HOSTS
 from bot.params import Aspect, Duration, Fps, Resolution
 from bot.segmind.history import DEFAULT_HISTORY_URL
 
@@ -78,7 +80,11 @@ class Settings(BaseSettings):
     veo_blocked_prompt_cap: int = Field(default=3, ge=0)
     veo_max_concurrent_jobs: int = Field(default=4, ge=1)
     veo_max_image_bytes: int = Field(default=20 * 1024 * 1024, gt=0)
+    # Hosts input images may be fetched from (comma-separated in the environment): Discord's.
+    veo_image_hosts: Annotated[tuple[str, ...], NoDecode] = DEFAULT_IMAGE_HOSTS
     veo_max_video_bytes: int = Field(default=500 * 1024 * 1024, gt=0)
+    # Seconds the whole download of a finished video may take (retries included).
+    veo_download_timeout: float = Field(default=300.0, gt=0)
 
     @field_validator(
         "segmind_base_url", "segmind_history_url", "discord_api_base_url", "discord_gateway_url"
@@ -86,6 +92,20 @@ class Settings(BaseSettings):
     @classmethod
     def _strip_slash(cls, value: str) -> str:
         return value.rstrip("/") if not value.endswith("://") else value
+
+    @field_validator("veo_image_hosts", mode="before")
+    @classmethod
+    def _host_list(cls, value: Any) -> Any:
+        if isinstance(value, str):
+            value = value.split(",")
+        if isinstance(value, list | tuple):
+            hosts = tuple(str(h).strip().rstrip(".").lower() for h in value if str(h).strip())
+            if not hosts:
+                raise ValueError("needs at least one host")
+            if any(not _bare_host(h) for h in hosts):
+                raise ValueError("list host names only, without scheme, port or path")
+            return hosts
+        return value
 
     @field_validator("veo_default_duration")
     @classmethod
@@ -113,6 +133,19 @@ class Settings(BaseSettings):
     def demo_mode(self) -> bool:
         """No Segmind key: the built-in fake serves test clips and nothing is billed."""
         return self.segmind_api_key is None or not self.segmind_api_key.get_secret_value()
+
+
+def _bare_host(host: str) -> bool:
+    """A host name or address alone: no scheme, port or path (an IPv6 address has colons)."""
+    if "/" in host:
+        return False
+    if ":" not in host:
+        return True
+    try:
+        ipaddress.IPv6Address(host.strip("[]"))
+    except ValueError:
+        return False
+    return True
 
 
 def load_settings(env_file: str | Path | None = ".env", **overrides: Any) -> Settings:

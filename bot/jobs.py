@@ -34,6 +34,7 @@ from pathlib import Path
 from typing import Literal, Protocol
 
 from bot.chat.presenter import Progress, Stage
+from bot.media.encode import NotAVideo, encoded_path, probe_video
 from bot.params import VeoParams
 from bot.quota import LimitDefaults, Refusal
 from bot.segmind import client as sm
@@ -380,7 +381,8 @@ class JobService:
             await self._fail(job, "failed", exc, release_reason="failed")
             return
         took = self.clock() - started
-        if not result.output_urls:
+        video_url = result.video_url  # the first http(s) entry: a data: URL is never fetched
+        if video_url is None:
             await self._fail(
                 job,
                 "failed",
@@ -394,12 +396,12 @@ class JobService:
             "completed",
             completed_at=self.clock(),
             cost=result.cost,
-            output_url=result.output_urls[0],
+            output_url=video_url,
         )
         if completed is None:
             log.warning("job %s: ended while Segmind finished it; not delivering", job.id)
             return
-        await self._deliver(completed, result.output_urls[0], took, result.cost)
+        await self._deliver(completed, video_url, took, result.cost)
 
     async def _deliver(self, job: Job, output_url: str, took: float, cost: float | None) -> None:
         """From `completed` (or `delivering` after a restart): download once, deliver once."""
@@ -409,7 +411,10 @@ class JobService:
         video = self.work_dir / f"job-{job.id}.mp4"
         try:
             size = await self.segmind.download(output_url, video, self.max_video_bytes)
+            await _check_playable(job.id, video)
         except sm.SegmindError as exc:
+            log.warning("job %s: the video was not downloaded: %s", job.id, exc)
+            video.unlink(missing_ok=True)
             await self._fail(job, "failed", exc, release_reason="delivery_failed")
             return
         try:
@@ -431,6 +436,7 @@ class JobService:
             await self._deliver_attempts(job, finished)
         finally:
             video.unlink(missing_ok=True)
+            encoded_path(video).unlink(missing_ok=True)  # kept across delivery attempts
 
     async def _deliver_attempts(self, job: Job, finished: Finished) -> None:
         """Deliver, retrying transient trouble; before every retry, look for the last attempt."""
@@ -597,9 +603,23 @@ class JobService:
             log.exception("job %s: could not update Discord", job_id)
 
     def _clean_work_dir(self) -> None:
-        """Partial downloads from a crash are worthless: the video is fetched again."""
-        for leftover in self.work_dir.glob("job-*"):
-            leftover.unlink(missing_ok=True)
+        """Partial downloads from a crash are worthless: the video is fetched again. Downloads
+        in progress are hidden (`.job-N.mp4.<hex>.part`), so both patterns are swept."""
+        for pattern in ("job-*", f"{sm.PARTIAL_PREFIX}job-*"):
+            for leftover in self.work_dir.glob(pattern):
+                leftover.unlink(missing_ok=True)
+
+
+async def _check_playable(job_id: int, video: Path) -> None:
+    """Raise `DownloadError` unless the downloaded file is a video worth attaching."""
+    try:
+        seconds = await asyncio.to_thread(probe_video, video)
+    except NotAVideo as exc:
+        raise sm.DownloadError(
+            f"the downloaded file is not a playable video: {exc.reason}",
+            user_message="Segmind's file is not a playable video, so there is nothing to post.",
+        ) from None
+    log.info("job %s: downloaded a %.1f s video", job_id, seconds)
 
 
 NOT_COUNTED = "This does not count against your limit."

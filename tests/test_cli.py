@@ -2,12 +2,15 @@
 
 from __future__ import annotations
 
+import dataclasses
 import io
+import os
 from collections.abc import AsyncIterator
 from pathlib import Path
 
 import pytest
 
+from bot.__main__ import main as bot_main
 from bot.cli import (
     ProgressLine,
     build_generate_parser,
@@ -17,6 +20,8 @@ from bot.cli import (
     main_generate,
 )
 from bot.config import Settings, load_settings
+from bot.params import VeoParams
+from bot.segmind.client import SegmindClient, SubmittedJob
 from bot.segmind.fake import FakeSegmind, Fault
 
 KEY = "cli-test-key-0123456789"
@@ -197,3 +202,39 @@ def test_progress_line_tty_and_plain() -> None:
         "PROCESSING",
         "COMPLETED",
     ]
+
+
+async def test_item11_output_name_never_takes_segmind_text(
+    fake: FakeSegmind, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A request id such as `/../../x` must not choose where the video is written."""
+    real_submit = SegmindClient.submit
+
+    async def hostile_submit(self: SegmindClient, params: VeoParams) -> SubmittedJob:
+        job = await real_submit(self, params)
+        return dataclasses.replace(job, request_id="/../../x")
+
+    monkeypatch.setattr(SegmindClient, "submit", hostile_submit)
+    escaped = tmp_path.parent / "x.mp4"  # where `veo-/../../x.mp4` lands
+    out, err = io.StringIO(), io.StringIO()
+    args = build_generate_parser().parse_args(["a lighthouse"])
+    try:
+        code = await generate_command(args, settings=settings_for(fake), out=out, err=err)
+        assert code == 0, err.getvalue()
+        assert not escaped.exists()
+        saved = [tmp_path / name for name in os.listdir(tmp_path) if name.endswith(".mp4")]
+        assert len(saved) == 1 and saved[0].stat().st_size > 1000
+        assert "x" not in saved[0].stem.removeprefix("veo-")
+        assert f"saved: {saved[0]}" in out.getvalue()
+    finally:
+        escaped.unlink(missing_ok=True)
+
+
+@pytest.mark.parametrize("flag", ["--help", "-h"])
+def test_item11_help_lists_every_subcommand_and_exits_0(
+    flag: str, capsys: pytest.CaptureFixture[str]
+) -> None:
+    assert bot_main([flag]) == 0
+    text = capsys.readouterr().out
+    for command in ("run", "generate", "check", "fake-segmind"):
+        assert f"  {command} " in text

@@ -418,3 +418,39 @@ async def test_gateway_reconnect_resumes(emu: DiscordEmulator, bot: EmuBot) -> N
 def test_missing_spec_fails_clearly(tmp_path: Any) -> None:
     with pytest.raises(SpecMissingError, match=re.escape("expected at <repo>/../shared/reference")):
         load_spec(str(tmp_path / "nope.json"))
+
+
+async def test_item12_a_forward_carries_a_snapshot_of_the_message(
+    emu: DiscordEmulator, bot: EmuBot
+) -> None:
+    photo = emu.add_cdn_file("dog.jpg", b"\xff\xd8\xff" + bytes(64))
+    posted = await emu.post_user_message(emu.channel.id, "look at him", attachments=[photo])
+    await asyncio.wait_for(bot.seen_messages.get(), 5)
+    forward = await emu.forward_message(posted, author=emu.owner)
+    original_url = posted.attachments[0].url
+    snapshot_url = forward.snapshot.attachments[0].url if forward.snapshot else ""
+    assert snapshot_url and snapshot_url != original_url  # Discord copies the file
+
+    # Over the gateway, without Message Content: a FORWARD reference, no referenced message,
+    # and a snapshot whose content is guarded like the message's own.
+    seen = await asyncio.wait_for(bot.seen_messages.get(), 5)
+    assert seen.reference is not None
+    assert seen.reference.type is discord.MessageReferenceType.forward
+    assert seen.reference.message_id == posted.id and seen.reference.resolved is None
+    assert seen.content == "" and seen.attachments == []
+    (hidden,) = seen.message_snapshots
+    assert hidden.attachments == [] and hidden.content == ""
+
+    # Read over REST (and as a context-menu target) the snapshot is whole.
+    channel = bot.get_channel(emu.channel.id)
+    assert isinstance(channel, discord.TextChannel)
+    fetched = await channel.fetch_message(forward.id)
+    (snapshot,) = fetched.message_snapshots
+    assert snapshot.content == "look at him"
+    assert [a.url for a in snapshot.attachments] == [snapshot_url]
+    handle = await emu.dispatch_context_menu("Animate", forward)
+    resolved = handle.payload["data"]["resolved"]["messages"][str(forward.id)]
+    assert resolved["message_snapshots"][0]["message"]["attachments"][0]["url"] == snapshot_url
+    assert "referenced_message" not in resolved
+    await handle.wait_for_callback()
+    emu.assert_no_violations()

@@ -189,3 +189,53 @@ def test_sizes_read_like_discords_limits() -> None:
     assert human_size(50 * MIB) == "50 MB"
     assert human_size(int(9.6 * MIB)) == "9.6 MB"
     assert human_size(100 * 1024) == "100 KB"
+
+
+# --- item 10: re-encoding is bounded, and a delivery retry reuses the encode ---------------
+
+
+async def test_item10_an_encode_past_its_time_limit_stops_and_leaves_nothing(
+    tmp_path: Path,
+) -> None:
+    src = _noise(tmp_path, 2)
+    begun = time.monotonic()
+    with pytest.raises(EncodeFailed, match="took too long"):
+        await fit_to_size(src, tmp_path / "out.mp4", MIB, time_limit=0.2)
+    await asyncio.get_running_loop().shutdown_default_executor()  # the worker has returned
+    assert time.monotonic() - begun < 2.0
+    assert _leftovers(tmp_path) == []
+
+
+@pytest.mark.parametrize(
+    "bound", [{"max_pixels": 320 * 180}, {"max_frames": 48}], ids=["pixels", "frames"]
+)
+async def test_item10_a_video_past_the_pixel_or_frame_bound_is_not_encoded(
+    tmp_path: Path, bound: dict[str, int]
+) -> None:
+    src = _noise(tmp_path, 2)  # 640x360, 4 s at 24 fps: 96 frames
+    fractions: list[float] = []
+    with pytest.raises(EncodeFailed, match="too large for the bot to re-encode"):
+        await fit_to_size(src, tmp_path / "out.mp4", MIB, progress=fractions.append, **bound)
+    assert fractions == []  # refused before the first frame
+    assert _leftovers(tmp_path) == []
+
+
+async def test_item10_a_delivery_retry_reuses_the_file_already_encoded(tmp_path: Path) -> None:
+    src = _noise(tmp_path, 2)
+    size = src.stat().st_size
+    dest = tmp_path / "job-1.fit.mp4"  # where the output keeps it (`encode.encoded_path`)
+    encodes: list[str] = []
+    first = await plan_upload(src, size, MIB, dest, on_encode=lambda: encodes.append("x"))
+    assert first.path == dest and first.fit is not None
+    made = dest.stat().st_mtime_ns
+
+    begun = time.monotonic()
+    again = await plan_upload(src, size, MIB, dest, on_encode=lambda: encodes.append("x"))
+    assert time.monotonic() - begun < 0.5
+    assert encodes == ["x"]  # the member saw "Re-encoding" once
+    assert again.path == dest and dest.stat().st_mtime_ns == made
+    assert again.size == first.size and again.note == first.note
+
+    # A smaller limit than the kept file is a new encode, not a file over the limit.
+    smaller = await plan_upload(src, size, first.size - 1, dest, on_encode=lambda: None)
+    assert smaller.path is None or smaller.size <= first.size - 1

@@ -87,3 +87,31 @@ def test_the_hint_is_one_line_and_names_the_setting_only_when_it_would_help() ->
     assert "DISCORD_MESSAGE_CONTENT_INTENT" in without
     assert "DISCORD_MESSAGE_CONTENT_INTENT" not in with_intent
     assert "\n" not in without
+
+
+def test_item12_a_forward_offers_the_image_of_its_snapshot() -> None:
+    state: Any = SimpleNamespace(http=None)
+    snapshot = discord.message.MessageSnapshot(
+        state,
+        {
+            "type": 0,
+            "content": "",
+            "embeds": [],
+            "attachments": [
+                {
+                    "id": "2",
+                    "filename": "cat.png",
+                    "size": 77,
+                    "url": "https://cdn.example/cat.png",
+                    "proxy_url": "https://media.example/cat.png",
+                    "content_type": "image/png",
+                }
+            ],
+            "timestamp": "2026-01-01T00:00:00+00:00",
+            "edited_timestamp": None,
+        },
+    )
+    forward = _message([], [])
+    assert find_image(forward) is None
+    forward.message_snapshots = [snapshot]
+    assert find_image(forward) == ImageSource("https://cdn.example/cat.png", "image/png", 77)

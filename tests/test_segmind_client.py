@@ -389,6 +389,34 @@ async def test_get_429_waits_for_reset_header(
     assert ft.now - start <= 32.0
 
 
+@pytest.mark.parametrize(
+    ("headers", "low", "high"),
+    [
+        # Two 429s, each resetting 2 s ahead: retried at each reset (plus the slack), ~5 s.
+        ({"x-rate-limit-reset-at-utc": "2"}, 4.0, 6.0),
+        ({"Retry-After": "2"}, 4.0, 5.0),
+        # Neither header: back off a ceiling each time, as before.
+        ({}, 40.0, 41.0),
+    ],
+)
+async def test_item5_a_poll_answered_429_waits_for_the_reset_not_the_ceiling(
+    client: SegmindClient,
+    fake: FakeSegmind,
+    ft: FakeTime,
+    headers: dict[str, str],
+    low: float,
+    high: float,
+) -> None:
+    job = await client.submit(PARAMS)
+    ft.now += 300.0  # finished meanwhile: the first poll is due at once
+    fake.inject("status", Fault(status=429, headers=headers), times=2)
+    before = ft.now
+    result = await client.wait(job, started_at=ft.now - 300.0)
+    assert result.output_urls
+    assert gets(fake, "status") == 3
+    assert low <= ft.now - before <= high
+
+
 async def test_get_429_retry_after(client: SegmindClient, fake: FakeSegmind, ft: FakeTime) -> None:
     fake.inject("credits", Fault(status=429, headers={"Retry-After": "12"}))
     start = ft.now
@@ -558,6 +586,7 @@ class OutputHost:
         app = web.Application()
         app.router.add_get("/fixed.mp4", self.fixed)
         app.router.add_get("/stream.mp4", self.stream)
+        app.router.add_get("/redirect", self.redirect)
         self.runner = web.AppRunner(app)
         await self.runner.setup()
         sock = socket.create_server(("127.0.0.1", 0))
@@ -567,6 +596,10 @@ class OutputHost:
     async def fixed(self, request: web.Request) -> web.Response:
         self.headers.append(dict(request.headers))
         return web.Response(body=b"v" * self.size, content_type="video/mp4")
+
+    async def redirect(self, request: web.Request) -> web.Response:
+        self.headers.append(dict(request.headers))
+        return web.Response(status=302, headers={"Location": request.query["to"]})
 
     async def stream(self, request: web.Request) -> web.StreamResponse:
         self.headers.append(dict(request.headers))
@@ -638,6 +671,69 @@ async def test_download_404_is_download_error(
 ) -> None:
     with pytest.raises(DownloadError):
         await client.download(f"{fake.base_url}/_fake/outputs/nope.mp4", tmp_path / "v", 10**6)
+
+
+class _LoopbackResolver(aiohttp.abc.AbstractResolver):
+    """Connects every name to 127.0.0.1, as if DNS pointed a public name at our test host."""
+
+    async def resolve(
+        self, host: str, port: int = 0, family: socket.AddressFamily = socket.AF_INET
+    ) -> list[aiohttp.abc.ResolveResult]:
+        return [
+            {
+                "hostname": host,
+                "host": "127.0.0.1",
+                "port": port,
+                "family": socket.AF_INET,
+                "proto": 0,
+                "flags": 0,
+            }
+        ]
+
+    async def close(self) -> None:
+        pass
+
+
+async def _public(host: str) -> list[str]:
+    return ["93.184.215.14"]  # what the bot's own check is told the name resolves to
+
+
+async def test_item3_download_refuses_internal_addresses_when_segmind_is_public(
+    ft: FakeTime, host: OutputHost, tmp_path: Path
+) -> None:
+    port = host.base.rsplit(":", 1)[1]
+    async with make_client("https://api.segmind.example", ft) as client:
+        for url in (f"{host.base}/fixed.mp4", f"http://localhost:{port}/fixed.mp4"):
+            with pytest.raises(DownloadError, match="internal address"):
+                await client.download(url, tmp_path / "v.mp4", max_bytes=10**6)
+    assert host.headers == []  # never contacted
+    assert listing(tmp_path) == []
+
+
+async def test_item3_redirects_are_checked_hop_by_hop(
+    ft: FakeTime, host: OutputHost, tmp_path: Path
+) -> None:
+    port = host.base.rsplit(":", 1)[1]
+    public = f"http://videos.example:{port}"
+    connector = aiohttp.TCPConnector(resolver=_LoopbackResolver())
+    async with (
+        aiohttp.ClientSession(connector=connector) as session,
+        make_client(
+            "https://api.segmind.example", ft, session=session, resolve_host=_public
+        ) as client,
+    ):
+        # A redirect to another public URL is followed...
+        to_public = f"{public}/redirect?to={public}/fixed.mp4"
+        assert await client.download(to_public, tmp_path / "a.mp4", max_bytes=10**6) == 200_000
+        # ...one to an internal address, or away from http(s), is not.
+        for target in (f"{host.base}/fixed.mp4", "file:///etc/passwd"):
+            seen = len(host.headers)
+            with pytest.raises(DownloadError):
+                await client.download(
+                    f"{public}/redirect?to={target}", tmp_path / "b.mp4", max_bytes=10**6
+                )
+            assert len(host.headers) == seen + 1  # the redirect only, not its target
+    assert listing(tmp_path) == ["a.mp4"]
 
 
 # --- the key never leaks ----------------------------------------------------------------------

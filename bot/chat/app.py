@@ -107,6 +107,7 @@ class VeoBot(commands.Bot):
             poll_floor=settings.veo_poll_floor,
             poll_ceiling=settings.veo_poll_ceiling,
             job_deadline=settings.veo_job_deadline,
+            download_timeout=settings.veo_download_timeout,
         )
         self.output = DiscordOutput(
             self,

@@ -76,20 +76,34 @@ def default_params(settings: Settings, prompt: str) -> dict[str, Any]:
 
 
 def find_image(message: discord.Message) -> ImageSource | None:
-    """The first image a message carries: an attachment, else an embed's image.
+    """The first image a message carries: an attachment, else an embed's image — its own, or
+    for a forwarded message, the forwarded message's (Discord puts those in its snapshots).
 
     Anything that looks like a picture is returned — a GIF too — so that the check that follows
     can tell the member exactly why it will not do; files that are plainly not pictures (a .txt,
     a video) are not images at all."""
-    for attachment in message.attachments:
+    # A forward has no attachments of its own; `getattr`: test doubles may lack the field.
+    snapshots = getattr(message, "message_snapshots", None) or []
+    for carrier in [message, *snapshots]:
+        found = _image_in(carrier.attachments, carrier.embeds)
+        if found is not None:
+            return found
+    return None
+
+
+def _image_in(
+    attachments: list[discord.Attachment], embeds: list[discord.Embed]
+) -> ImageSource | None:
+    for attachment in attachments:
         content_type = (attachment.content_type or "").split(";")[0].strip().lower()
         if content_type.startswith("image/") or (
             not content_type and attachment.filename.lower().endswith(IMAGE_EXTENSIONS)
         ):
             return ImageSource.from_attachment(attachment)
-    for embed in message.embeds:
+    for embed in embeds:
         # Prefer Discord's media proxy: the bot then fetches from Discord, not from any site
-        # a member linked.
+        # a member linked. A bare `url` is still returned so the check can tell the member
+        # it only takes images on Discord; it is never fetched off the allow-list.
         if embed.image.url:
             return ImageSource(embed.image.proxy_url or embed.image.url)
         if embed.type == "image" and embed.thumbnail.url:
@@ -114,6 +128,7 @@ async def prepare_params(
                 max_bytes=bot.settings.veo_max_image_bytes,
                 declared_type=image.content_type,
                 declared_size=image.size,
+                allowed_hosts=bot.settings.veo_image_hosts,
             )
         except ImageRejected as exc:
             log.info("image refused (%s): %s", image.url.split("?", 1)[0], exc)

@@ -39,7 +39,7 @@ from bot.chat.presenter import (
     with_cancel_note,
 )
 from bot.jobs import Finished, OutputUnavailable, Receipt, checkpoint_route, params_of
-from bot.media.encode import UploadPlan, plan_upload
+from bot.media.encode import UploadPlan, encoded_path, plan_upload
 from bot.store import Job
 
 if TYPE_CHECKING:
@@ -212,63 +212,61 @@ class DiscordOutput:
             if guild is not None
             else job.upload_limit or discord.utils.DEFAULT_FILE_SIZE_LIMIT_BYTES
         )
-        # Named job-* so a crash mid-encode leaves nothing the next start does not clean.
-        fitted = finished.video.with_name(f"{finished.video.stem}.fit.mp4")
+        # Named job-* so a crash mid-encode leaves nothing the next start does not clean; kept
+        # (the job removes it when it ends) so a retry of this delivery sends it again as is.
+        fitted = encoded_path(finished.video)
+        plan = await plan_upload(
+            finished.video,
+            finished.size,
+            limit,
+            fitted,
+            on_encode=lambda: self.progress(job, Progress(Stage.ENCODING)),
+            label=f"job {job.id}",
+        )
+        mention_id = job.user_id if self.mention_on_ready else None
+        mentions = discord.AllowedMentions(
+            everyone=False,
+            roles=False,
+            replied_user=False,
+            users=[discord.Object(job.user_id)] if mention_id else False,
+        )
+        # Image-to-video: show the source image beside the video (only when there is one).
+        extra = {"embeds": [source_image_embed(job.image_url)]} if job.image_url else {}
+
+        def message(plan: UploadPlan) -> tuple[str, list[discord.File]]:
+            text = final_text(
+                Delivered(
+                    params=params_of(job),
+                    took=finished.took,
+                    cost=finished.cost,
+                    attached=plan.path is not None,
+                    link=None if plan.path else finished.output_url,
+                    link_reason=plan.link_reason(finished.size),
+                    note=plan.note,
+                    mention_user_id=mention_id,
+                    demo=self.demo,
+                )
+            )
+            files = [discord.File(plan.path, filename=f"veo-{job.id}.mp4")] if plan.path else []
+            return text, files
+
+        text, files = message(plan)
         try:
-            plan = await plan_upload(
-                finished.video,
-                finished.size,
-                limit,
-                fitted,
-                on_encode=lambda: self.progress(job, Progress(Stage.ENCODING)),
-                label=f"job {job.id}",
+            return await self._final(
+                job, content=text, files=files, allowed_mentions=mentions, **extra
             )
-            mention_id = job.user_id if self.mention_on_ready else None
-            mentions = discord.AllowedMentions(
-                everyone=False,
-                roles=False,
-                replied_user=False,
-                users=[discord.Object(job.user_id)] if mention_id else False,
+        except discord.HTTPException as exc:
+            if not files or not (exc.status == 413 or exc.code == FILE_TOO_LARGE):
+                raise
+            # The route that took the upload had a smaller limit (a DM, a lost boost).
+            log.warning("job %s: Discord refused %s as too large", job.id, plan.size)
+            plan = UploadPlan(
+                path=None, size=finished.size, limit=limit, why_not="Discord refused the file"
             )
-            # Image-to-video: show the source image beside the video (only when there is one).
-            extra = {"embeds": [source_image_embed(job.image_url)]} if job.image_url else {}
-
-            def message(plan: UploadPlan) -> tuple[str, list[discord.File]]:
-                text = final_text(
-                    Delivered(
-                        params=params_of(job),
-                        took=finished.took,
-                        cost=finished.cost,
-                        attached=plan.path is not None,
-                        link=None if plan.path else finished.output_url,
-                        link_reason=plan.link_reason(finished.size),
-                        note=plan.note,
-                        mention_user_id=mention_id,
-                        demo=self.demo,
-                    )
-                )
-                files = [discord.File(plan.path, filename=f"veo-{job.id}.mp4")] if plan.path else []
-                return text, files
-
             text, files = message(plan)
-            try:
-                return await self._final(
-                    job, content=text, files=files, allowed_mentions=mentions, **extra
-                )
-            except discord.HTTPException as exc:
-                if not files or not (exc.status == 413 or exc.code == FILE_TOO_LARGE):
-                    raise
-                # The route that took the upload had a smaller limit (a DM, a lost boost).
-                log.warning("job %s: Discord refused %s as too large", job.id, plan.size)
-                plan = UploadPlan(
-                    path=None, size=finished.size, limit=limit, why_not="Discord refused the file"
-                )
-                text, files = message(plan)
-                return await self._final(
-                    job, content=text, files=files, allowed_mentions=mentions, **extra
-                )
-        finally:
-            fitted.unlink(missing_ok=True)
+            return await self._final(
+                job, content=text, files=files, allowed_mentions=mentions, **extra
+            )
 
     async def _final(
         self,

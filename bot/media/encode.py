@@ -36,6 +36,12 @@ CONTAINER_OVERHEAD = 48 * 1024  # moov (sample tables), mdat header, faststart s
 FIRST_TRY_MARGIN = 0.95  # x264 ABR overshoots by a few per cent at most on 8-s clips
 RETRY_MARGIN = 0.92
 ATTEMPTS = 2
+# Bounds on one re-encode, so a strange file cannot hold the one encode slot for long: a
+# wall-clock limit for all its tries, and a size past which it is not tried at all (Veo makes
+# 8 s of 1080p at 30 fps: 240 frames of 2.1 Mpx; these leave ample room).
+ENCODE_TIME_LIMIT = 300.0  # seconds
+MAX_ENCODE_PIXELS = 3840 * 2160
+MAX_ENCODE_FRAMES = 60 * 60
 
 Progress = Callable[[float], None]
 
@@ -54,6 +60,31 @@ class CannotFit(EncodeError):
 
 class EncodeFailed(EncodeError):
     """FFmpeg could not read or write the video."""
+
+
+class NotAVideo(EncodeError):
+    """The file is not a playable video of a sane length (see `probe_video`)."""
+
+
+# Veo makes 4-8 s clips; anything far outside that is not the video we asked for.
+MIN_SANE_SECONDS = 0.5
+MAX_SANE_SECONDS = 60.0
+
+
+def probe_video(path: Path) -> float:
+    """The duration of the video at `path`, in seconds; raises `NotAVideo` unless the file
+    opens as a container with a video stream lasting a sane time. Blocking: run in a thread."""
+    try:
+        with av.open(str(path), "r") as container:
+            if not container.streams.video:
+                raise NotAVideo("the file holds no video stream")
+            duration = media_duration(container, container.streams.video[0])
+    except av.error.FFmpegError as exc:
+        raise NotAVideo(f"the file does not open as a video ({type(exc).__name__})") from None
+    if duration is None or not MIN_SANE_SECONDS <= duration <= MAX_SANE_SECONDS:
+        shown = "unknown" if duration is None else f"{duration:.1f} s"
+        raise NotAVideo(f"the video's length is {shown}")
+    return duration
 
 
 @dataclass(frozen=True)
@@ -128,13 +159,17 @@ async def fit_to_size(
     progress: Progress | None = None,
     attempts: int = ATTEMPTS,
     preset: str = "veryfast",
+    time_limit: float | None = ENCODE_TIME_LIMIT,
+    max_pixels: int = MAX_ENCODE_PIXELS,
+    max_frames: int = MAX_ENCODE_FRAMES,
 ) -> FitResult:
     """Re-encode `src` into `dest` (H.264 + AAC, MP4) so that it is at most `limit_bytes`.
 
     `progress(fraction)` is called on the event loop as the encode moves (0.0-1.0, across all
-    tries). Raises `CannotFit` or `EncodeFailed`; `dest` is removed on any failure.
+    tries). All tries together get `time_limit` seconds (waiting for the encode slot aside); a
+    source over `max_pixels` per frame or `max_frames` frames is refused, not encoded.
+    Raises `CannotFit` or `EncodeFailed`; `dest` is removed on any failure.
     """
-    started = time.monotonic()
     loop = asyncio.get_running_loop()
     cancel = threading.Event()
 
@@ -142,54 +177,18 @@ async def fit_to_size(
         if progress is not None:
             loop.call_soon_threadsafe(progress, fraction)
 
+    bounds = _Bounds(max_pixels=max_pixels, max_frames=max_frames)
     try:
         async with _loop_slots():
-            source_size, source = await asyncio.to_thread(_inspect, src)
-            video_rate, audio_rate = plan_bitrates(
-                source.duration,
-                limit_bytes,
-                audio=source.audio,
-                source_video_bitrate=source.video_bitrate,
-            )
-            size = 0
-            for attempt in range(1, attempts + 1):
-
-                def step(fraction: float, attempt: int = attempt) -> None:
-                    report(((attempt - 1) + fraction) / attempts)
-
-                size = await asyncio.to_thread(
-                    _encode, src, dest, source, video_rate, audio_rate, preset, cancel, step
-                )
-                log.info(
-                    "re-encode try %d: %s at %d kbit/s video -> %s (limit %s)",
-                    attempt,
-                    human_size(source_size),
-                    video_rate // 1000,
-                    human_size(size),
-                    human_size(limit_bytes),
-                )
-                if size <= limit_bytes:
-                    if progress is not None:
-                        progress(1.0)  # on the loop, after the thread's queued reports
-                    return FitResult(
-                        path=dest,
-                        size=size,
-                        limit=limit_bytes,
-                        source_size=source_size,
-                        duration=source.duration,
-                        video_bitrate=video_rate,
-                        audio=source.audio,
-                        attempts=attempt,
-                        seconds=time.monotonic() - started,
+            try:
+                async with asyncio.timeout(time_limit):
+                    return await _fit(
+                        src, dest, limit_bytes, progress, report, attempts, preset, cancel, bounds
                     )
-                # Aim lower by the miss, plus a margin: the overshoot is mostly proportional.
-                video_rate = int(video_rate * (limit_bytes / size) * RETRY_MARGIN)
-                if video_rate < MIN_VIDEO_BITRATE:
-                    break
-            raise CannotFit(
-                f"re-encoding still left {human_size(size)}, "
-                f"over the {human_size(limit_bytes)} limit"
-            )
+            except TimeoutError:
+                cancel.set()  # the worker thread stops at its next packet
+                log.warning("re-encoding %s passed its %.0f s limit", src.name, time_limit or 0)
+                raise EncodeFailed("re-encoding took too long") from None
     except asyncio.CancelledError:
         cancel.set()  # the worker thread stops at its next packet
         _remove(dest)
@@ -201,6 +200,82 @@ async def fit_to_size(
         _remove(dest)
         log.warning("re-encoding %s failed: %s", src.name, exc)
         raise EncodeFailed("the video could not be re-encoded") from exc
+
+
+@dataclass(frozen=True)
+class _Bounds:
+    max_pixels: int
+    max_frames: int
+
+
+async def _fit(
+    src: Path,
+    dest: Path,
+    limit_bytes: int,
+    progress: Progress | None,
+    report: Progress,
+    attempts: int,
+    preset: str,
+    cancel: threading.Event,
+    bounds: _Bounds,
+) -> FitResult:
+    """The tries of `fit_to_size`, inside its slot and time limit."""
+    started = time.monotonic()
+    source_size, source = await asyncio.to_thread(_inspect, src)
+    _check_bounds(source, bounds)
+    video_rate, audio_rate = plan_bitrates(
+        source.duration,
+        limit_bytes,
+        audio=source.audio,
+        source_video_bitrate=source.video_bitrate,
+    )
+    size = 0
+    for attempt in range(1, attempts + 1):
+
+        def step(fraction: float, attempt: int = attempt) -> None:
+            report(((attempt - 1) + fraction) / attempts)
+
+        size = await asyncio.to_thread(
+            _encode,
+            src,
+            dest,
+            source,
+            video_rate,
+            audio_rate,
+            preset,
+            cancel,
+            step,
+            bounds.max_frames,
+        )
+        log.info(
+            "re-encode try %d: %s at %d kbit/s video -> %s (limit %s)",
+            attempt,
+            human_size(source_size),
+            video_rate // 1000,
+            human_size(size),
+            human_size(limit_bytes),
+        )
+        if size <= limit_bytes:
+            if progress is not None:
+                progress(1.0)  # on the loop, after the thread's queued reports
+            return FitResult(
+                path=dest,
+                size=size,
+                limit=limit_bytes,
+                source_size=source_size,
+                duration=source.duration,
+                video_bitrate=video_rate,
+                audio=source.audio,
+                attempts=attempt,
+                seconds=time.monotonic() - started,
+            )
+        # Aim lower by the miss, plus a margin: the overshoot is mostly proportional.
+        video_rate = int(video_rate * (limit_bytes / size) * RETRY_MARGIN)
+        if video_rate < MIN_VIDEO_BITRATE:
+            break
+    raise CannotFit(
+        f"re-encoding still left {human_size(size)}, over the {human_size(limit_bytes)} limit"
+    )
 
 
 # ------------------------------------------------------------------------ worker thread
@@ -240,6 +315,22 @@ def _inspect(src: Path) -> tuple[int, _Source]:
         )
 
 
+def _check_bounds(source: _Source, bounds: _Bounds) -> None:
+    """Refuse, before any work, a source bigger than a re-encode is allowed to be."""
+    pixels = source.width * source.height
+    frames = source.duration * (source.fps or 60.0)
+    if pixels > bounds.max_pixels or frames > bounds.max_frames:
+        log.warning(
+            "not re-encoding a %dx%d, %.0f-frame video (bounds: %d px, %d frames)",
+            source.width,
+            source.height,
+            frames,
+            bounds.max_pixels,
+            bounds.max_frames,
+        )
+        raise EncodeFailed("the video is too large for the bot to re-encode")
+
+
 def _encode(
     src: Path,
     dest: Path,
@@ -249,8 +340,10 @@ def _encode(
     preset: str,
     cancel: threading.Event,
     progress: Progress,
+    max_frames: int,
 ) -> int:
-    """One pass: decode `src` packet by packet, encode to `dest`; returns the size written."""
+    """One pass: decode `src` packet by packet, encode to `dest`; returns the size written.
+    Stops past `max_frames` decoded frames: a header can understate the length."""
     partial = dest.with_name(dest.name + ".part")
     try:
         with (
@@ -282,12 +375,16 @@ def _encode(
             streams = [vin] if ain is None else [vin, ain]
             duration = max(source.duration, 1e-3)
             last_report = -1.0
+            frames_done = 0
             for packet in inp.demux(*streams):
                 if cancel.is_set():
                     raise _Cancelled
                 if packet.stream is vin:
                     frames: list[Any] = packet.decode()
                     for frame in frames:
+                        frames_done += 1
+                        if frames_done > max_frames:
+                            raise EncodeFailed("the video is too long for the bot to re-encode")
                         if (
                             frame.width != vout.width
                             or frame.height != vout.height
@@ -356,6 +453,12 @@ class UploadPlan:
         )
 
 
+def encoded_path(video: Path) -> Path:
+    """Where the re-encode of `video` is kept (`job-N.mp4` → `job-N.fit.mp4`): beside it, under
+    the same `job-*` name, so start-up clean-up removes it and the job's end can too."""
+    return video.with_name(f"{video.stem}.fit.mp4")
+
+
 async def plan_upload(
     src: Path,
     size: int,
@@ -364,20 +467,29 @@ async def plan_upload(
     *,
     on_encode: Callable[[], Any] | None = None,
     label: str = "video",
+    time_limit: float | None = ENCODE_TIME_LIMIT,
 ) -> UploadPlan:
     """Attach `src` when it fits; else re-encode it into `dest`; else say why a link is needed.
 
+    A `dest` already there from an earlier call (a delivery retry) that fits `limit` is used
+    as it is: the same video is not encoded twice. The caller removes `dest` when done.
     `on_encode()` (may return an awaitable) is called once, before a re-encode starts.
     `label` names the video in logs (e.g. "job 12"). Never raises `EncodeError`."""
     if size <= limit:
         return UploadPlan(path=src, size=size, limit=limit)
+    earlier = await asyncio.to_thread(_earlier_fit, dest, size, limit)
+    if earlier is not None:
+        log.info(
+            "%s: reusing the re-encode of an earlier attempt (%s)", label, human_size(earlier.size)
+        )
+        return UploadPlan(path=dest, size=earlier.size, limit=limit, fit=earlier)
     log.info("%s: %s is over the %s limit; re-encoding", label, human_size(size), human_size(limit))
     if on_encode is not None:
         started = on_encode()
         if asyncio.iscoroutine(started) or isinstance(started, asyncio.Future):
             await started
     try:
-        fit = await fit_to_size(src, dest, limit)
+        fit = await fit_to_size(src, dest, limit, time_limit=time_limit)
     except EncodeError as exc:
         log.warning("%s: cannot fit %s in %s: %s", label, human_size(size), human_size(limit), exc)
         return UploadPlan(path=None, size=size, limit=limit, why_not=exc.reason)
@@ -390,6 +502,28 @@ async def plan_upload(
         fit.attempts,
     )
     return UploadPlan(path=fit.path, size=fit.size, limit=limit, fit=fit)
+
+
+def _earlier_fit(dest: Path, source_size: int, limit: int) -> FitResult | None:
+    """The finished re-encode at `dest`, if there is one within `limit` (a partial one never
+    is: tries write to `.part` and are renamed only when complete)."""
+    try:
+        size, source = _inspect(dest)
+    except (EncodeError, av.error.FFmpegError, OSError):
+        return None
+    if size > limit:
+        return None
+    return FitResult(
+        path=dest,
+        size=size,
+        limit=limit,
+        source_size=source_size,
+        duration=source.duration,
+        video_bitrate=source.video_bitrate or 0,
+        audio=source.audio,
+        attempts=0,  # none this time
+        seconds=0.0,
+    )
 
 
 def human_size(size: int) -> str:

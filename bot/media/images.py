@@ -3,12 +3,20 @@
 Only the head of the file is fetched (a Range request): enough to tell PNG, JPEG and WebP apart
 by their magic bytes — whatever the name or the declared content type says — and to read the
 picture's size, so the aspect ratio can follow the image when the member did not choose one.
+
+Only Discord's own hosts are fetched (an allow-list, `VEO_IMAGE_HOSTS`), and no redirect is
+followed: a member's link must never make the bot request an internal address or another site,
+and whatever else a member points at gets one sentence, `ONLY_DISCORD`, nothing about what the
+far end answered.
 """
 
 from __future__ import annotations
 
+import logging
 import math
+import re
 import struct
+from collections.abc import Collection
 from dataclasses import dataclass
 from urllib.parse import urlsplit
 
@@ -16,12 +24,36 @@ import aiohttp
 
 from bot.params import Aspect
 
+log = logging.getLogger(__name__)
+
 HEAD_BYTES = 64 * 1024  # JPEG can put its size after large EXIF blocks; 64 KiB covers most
 ACCEPTED = {"png": "image/png", "jpeg": "image/jpeg", "webp": "image/webp"}
+# Discord's CDN (attachments), its media proxy (resized attachments) and its external-image
+# proxies (the `proxy_url` of an embed's image). Each seen in real attachment/embed URLs.
+DEFAULT_IMAGE_HOSTS: tuple[str, ...] = (
+    "cdn.discordapp.com",
+    "media.discordapp.net",
+    "images-ext-1.discordapp.net",
+    "images-ext-2.discordapp.net",
+)
+ONLY_DISCORD = "I can only animate images uploaded to Discord."
+_MEDIA_TYPE = re.compile(r"^[\w.+-]{1,40}/[\w.+-]{1,60}$")
 
 
 class ImageRejected(ValueError):
     """The image cannot be used; the message says why in words a member understands."""
+
+
+def is_allowed_image_url(url: str, hosts: Collection[str]) -> bool:
+    """Whether the bot may fetch `url`: http(s), no credentials, its host on the allow-list.
+
+    An address (127.0.0.1, 10.x, 169.254.x) is fetched only when it is itself listed, as the
+    test emulator's is."""
+    parts = urlsplit(url)
+    if parts.scheme not in ("http", "https") or parts.username or parts.password:
+        return False
+    host = (parts.hostname or "").rstrip(".").lower()
+    return bool(host) and host in {h.strip().strip("[]").rstrip(".").lower() for h in hosts}
 
 
 @dataclass(frozen=True)
@@ -107,10 +139,14 @@ async def inspect_image(
     declared_type: str | None = None,
     declared_size: int | None = None,
     fetch_timeout: float = 15.0,
+    allowed_hosts: Collection[str] = DEFAULT_IMAGE_HOSTS,
 ) -> ImageInfo:
-    """Fetch the head of `url` and decide whether Veo can use it. Raises `ImageRejected`."""
-    if urlsplit(url).scheme not in ("http", "https"):
-        raise ImageRejected("The image must be a normal web link (http or https).")
+    """Fetch the head of `url` and decide whether Veo can use it. Raises `ImageRejected`.
+
+    Nothing is fetched unless `url` is on `allowed_hosts`; a redirect is refused, not followed."""
+    if not is_allowed_image_url(url, allowed_hosts):
+        log.info("image refused: %s is not on the image host allow-list", _where(url))
+        raise ImageRejected(ONLY_DISCORD)
     if declared_size is not None and declared_size > max_bytes:
         raise ImageRejected(_too_big(declared_size, max_bytes))
     if declared_type and declared_type.split(";")[0].strip() not in ACCEPTED.values():
@@ -118,13 +154,17 @@ async def inspect_image(
     headers = {"Range": f"bytes=0-{HEAD_BYTES - 1}"}
     try:
         async with session.get(
-            url, headers=headers, timeout=aiohttp.ClientTimeout(total=fetch_timeout)
+            url,
+            headers=headers,
+            timeout=aiohttp.ClientTimeout(total=fetch_timeout),
+            allow_redirects=False,  # a redirect could point anywhere, inside our network too
         ) as response:
+            if 300 <= response.status < 400:
+                log.info("image refused: %s redirected (HTTP %s)", _where(url), response.status)
+                raise ImageRejected(ONLY_DISCORD)
             if response.status not in (200, 206):
-                raise ImageRejected(
-                    f"The image could not be fetched (HTTP {response.status}); "
-                    "it may have been deleted."
-                )
+                log.info("image not fetched: %s answered HTTP %s", _where(url), response.status)
+                raise ImageRejected("The image could not be fetched; it may have been deleted.")
             total = _total_size(response)
             if total is not None and total > max_bytes:
                 raise ImageRejected(_too_big(total, max_bytes))
@@ -134,7 +174,11 @@ async def inspect_image(
         raise ImageRejected("The image could not be fetched; try again in a moment.") from exc
     kind = sniff(head)
     if kind is None:
-        claimed = (declared_type or served_type or "").split(";")[0].strip()
+        served = served_type.split(";")[0].strip()
+        # Only a plain media type is repeated to the member, never free text from the server.
+        claimed = (declared_type or "").split(";")[0].strip() or (
+            served if _MEDIA_TYPE.match(served) else ""
+        )
         if claimed in ACCEPTED.values():
             raise ImageRejected(
                 f"This file is labelled {claimed}, but its contents are not a PNG, JPEG or WebP "
@@ -145,6 +189,11 @@ async def inspect_image(
     found = dimensions(kind, head)
     width, height = found if found else (None, None)
     return ImageInfo(url=url, kind=kind, size=size, width=width, height=height)
+
+
+def _where(url: str) -> str:
+    """The URL without its query (Discord's signed parameters), for logs."""
+    return url.split("?", 1)[0]
 
 
 def _total_size(response: aiohttp.ClientResponse) -> int | None:

@@ -28,6 +28,7 @@ from __future__ import annotations
 import asyncio
 import email.utils
 import inspect
+import ipaddress
 import json
 import logging
 import math
@@ -35,6 +36,7 @@ import os
 import random
 import re
 import secrets
+import socket
 import time
 from collections.abc import AsyncIterator, Awaitable, Callable, Mapping
 from dataclasses import dataclass, field
@@ -43,7 +45,7 @@ from enum import StrEnum
 from pathlib import Path
 from types import TracebackType
 from typing import Any, BinaryIO
-from urllib.parse import quote, urlencode, urlsplit
+from urllib.parse import quote, urlencode, urljoin, urlsplit
 
 import aiohttp
 
@@ -84,6 +86,10 @@ _BLOCK_WORDS = re.compile(
 _OUTPUT_KEYS = ("url", "video", "video_url", "output", "uri", "file", "result")
 # A JSON array answer travels through `_get_json` under this key, so every GET keeps one type.
 _LISTED = "_listed"
+_REDIRECTS = (301, 302, 303, 307, 308)
+_MAX_REDIRECTS = 5
+DEFAULT_DOWNLOAD_TIMEOUT = 300.0  # seconds for the whole download, retries and redirects included
+ResolveHost = Callable[[str], Awaitable[list[str]]]
 
 
 # --- errors ----------------------------------------------------------------------------------
@@ -327,6 +333,11 @@ class JobResult:
         """The raw `output` field, for `SegmindClient.download`."""
         return self.raw.get("output")
 
+    @property
+    def video_url(self) -> str | None:
+        """The first http(s) URL of the output: the one the bot downloads and may link to."""
+        return next((url for url in self.output_urls if _is_http(url)), None)
+
 
 @dataclass(frozen=True)
 class Credits:
@@ -361,6 +372,28 @@ def output_urls(output: Any) -> list[str]:
 def _is_http(url: str) -> bool:
     parts = urlsplit(url)
     return parts.scheme in ("http", "https") and bool(parts.netloc)
+
+
+def is_internal_address(address: str) -> bool:
+    """Loopback, private, link-local or otherwise not a public host (IPv4-mapped IPv6 too)."""
+    try:
+        ip = ipaddress.ip_address(address.split("%", 1)[0])
+    except ValueError:
+        return False
+    if isinstance(ip, ipaddress.IPv6Address) and ip.ipv4_mapped is not None:
+        ip = ip.ipv4_mapped
+    return not ip.is_global or ip.is_multicast
+
+
+def _names_internal_host(url: str) -> bool:
+    """Whether a URL's host is, by its very name, an internal address (no DNS asked)."""
+    host = (urlsplit(url).hostname or "").lower()
+    return host == "localhost" or host.endswith(".localhost") or is_internal_address(host)
+
+
+async def _resolve_host(host: str) -> list[str]:
+    infos = await asyncio.get_running_loop().getaddrinfo(host, None, type=socket.SOCK_STREAM)
+    return [str(info[4][0]) for info in infos]
 
 
 def _origin(url: str) -> tuple[str, str]:
@@ -476,6 +509,8 @@ class SegmindClient:
         poller: Poller | None = None,
         history_url: str = DEFAULT_HISTORY_URL,
         history_share: float = 0.25,
+        download_timeout: float = DEFAULT_DOWNLOAD_TIMEOUT,
+        resolve_host: ResolveHost = _resolve_host,
     ) -> None:
         if max_attempts < 1:
             raise ValueError("max_attempts must be at least 1")
@@ -499,6 +534,11 @@ class SegmindClient:
         self.backoff_base = backoff_base
         self.max_backoff = max_backoff
         self.max_rate_wait = max_rate_wait
+        self.download_timeout = download_timeout
+        self._resolve = resolve_host
+        # The output comes from a storage host Segmind names; an internal address there is an
+        # attempt to reach our own network — unless Segmind itself is local (tests, demo mode).
+        self._internal_downloads_ok = _names_internal_host(self.base_url)
         # One extra second of window absorbs network jitter between our grant and Segmind's count.
         self.limiter = limiter or RateLimiter(max_rpm, window=61.0, clock=clock, sleep=sleep)
         self.poller = poller or Poller(
@@ -665,6 +705,7 @@ class SegmindClient:
                 deadline=self.job_deadline if deadline is None else deadline,
                 on_result=seen,
                 retryable=(Unavailable, RateLimited),
+                retry_in=self._poll_retry_in,
             )
         except DeadlineReached as exc:
             raise DeadlineExceeded(
@@ -800,9 +841,11 @@ class SegmindClient:
     ) -> int:
         """Stream the video in `output` to `dest` (via a temp file beside it); return its size.
 
-        Only http(s) URLs are fetched, without the API key. Raises `OutputTooLarge` past
-        `max_bytes` (from Content-Length up front, or counted while streaming) and
-        `DownloadError` for anything else.
+        The first http(s) URL is fetched, without the API key, within `download_timeout`
+        seconds in all. Redirects are followed only to http(s) and never to an internal
+        (loopback, private, link-local) address unless `base_url` itself is one. Raises
+        `OutputTooLarge` past `max_bytes` (from Content-Length up front, or counted while
+        streaming) and `DownloadError` for anything else.
         """
         candidates = output_urls(output)
         urls = [u for u in candidates if _is_http(u)]
@@ -811,14 +854,21 @@ class SegmindClient:
             raise DownloadError(f"the job's output holds {what}; refusing to download it")
         url = urls[0]
         last: DownloadError | None = None
-        for attempt in range(self.max_attempts):
-            if attempt:
-                await self._sleep(self._backoff(attempt - 1))
-            try:
-                return await self._download_once(url, dest, max_bytes)
-            except _RetryableDownload as exc:
-                last = DownloadError(exc.description)
-                log.info("download failed (%s); retrying", exc.description)
+        try:
+            async with asyncio.timeout(self.download_timeout):
+                for attempt in range(self.max_attempts):
+                    if attempt:
+                        await self._sleep(self._backoff(attempt - 1))
+                    try:
+                        return await self._download_once(url, dest, max_bytes)
+                    except _RetryableDownload as exc:
+                        last = DownloadError(exc.description)
+                        log.info("download failed (%s); retrying", exc.description)
+        except TimeoutError:
+            raise DownloadError(
+                f"the download took longer than {self.download_timeout:.0f} s in all",
+                user_message="The finished video took too long to download.",
+            ) from None
         assert last is not None
         raise last
 
@@ -922,6 +972,15 @@ class SegmindClient:
     def _backoff(self, attempt: int) -> float:
         """Full jitter: uniform in [0, min(cap, base * 2**attempt)]."""
         return self._rng.uniform(0.0, min(self.max_backoff, self.backoff_base * 2.0**attempt))
+
+    def _poll_retry_in(self, error: BaseException) -> float | None:
+        """When a failed poll should be tried again: at a 429's reset (or Retry-After) when
+        Segmind named one, capped by our patience; None lets the poller back off as usual."""
+        if not isinstance(error, RateLimited):
+            return None
+        if error.reset_at is None and error.retry_after is None:
+            return None
+        return min(self._rate_wait(error, 0), self.max_rate_wait)
 
     def _rate_wait(self, error: RateLimited, attempt: int) -> float:
         if error.reset_at is not None:
@@ -1056,44 +1115,71 @@ class SegmindClient:
         kind = ContentBlocked if looks_blocked(reason) else GenerationFailed
         return kind(reason, raw=body, status=status, request_id=request_id)
 
+    async def _check_download_target(self, url: str) -> None:
+        """Refuse a URL the bot must not fetch: not http(s), or an internal address."""
+        parts = urlsplit(url)
+        host = parts.hostname
+        if parts.scheme not in ("http", "https") or not host:
+            raise DownloadError(f"the video URL is not http(s) ({parts.scheme or 'no scheme'})")
+        if self._internal_downloads_ok:
+            return
+        if _names_internal_host(url):
+            raise DownloadError(f"the video URL names an internal address ({host}); refused")
+        try:
+            addresses = await self._resolve(host)
+        except OSError as exc:
+            raise _RetryableDownload(f"could not resolve the video host ({exc})") from None
+        if not addresses or any(is_internal_address(a) for a in addresses):
+            raise DownloadError(f"the video host {host} resolves to an internal address; refused")
+
     async def _download_once(self, url: str, dest: Path, max_bytes: int) -> int:
         session = self._get_session()
         timeout = aiohttp.ClientTimeout(
             total=None, connect=self._timeout.connect, sock_read=self._timeout.sock_read
         )
-        temp = dest.with_name(f".{dest.name}.{secrets.token_hex(4)}.part")
+        temp = partial_download_path(dest)
         await asyncio.to_thread(dest.parent.mkdir, parents=True, exist_ok=True)
         handle: BinaryIO | None = None
         failure: _RetryableDownload
         try:
-            # No x-api-key: the output lives on a storage host, not on Segmind's API.
-            async with session.get(url, timeout=timeout) as response:
-                if response.status >= 500 or response.status == 429:
-                    raise _RetryableDownload(f"the video host answered HTTP {response.status}")
-                if response.status >= 400:
-                    raise DownloadError(f"the video host answered HTTP {response.status}")
-                length = response.content_length
-                if length is not None and length > max_bytes:
-                    raise OutputTooLarge(
-                        f"the video is {length} bytes, over the {max_bytes}-byte limit",
-                        size=length,
-                        limit=max_bytes,
-                    )
-                handle = await asyncio.to_thread(_open_for_writing, temp)
-                written = 0
-                async for chunk in response.content.iter_chunked(_CHUNK):
-                    written += len(chunk)
-                    if written > max_bytes:
+            for _hop in range(_MAX_REDIRECTS + 1):
+                await self._check_download_target(url)
+                # No x-api-key: the output lives on a storage host, not on Segmind's API.
+                # Redirects by hand, so every hop passes the same check as the first URL.
+                async with session.get(url, timeout=timeout, allow_redirects=False) as response:
+                    if response.status in _REDIRECTS:
+                        location = response.headers.get("Location")
+                        if not location:
+                            raise DownloadError("the video host redirected without a Location")
+                        url = urljoin(url, location)
+                        continue
+                    if response.status >= 500 or response.status == 429:
+                        raise _RetryableDownload(f"the video host answered HTTP {response.status}")
+                    if response.status >= 400:
+                        raise DownloadError(f"the video host answered HTTP {response.status}")
+                    length = response.content_length
+                    if length is not None and length > max_bytes:
                         raise OutputTooLarge(
-                            f"the video passed the {max_bytes}-byte limit while downloading",
-                            size=None,
+                            f"the video is {length} bytes, over the {max_bytes}-byte limit",
+                            size=length,
                             limit=max_bytes,
                         )
-                    await asyncio.to_thread(handle.write, chunk)
-            await asyncio.to_thread(handle.close)
-            handle = None
-            await asyncio.to_thread(os.replace, temp, dest)
-            return written
+                    handle = await asyncio.to_thread(_open_for_writing, temp)
+                    written = 0
+                    async for chunk in response.content.iter_chunked(_CHUNK):
+                        written += len(chunk)
+                        if written > max_bytes:
+                            raise OutputTooLarge(
+                                f"the video passed the {max_bytes}-byte limit while downloading",
+                                size=None,
+                                limit=max_bytes,
+                            )
+                        await asyncio.to_thread(handle.write, chunk)
+                await asyncio.to_thread(handle.close)
+                handle = None
+                await asyncio.to_thread(os.replace, temp, dest)
+                return written
+            raise DownloadError(f"the video host redirected more than {_MAX_REDIRECTS} times")
         except (aiohttp.ClientError, TimeoutError) as exc:
             failure = _RetryableDownload(self._redact(f"{type(exc).__name__}: {exc}"))
         finally:
@@ -1101,6 +1187,14 @@ class SegmindClient:
                 await asyncio.to_thread(handle.close)
             await asyncio.to_thread(_unlink_quietly, temp)
         raise failure
+
+
+PARTIAL_PREFIX = "."  # a download in progress is `.<dest name>.<hex>.part` beside `dest`
+
+
+def partial_download_path(dest: Path) -> Path:
+    """Where a download to `dest` is written until it is complete (hidden, unique)."""
+    return dest.with_name(f"{PARTIAL_PREFIX}{dest.name}.{secrets.token_hex(4)}.part")
 
 
 class _RetryableDownload(Exception):

@@ -342,6 +342,7 @@ class _Watch(Generic[T]):
     done: Callable[[T], bool]
     on_result: Callable[[T], Awaitable[None] | None] | None
     retryable: tuple[type[BaseException], ...]
+    retry_in: Callable[[BaseException], float | None] | None
     started_at: float
     deadline_at: float
     future: asyncio.Future[T]
@@ -448,6 +449,7 @@ class Poller:
         deadline: float | None = None,
         on_result: Callable[[T], Awaitable[None] | None] | None = None,
         retryable: tuple[type[BaseException], ...] = (),
+        retry_in: Callable[[BaseException], float | None] | None = None,
     ) -> T:
         """Poll `check` on the shared schedule until `done(result)`; return that result.
 
@@ -455,14 +457,15 @@ class Poller:
         `started_at` (this poller's clock) is when the job was submitted; a job resumed long
         after it started is checked at once. `deadline` is seconds after `started_at`; past it
         `DeadlineReached` is raised. Errors of a `retryable` type are logged and retried a
-        ceiling later; any other error from `check` is raised here. `on_result` sees every
-        result; its own failures are logged, never fatal.
+        ceiling later — or after `retry_in(error)` seconds when that says (the server named
+        when to come back, as a 429's reset does); any other error from `check` is raised
+        here. `on_result` sees every result; its own failures are logged, never fatal.
         """
         now = self._clock()
         start = now if started_at is None else started_at
         deadline_at = math.inf if deadline is None else start + deadline
         future: asyncio.Future[T] = asyncio.get_running_loop().create_future()
-        watch = _Watch(check, done, on_result, retryable, start, deadline_at, future)
+        watch = _Watch(check, done, on_result, retryable, retry_in, start, deadline_at, future)
         first = start + self.next_poll(0.0)
         self._watching.add(watch)
         try:
@@ -528,8 +531,10 @@ class Poller:
             if future.done():
                 return
             if isinstance(exc, watch.retryable):
-                log.warning("poll failed (%s); trying again later", exc)
-                self._reschedule(watch, self._clock() + self.ceiling)
+                told = watch.retry_in(exc) if watch.retry_in is not None else None
+                delay = self.ceiling if told is None else max(0.0, told)
+                log.warning("poll failed (%s); trying again in %.1f s", exc, delay)
+                self._reschedule(watch, self._clock() + delay)
             else:
                 future.set_exception(exc)
             return

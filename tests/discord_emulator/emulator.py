@@ -37,6 +37,7 @@ from .messages import (
     CLIENT_SETTABLE_FLAGS,
     EPHEMERAL,
     LOADING,
+    REFERENCE_FORWARD,
     StoredAttachment,
     StoredMessage,
     guess_content_type,
@@ -725,7 +726,7 @@ class DiscordEmulator:
 
     def _render(self, message: StoredMessage, *, hide_content: bool = False) -> dict[str, Any]:
         referenced = None
-        if message.message_reference:
+        if message.message_reference and not message.is_forward:
             referenced = self.messages.get(int(message.message_reference["message_id"]))
         payload = message.payload(referenced=referenced, hide_content=hide_content)
         if message.guild_id is not None:
@@ -1003,6 +1004,59 @@ class DiscordEmulator:
         return await self._send_interaction(
             MODAL_SUBMIT, data, user, guild, channel, message=source
         )
+
+    async def forward_message(
+        self,
+        source: StoredMessage,
+        *,
+        channel_id: int | None = None,
+        author: User | None = None,
+    ) -> StoredMessage:
+        """A user forwards `source` (to `channel_id`, default its own channel): a new message
+        with no content of its own, `message_reference.type` FORWARD and a snapshot of
+        `source` whose attachments are copied onto the CDN, as Discord does."""
+        author = author or self.member
+        found = self.world.channel(channel_id or source.channel_id)
+        if found is None:
+            raise KeyError(f"no channel {channel_id}")
+        channel, guild = found
+        snapshot = StoredMessage(
+            id=source.id,
+            channel_id=source.channel_id,
+            guild_id=source.guild_id,
+            author=source.author,
+            content=source.content,
+            embeds=list(source.embeds),
+            type=source.type,
+            timestamp=source.timestamp,
+            edited_timestamp=source.edited_timestamp,
+            flags=source.flags & ~(EPHEMERAL | LOADING),
+        )
+        for attachment in source.attachments:
+            copy = self._store_cdn(
+                channel.id, attachment.filename, attachment.data, attachment.content_type
+            )
+            snapshot.attachments.append(
+                StoredAttachment(copy.id, copy.filename, copy.content_type, copy.data, copy.url)
+            )
+        message = StoredMessage(
+            id=self.new_id(),
+            channel_id=channel.id,
+            guild_id=guild.id if guild else None,
+            author=author,
+            timestamp=self.clock.iso(),
+            message_reference={
+                "type": REFERENCE_FORWARD,
+                "message_id": str(source.id),
+                "channel_id": str(source.channel_id),
+                **({"guild_id": str(source.guild_id)} if source.guild_id else {}),
+            },
+            snapshot=snapshot,
+        )
+        self.messages[message.id] = message
+        channel.last_message_id = message.id
+        await self._broadcast_message("MESSAGE_CREATE", message)
+        return message
 
     async def post_user_message(
         self,

@@ -10,6 +10,8 @@ from .world import User
 
 EPHEMERAL = 1 << 6
 LOADING = 1 << 7
+REFERENCE_DEFAULT = 0  # a reply
+REFERENCE_FORWARD = 1  # a forward: the message travels as a snapshot, not as `referenced_message`
 # Flags a client may set on create/edit (SUPPRESS_EMBEDS, EPHEMERAL, SUPPRESS_NOTIFICATIONS,
 # IS_COMPONENTS_V2); the rest are Discord-managed.
 CLIENT_SETTABLE_FLAGS = (1 << 2) | EPHEMERAL | (1 << 12) | (1 << 15)
@@ -80,6 +82,13 @@ class StoredMessage:
     mention_everyone: bool = False
     deleted: bool = False
     edits: int = 0
+    # A forward's frozen copy of the forwarded message (Discord's `message_snapshots[0]`),
+    # taken when it was forwarded: later edits or a deletion of the original do not change it.
+    snapshot: StoredMessage | None = None
+
+    @property
+    def is_forward(self) -> bool:
+        return (self.message_reference or {}).get("type") == REFERENCE_FORWARD
 
     @property
     def ephemeral(self) -> bool:
@@ -126,6 +135,26 @@ class StoredMessage:
             data["interaction_metadata"] = self.interaction_metadata
         if self.message_reference is not None:
             data["message_reference"] = self.message_reference
-            if referenced is not None:
+            if referenced is not None and not self.is_forward:
                 data["referenced_message"] = referenced.payload(hide_content=hide_content)
+        if self.snapshot is not None:
+            # The Message Content intent guards the snapshot's content the way it guards the
+            # message's own (Discord's docs list message_snapshots among the guarded fields).
+            data["message_snapshots"] = [{"message": self.snapshot.snapshot_payload(hide_content)}]
         return data
+
+    def snapshot_payload(self, hide_content: bool = False) -> dict[str, Any]:
+        """The minimal message object a forward carries (`MinimalContentMessageResponse`)."""
+        return {
+            "type": self.type,
+            "content": "" if hide_content else self.content,
+            "embeds": [] if hide_content else self.embeds,
+            "attachments": [] if hide_content else [a.payload() for a in self.attachments],
+            "components": [] if hide_content else self.components,
+            "mentions": [u.payload() for u in self.mentions],
+            "mention_roles": [str(r) for r in self.mention_role_ids],
+            "timestamp": self.timestamp,
+            "edited_timestamp": self.edited_timestamp,
+            "flags": self.flags,
+            "sticker_items": [],
+        }

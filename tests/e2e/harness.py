@@ -63,6 +63,8 @@ class BotProcess:
             "VEO_EDIT_INTERVAL": "0.2",
             "VEO_POLL_FLOOR": "0.05",
             "VEO_POLL_CEILING": "0.2",
+            # The emulator's CDN stands in for Discord's: its host must be allowed.
+            "VEO_IMAGE_HOSTS": "127.0.0.1",
             **self.extra_env,
         }
 
@@ -209,6 +211,18 @@ def db_rows(workdir: Path, sql: str, params: tuple[object, ...] = ()) -> list[tu
     conn = sqlite3.connect(workdir / "veo.sqlite3")
     try:
         return conn.execute(sql, params).fetchall()
+    finally:
+        conn.close()
+
+
+def db_write(workdir: Path, sql: str, params: tuple[object, ...] = ()) -> None:
+    """Change the bot's database behind its back (a row from an older version, say)."""
+    import sqlite3
+
+    conn = sqlite3.connect(workdir / "veo.sqlite3")
+    try:
+        with conn:
+            conn.execute(sql, params)
     finally:
         conn.close()
 

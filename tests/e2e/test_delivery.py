@@ -136,3 +136,30 @@ async def test_a_video_that_cannot_fit_is_linked_with_the_reason(
     job = next(iter(fake.jobs.values()))
     assert f"/_fake/outputs/{job.request_id}.mp4>" in content
     assert await _stop_and_list_work_dir(bot) == []
+
+
+@pytest.mark.bot_env(MANY)
+async def test_item10_a_delivery_retry_sends_the_encode_it_already_made(
+    emu: DiscordEmulator, fake: FakeSegmind, bot: BotProcess
+) -> None:
+    # The first upload of the re-encoded file is cut off on the wire (Discord never applied
+    # it); the retry must not spend the cores on the same encode again.
+    hold = emu.hold_requests(
+        "PATCH /webhooks/{application_id}/{interaction_token}/messages/{message_id}",
+        when=lambda r: bool(r.files),
+    )
+    handle = await emu.dispatch_slash_command(
+        "veo",
+        {"prompt": "static once more [fake:bitrateMB=15]", "duration": 8, "audio": True},
+        user=emu.member,
+    )
+    await handle.wait_for_callback()
+    await hold.arrived(timeout=60)
+    hold.drop()
+    final = await _final(emu, handle.token)
+    assert "ready" in _content(final) and final.files and final.files[0].size <= 10 * MIB
+    await bot.wait_for_log("job 1: reusing the re-encode of an earlier attempt")
+    assert sum("is over the" in line and "re-encoding" in line for line in bot.lines) == 1
+    assert "delivery attempt 1 failed" in bot.tail(200)
+    await bot.settled(1)
+    assert await _stop_and_list_work_dir(bot) == []

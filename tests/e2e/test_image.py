@@ -21,7 +21,7 @@ import pytest
 
 from bot.segmind.fake import FakeSegmind
 from tests.discord_emulator import DiscordEmulator, RequestRecord, StoredMessage
-from tests.e2e.harness import BotProcess
+from tests.e2e.harness import BotProcess, db_write, messages_with_video
 from tests.imaging import GIF_HEAD, encode_image
 
 MB = 1024 * 1024
@@ -404,3 +404,88 @@ async def test_mention_with_an_oversized_image_is_refused_in_the_placeholder(
     assert "2.0 MB" in text and "up to 1.0 MB" in text
     assert fake.submits == []
     assert emu.message(placeholder.id).mentions == []
+
+
+# ----------------------------------------------------------------- only images on Discord
+
+
+async def test_item1_again_checks_the_stored_image_url_again(
+    emu: DiscordEmulator, fake: FakeSegmind, bot: BotProcess
+) -> None:
+    """Again replays the stored `image_url`: one that is not on the allow-list (a row written
+    before the rule, or tampered with) is refused, and Segmind never sees it."""
+    url = _image_post(emu, "png", 640, 360)
+    handle = await emu.dispatch_slash_command(
+        "veo", {"prompt": "the leaves fall", "image": url, "duration": 4}, user=emu.member
+    )
+    await handle.wait_for_callback()
+    assert "ready" in _content(await _final_for_interaction(emu, handle.token))
+    await bot.settled(1)
+    (video,) = messages_with_video(emu, 1)
+
+    internal = "http://169.254.169.254/latest/meta-data/iam/"
+    db_write(
+        bot.workdir,
+        "UPDATE jobs SET image_url = ?, params = json_set(params, '$.image_url', ?) WHERE id = 1",
+        (internal, internal),
+    )
+    again = await emu.dispatch_component("veo:again:1", video, user=emu.member)
+    await again.wait_for_callback()
+    assert (
+        await _private_answer(emu, again.token) == "I can only animate images uploaded to Discord."
+    )
+    assert [s.get("image_url") for s in fake.submits] == [url]
+    await bot.wait_for_log("not on the image host allow-list")
+
+
+# -------------------------------------------------------------------- forwarded messages
+
+
+async def test_item12_menu_on_a_forwarded_message_animates_the_forwarded_image(
+    emu: DiscordEmulator, fake: FakeSegmind, bot: BotProcess
+) -> None:
+    await emu.wait_for_command("Animate with Veo")
+    original = await emu.post_user_message(
+        emu.channel.id, "", emu.owner, attachments=[_image_post(emu, "png", 400, 300)]
+    )
+    forward = await emu.forward_message(original, author=emu.owner)
+    assert forward.snapshot is not None
+    opened = await emu.dispatch_context_menu("Animate with Veo", forward, user=emu.member)
+    await opened.wait_for_callback()
+    assert opened.callback_type == 9, "a forward is not 'a message without an image'"
+    submit = await emu.dispatch_modal_submit(
+        "veo-animate", {"prompt": "the page turns", "aspect": ["image"]}
+    )
+    await submit.wait_for_callback()
+    final = await _final_for_interaction(emu, submit.token)
+    assert "ready" in _content(final)
+    image_url = forward.snapshot.attachments[0].url
+    assert fake.submits[0]["image_url"] == image_url
+    assert fake.submits[0]["aspect_ratio"] == "4:3"
+    assert _thumbnail(final) == image_url
+
+
+@pytest.mark.parametrize(
+    "intent",
+    [
+        pytest.param(False, id="no-intent"),
+        pytest.param(True, id="intent", marks=pytest.mark.bot_env(INTENT_ON)),
+    ],
+)
+async def test_item12_a_mention_replying_to_a_forward_animates_the_forwarded_image(
+    emu: DiscordEmulator, fake: FakeSegmind, bot: BotProcess, intent: bool
+) -> None:
+    original = await emu.post_user_message(
+        emu.channel.id, "", emu.owner, attachments=[_image_post(emu, "jpeg", 360, 640)]
+    )
+    forward = await emu.forward_message(original, author=emu.owner)
+    assert forward.snapshot is not None
+    ask = await emu.post_user_message(
+        emu.channel.id, "the rain starts", emu.member, reference=forward, mentions=[emu.bot_user]
+    )
+    placeholder = await _bot_reply_to(emu, ask)
+    final = await _channel_final(emu, placeholder)
+    assert "ready" in _content(final)
+    assert fake.submits[0]["image_url"] == forward.snapshot.attachments[0].url
+    assert fake.submits[0]["prompt"] == "the rain starts"
+    assert fake.submits[0]["aspect_ratio"] == "9:16"
