@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Any, get_args
+from typing import Any, Literal, get_args
 
 from pydantic import Field, SecretStr, ValidationError, field_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
@@ -12,6 +12,7 @@ from bot.params import Aspect, Duration, Fps, Resolution
 
 DISCORD_API_BASE_URL = "https://discord.com/api/v10"
 DISCORD_GATEWAY_URL = "wss://gateway.discord.gg/"
+LogFormat = Literal["text", "json"]
 
 
 class SettingsError(Exception):
@@ -76,6 +77,12 @@ class Settings(BaseSettings):
     veo_max_concurrent_jobs: int = Field(default=4, ge=1)
     veo_max_image_bytes: int = Field(default=20 * 1024 * 1024, gt=0)
     veo_max_video_bytes: int = Field(default=500 * 1024 * 1024, gt=0)
+
+    # Operations: health checks and metrics over HTTP (off unless a port is set; 0 = any free
+    # port, logged), and the log format a log shipper reads.
+    veo_http_port: int | None = Field(default=None, ge=0, le=65535)
+    veo_http_host: str = "127.0.0.1"
+    veo_log_format: LogFormat = "text"
 
     @field_validator("segmind_base_url", "discord_api_base_url", "discord_gateway_url")
     @classmethod
