@@ -67,6 +67,11 @@ class BotProcess:
         }
 
     async def start(self) -> None:
+        await self.launch()
+        await self.wait_for_log("logged in as", timeout=STARTUP_TIMEOUT)
+
+    async def launch(self) -> None:
+        """Start the process without waiting for it to reach Discord (see `start`)."""
         self.lines.clear()
         self.proc = await asyncio.create_subprocess_exec(
             sys.executable,
@@ -78,7 +83,6 @@ class BotProcess:
             stderr=asyncio.subprocess.STDOUT,
         )
         self._reader = asyncio.create_task(self._read(self.proc))
-        await self.wait_for_log("logged in as", timeout=STARTUP_TIMEOUT)
 
     async def _read(self, proc: asyncio.subprocess.Process) -> None:
         assert proc.stdout is not None
