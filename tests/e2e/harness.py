@@ -9,7 +9,7 @@ import os
 import re
 import signal
 import sys
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from pathlib import Path
 
 from bot.segmind.fake import FakeSegmind
@@ -30,8 +30,10 @@ class BotProcess:
         fake: FakeSegmind,
         workdir: Path,
         env: dict[str, str] | None = None,
+        command: Sequence[str] = ("-m", "bot"),
     ) -> None:
         self.emu = emu
+        self.command = tuple(command)  # after the interpreter; a bench runs its peers this way
         self.fake = fake
         self.workdir = workdir
         self.extra_env = env or {}
@@ -75,8 +77,7 @@ class BotProcess:
         self.lines.clear()
         self.proc = await asyncio.create_subprocess_exec(
             sys.executable,
-            "-m",
-            "bot",
+            *self.command,
             cwd=self.workdir,
             env=self.environment(),
             stdout=asyncio.subprocess.PIPE,
