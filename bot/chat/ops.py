@@ -7,6 +7,7 @@ import logging
 from collections.abc import Callable, Coroutine
 from typing import TYPE_CHECKING, Any
 
+from bot.config import SettingsError
 from bot.ops.health import Readiness
 from bot.ops.http import OpsServer
 
@@ -37,7 +38,15 @@ async def start_ops(bot: VeoBot) -> OpsServer | None:
         probe_segmind=segmind.credits,
     )
     server = OpsServer(readiness, bot.metrics, store)
-    await server.start(bot.settings.veo_http_host, port)
+    host = bot.settings.veo_http_host
+    try:
+        await server.start(host, port)
+    except OSError as exc:
+        # Stop with one line naming the setting: a bot whose health check cannot be served
+        # would be restarted by its container runtime forever.
+        raise SettingsError(
+            f"setting VEO_HTTP_PORT: cannot listen on {host}:{port} ({exc.strerror or exc})"
+        ) from None
     return server
 
 

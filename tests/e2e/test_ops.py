@@ -6,6 +6,7 @@ from __future__ import annotations
 import asyncio
 import json
 import re
+import socket
 from pathlib import Path
 from typing import Any
 
@@ -163,3 +164,18 @@ async def test_json_logs_are_one_object_per_line_with_the_job_id_and_no_secret(
     assert about_job and all(e.get("job_id") == job_id for e in about_job)
     text = "\n".join(bot.lines)
     assert emu.token not in text and FAKE_KEY not in text
+
+
+async def test_a_taken_port_stops_the_bot_with_one_line_naming_the_setting(
+    emu: DiscordEmulator, fake: FakeSegmind, tmp_path: Path
+) -> None:
+    with socket.socket() as taken:
+        taken.bind(("127.0.0.1", 0))
+        taken.listen()
+        port = taken.getsockname()[1]
+        bot = BotProcess(emu, fake, tmp_path, {"VEO_HTTP_PORT": str(port)})
+        await bot.launch()
+        line = await bot.wait_for_log("cannot listen on", timeout=60)
+        assert f"setting VEO_HTTP_PORT: cannot listen on 127.0.0.1:{port}" in line
+        assert bot.proc is not None
+        assert await asyncio.wait_for(bot.proc.wait(), 30) == 1
