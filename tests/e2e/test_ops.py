@@ -109,6 +109,10 @@ async def test_metrics_move_by_one_per_job_and_carry_no_prompt_name_or_secret(
     status, text = await _get(url + "/metrics")
     assert status == 200
     before = _samples(text)
+    # One 429 on the placeholder's edits (with Via, so discord.py retries it).
+    emu.inject_rate_limit(
+        "PATCH /webhooks/{application_id}/{interaction_token}/messages/{message_id}", times=1
+    )
 
     handle = await emu.dispatch_slash_command("veo", {"prompt": PROMPT}, user=member)
     await handle.wait_for_callback()
@@ -131,10 +135,11 @@ async def test_metrics_move_by_one_per_job_and_carry_no_prompt_name_or_secret(
     ((charged,),) = db_rows(bot.workdir, "SELECT charged_amount FROM quota_ledger")
     assert moved("veo_spend_usd_total") == pytest.approx(float(charged))  # type: ignore[arg-type]
     assert not any(k[0] == "veo_refunds_total" and v for k, v in after.items())
-    edits = [
-        r for r in emu.timeline if r.method == "PATCH" and "/messages/" in r.route and r.status
-    ]
+    patches = [r for r in emu.timeline if r.method == "PATCH" and "/messages/" in r.route]
+    edits = [r for r in patches if r.status not in (0, 429)]
     assert moved("veo_discord_edits_total", target="interaction") == len(edits) > 0
+    assert moved("veo_discord_rate_limited_total", target="interaction") == 1
+    assert len(emu.rate_limited) == 1
     assert _value(after, "veo_queue_length") == 0 and _value(after, "veo_jobs_in_flight") == 0
 
     for secret in (PROMPT, *PROMPT.split(), FAKE_KEY, emu.token, handle.token):
