@@ -55,8 +55,11 @@ async def rig(
     queue_seconds: float = 0.1,
     processing_seconds: float = 1.0,
     validate: bool = True,
+    peer: str | None = None,
 ) -> AsyncIterator[Rig]:
-    """Emulator + fake here, the bot as a subprocess in a throw-away directory."""
+    """Emulator + fake here, the bot as a subprocess in a throw-away directory. With `peer`
+    ("ack" or "deliver"), the bare discord.py bot of `bench/bare_bot.py` runs instead, in
+    the same set-up, so a bench can tell the bot's own cost from the harness's."""
     with tempfile.TemporaryDirectory(prefix="veo-bench-") as tmp:
         async with (
             DiscordEmulator(validate=validate) as emu,
@@ -65,7 +68,8 @@ async def rig(
             ) as fake,
         ):
             fake.credits = 1e9  # thousands of jobs; the default balance buys about 160
-            bot = BotProcess(emu, fake, Path(tmp), {**PRODUCTION, **(env or {})})
+            command = ("-m", "bot") if peer is None else (str(ROOT / "bench" / "bare_bot.py"), peer)
+            bot = BotProcess(emu, fake, Path(tmp), {**PRODUCTION, **(env or {})}, command)
             await bot.start()
             await emu.wait_for_command("veo")
             try:

@@ -8,6 +8,12 @@ and the emulator (when the upload request arrived), one clock; each job's own do
 subtracted from its own COMPLETED -> upload interval (median and worst over the jobs). RSS of
 the bot is sampled every 5 ms from /proc.
 Goals: <= 200 ms besides the download; peak RSS growth <= 1.2 x the bytes in flight.
+
+The same run is repeated, alternating, with the bare peer of `bench/bare_bot.py deliver` (it
+submits, polls, downloads to a file and attaches it, nothing else) against the same kind of
+fake and emulator: its "besides the download" time is the harness's own copying (the fake
+serving, the emulator receiving and parsing the multipart upload, discord.py building it), so
+bot minus peer is what the bot itself adds.
 """
 
 from __future__ import annotations
@@ -27,8 +33,8 @@ from tests.e2e.harness import db_rows
 FAST_POLLS = {"SEGMIND_MAX_RPM": "10000", "VEO_POLL_FLOOR": "0.05", "VEO_POLL_CEILING": "0.2"}
 
 
-async def run(videos: int = 10, mb: float = 8) -> dict[str, float]:
-    async with rig(FAST_POLLS, processing_seconds=4.0) as r:
+async def run(videos: int = 10, mb: float = 8, *, peer: bool = False) -> dict[str, float]:
+    async with rig(FAST_POLLS, processing_seconds=4.0, peer="deliver" if peer else None) as r:
         samples: list[tuple[float, int]] = []
         stop = asyncio.Event()
 
@@ -67,12 +73,13 @@ async def run(videos: int = 10, mb: float = 8) -> dict[str, float]:
             elif q.status == 200 and q.at >= jobs[rid].finished_at:
                 seen.setdefault(rid, q.at)
         # Each upload names its job (veo-<job id>.mp4); the bot's database maps that to
-        # Segmind's request id, so every job is measured against its own download.
-        request_of = dict(db_rows(r.bot.workdir, "SELECT id, request_id FROM jobs"))
+        # Segmind's request id, so every job is measured against its own download. The peer
+        # names the request id itself.
+        request_of = {} if peer else dict(db_rows(r.bot.workdir, "SELECT id, request_id FROM jobs"))
         overheads, totals = [], []
         for q in uploads():
-            job_id = int(q.files[0].filename.removeprefix("veo-").removesuffix(".mp4"))
-            rid = str(request_of[job_id])
+            name = q.files[0].filename.removeprefix("veo-").removesuffix(".mp4")
+            rid = name if peer else str(request_of[int(name)])
             total = (q.received_at - wall_to_mono) - seen[rid]
             totals.append(total)
             overheads.append(total - downloaded[rid])
@@ -97,12 +104,33 @@ async def run(videos: int = 10, mb: float = 8) -> dict[str, float]:
         }
 
 
+async def compare(videos: int = 10, mb: float = 8, rounds: int = 2) -> dict[str, float]:
+    """Alternating bot / peer runs; medians over the rounds of each side's overhead."""
+    bot: list[dict[str, float]] = []
+    bare: list[dict[str, float]] = []
+    for _ in range(rounds):
+        bot.append(await run(videos, mb))
+        bare.append(await run(videos, mb, peer=True))
+
+    def med(side: list[dict[str, float]], key: str) -> float:
+        return statistics.median(x[key] for x in side)
+
+    return {
+        **{key: med(bot, key) for key in bot[0]},
+        "peer_overhead_ms": med(bare, "overhead_ms"),
+        "peer_overhead_max_ms": med(bare, "overhead_max_ms"),
+        "peer_rss_growth_mb": med(bare, "rss_growth_mb"),
+        "own_ms": med(bot, "overhead_ms") - med(bare, "overhead_ms"),
+    }
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0] if __doc__ else None)
     parser.add_argument("--videos", type=int, default=10)
     parser.add_argument("--mb", type=float, default=8)
+    parser.add_argument("--rounds", type=int, default=2, help="alternating bot/peer rounds")
     args = parser.parse_args()
-    x = asyncio.run(run(args.videos, args.mb))
+    x = asyncio.run(compare(args.videos, args.mb, args.rounds))
     print(
         f"{x['videos']:.0f} videos at once: COMPLETED seen -> upload start median "
         f"{x['total_ms']:.0f} ms (max {x['total_max_ms']:.0f}); download median "
@@ -113,6 +141,12 @@ def main() -> None:
     print(
         f"peak RSS growth {x['rss_growth_mb']:.1f} MB for {x['in_flight_mb']:.1f} MB in flight "
         f"= {x['ratio']:.2f} x (goal <= 1.2 x)"
+    )
+    print(
+        f"bare peer, same set-up: besides its download {x['peer_overhead_ms']:.0f} ms "
+        f"(worst {x['peer_overhead_max_ms']:.0f} ms), peak RSS growth "
+        f"{x['peer_rss_growth_mb']:.1f} MB -> the bot's own share: {x['own_ms']:.0f} ms "
+        f"(medians of {args.rounds} alternating rounds)"
     )
 
 

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import ipaddress
 from pathlib import Path
-from typing import Annotated, Any, get_args
+from typing import Annotated, Any, Literal, get_args
 
 from pydantic import Field, SecretStr, ValidationError, field_validator
 from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
@@ -15,6 +15,7 @@ from bot.segmind.history import DEFAULT_HISTORY_URL
 
 DISCORD_API_BASE_URL = "https://discord.com/api/v10"
 DISCORD_GATEWAY_URL = "wss://gateway.discord.gg/"
+LogFormat = Literal["text", "json"]
 
 
 class SettingsError(Exception):
@@ -85,6 +86,12 @@ class Settings(BaseSettings):
     veo_max_video_bytes: int = Field(default=500 * 1024 * 1024, gt=0)
     # Seconds the whole download of a finished video may take (retries included).
     veo_download_timeout: float = Field(default=300.0, gt=0)
+
+    # Operations: health checks and metrics over HTTP (off unless a port is set; 0 = any free
+    # port, logged), and the log format a log shipper reads.
+    veo_http_port: int | None = Field(default=None, ge=0, le=65535)
+    veo_http_host: str = "127.0.0.1"
+    veo_log_format: LogFormat = "text"
 
     @field_validator(
         "segmind_base_url", "segmind_history_url", "discord_api_base_url", "discord_gateway_url"

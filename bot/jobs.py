@@ -34,7 +34,9 @@ from pathlib import Path
 from typing import Literal, Protocol
 
 from bot.chat.presenter import Progress, Stage
+from bot.logs import job_context
 from bot.media.encode import NotAVideo, encoded_path, probe_video
+from bot.ops.events import NO_EVENTS, JobEvents
 from bot.params import VeoParams
 from bot.quota import LimitDefaults, Refusal
 from bot.segmind import client as sm
@@ -158,6 +160,7 @@ class JobService:
         max_video_bytes: int,
         deadline: float,
         clock: Callable[[], float] = time.time,
+        events: JobEvents = NO_EVENTS,
     ) -> None:
         self.store = store
         self.segmind = segmind
@@ -168,6 +171,7 @@ class JobService:
         self.max_video_bytes = max_video_bytes
         self.deadline = deadline
         self.clock = clock
+        self.events = events
         self._wake = asyncio.Event()
         self._tasks: dict[int, asyncio.Task[None]] = {}
         self._dispatcher: asyncio.Task[None] | None = None
@@ -312,7 +316,11 @@ class JobService:
             await self._progress(job, Progress(Stage.QUEUED, position=place))
 
     def _spawn(self, job_id: int, coro: object) -> None:
-        task: asyncio.Task[None] = asyncio.create_task(coro, name=f"job-{job_id}")  # type: ignore[arg-type]
+        task: asyncio.Task[None] = asyncio.create_task(
+            coro,  # type: ignore[arg-type]
+            name=f"job-{job_id}",
+            context=job_context(job_id),  # every line this task logs carries the job id
+        )
         self._tasks[job_id] = task
 
         def done(finished: asyncio.Task[None]) -> None:
@@ -349,6 +357,7 @@ class JobService:
             log.error("job %s: submitted as %s but its state moved", job_id, submitted.request_id)
             return
         log.info("job %s submitted as Segmind request %s", job_id, submitted.request_id)
+        self.events.submitted(job_id)
         await self._follow(recorded, submitted)
 
     async def _follow(self, job: Job, submitted: sm.SubmittedJob) -> None:
@@ -356,6 +365,7 @@ class JobService:
         started = job.submitted_at or self.clock()
 
         async def on_status(report: sm.StatusReport) -> None:
+            self.events.polled(job.id, terminal=report.state.is_terminal)
             stage = Stage.WAITING if report.state is sm.JobState.QUEUED else Stage.GENERATING
             await self._progress(
                 job,
@@ -590,6 +600,7 @@ class JobService:
 
     async def _finished(self, job: Job | None) -> None:
         if job is not None:
+            self.events.finished(job)
             await self._safely(self.output.finished(job), job.id)
 
     async def _progress(self, job: Job, progress: Progress) -> None:

@@ -454,3 +454,25 @@ async def test_item12_a_forward_carries_a_snapshot_of_the_message(
     assert "referenced_message" not in resolved
     await handle.wait_for_callback()
     emu.assert_no_violations()
+
+
+async def test_refused_gateway_keeps_the_bot_out_until_allowed(
+    emu: DiscordEmulator, bot: EmuBot
+) -> None:
+    disconnected = asyncio.Event()
+    bot.add_listener(_set_on_event(disconnected), "on_disconnect")
+    await emu.refuse_gateway()
+    await emu.wait_for_gateway_refusal()  # the bot noticed and its reconnect was turned away
+    assert disconnected.is_set() and not emu._gateway.live_sessions
+    emu.allow_gateway()
+    await emu.wait_for_gateway(lambda f: f.event == "RESUMED", timeout=15)
+    handle = await emu.dispatch_slash_command("veo", {"prompt": "after the outage"})
+    await asyncio.wait_for(bot.outcomes.get(), 5)
+    assert handle.original_message().attachments
+
+
+def _set_on_event(event: asyncio.Event) -> Any:
+    async def listener(*_args: object) -> None:
+        event.set()
+
+    return listener

@@ -11,10 +11,14 @@ import discord
 from discord import app_commands
 from discord.ext import commands
 
+from bot.chat.ops import start_ops, stop_ops
 from bot.chat.output import DiscordOutput
 from bot.chat.replies import accepting_work, send_ephemeral, unexpected
 from bot.config import Settings
 from bot.jobs import JobService
+from bot.ops.health import GatewayWatch
+from bot.ops.http import OpsServer
+from bot.ops.metrics import Metrics
 from bot.quota import LimitDefaults
 from bot.segmind import client as sm
 from bot.store import Store, open_store
@@ -67,6 +71,7 @@ class VeoBot(commands.Bot):
         # the privileged intent, which is asked for only when the owner enabled it.
         intents.guild_messages = True
         intents.message_content = settings.discord_message_content_intent
+        metrics = Metrics()  # per bot, on its own registry
         super().__init__(
             command_prefix=commands.when_mentioned,
             intents=intents,
@@ -79,7 +84,11 @@ class VeoBot(commands.Bot):
             # per placeholder edit) is O(1) instead of a scan of the last 1,000 messages.
             max_messages=None,
             chunk_guilds_at_startup=False,
+            http_trace=metrics.discord_trace(),  # counts edits and 429s
         )
+        self.metrics = metrics
+        self.gateway_watch = GatewayWatch()
+        self.ops: OpsServer | None = None
         self.settings = settings
         self.clock = clock
         self.store: Store | None = None
@@ -88,6 +97,8 @@ class VeoBot(commands.Bot):
         self.output: DiscordOutput | None = None
         # Shared by everything that fetches from the web (input images), closed in close().
         self.session: aiohttp.ClientSession | None = None
+        # The Segmind client's own session, traced for the metrics and the readiness check.
+        self._segmind_session: aiohttp.ClientSession | None = None
         self._fake: object | None = None
 
     @property
@@ -99,9 +110,13 @@ class VeoBot(commands.Bot):
         self.session = aiohttp.ClientSession()
         self.store = await open_store(settings.veo_db_path)
         base_url, key = await self._segmind_endpoint()
+        self._segmind_session = aiohttp.ClientSession(
+            trace_configs=[self.metrics.segmind_trace(base_url)]
+        )
         self.segmind = sm.SegmindClient(
             key,
             base_url,
+            session=self._segmind_session,
             max_rpm=settings.segmind_max_rpm,
             timeout=settings.segmind_timeout,
             poll_floor=settings.veo_poll_floor,
@@ -126,12 +141,14 @@ class VeoBot(commands.Bot):
             max_video_bytes=settings.veo_max_video_bytes,
             deadline=settings.veo_job_deadline,
             clock=self.clock,
+            events=self.metrics,
         )
         for extension in EXTENSIONS:
             await self.load_extension(extension)
         await self._sync_commands()
         self._log_invite()
         await self.jobs.start()
+        self.ops = await start_ops(self)
 
     async def _segmind_endpoint(self) -> tuple[str, str]:
         settings = self.settings
@@ -190,11 +207,14 @@ class VeoBot(commands.Bot):
         every `@Veo …` would be parsed as a command and logged as CommandNotFound."""
 
     async def close(self) -> None:
+        await stop_ops(self)
         if self.jobs is not None:
             await self.jobs.stop()
         await super().close()
         if self.segmind is not None:
             await self.segmind.close()
+        if self._segmind_session is not None:
+            await self._segmind_session.close()
         if self.store is not None:
             await self.store.close()
         if self.session is not None:

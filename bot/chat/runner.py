@@ -40,7 +40,7 @@ def main_run(argv: list[str]) -> int:
     secrets = [token]
     if settings.segmind_api_key is not None:
         secrets.append(settings.segmind_api_key.get_secret_value())
-    setup_logging(secrets)
+    setup_logging(secrets, log_format=settings.veo_log_format)
     point_discord_at(settings)
     try:
         return asyncio.run(_serve(settings, token))

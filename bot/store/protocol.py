@@ -113,6 +113,18 @@ class JobStore(Protocol):
         """The ids of every `queued` job in queue order: cheap enough to read on every change."""
         ...
 
+    async def count_queued(self) -> int:
+        """Jobs waiting in the bot's own queue (the metrics' queue length)."""
+        ...
+
+    async def count_in_flight(self) -> int:
+        """Jobs between leaving the queue and their end (the metrics' jobs in flight)."""
+        ...
+
+    async def ping(self) -> None:
+        """One trivial query: raises `StoreUnavailable` when the database does not answer."""
+        ...
+
     async def recent_durations(self, limit: int = 20) -> list[float]:
         """Seconds from submission to completion of the last `limit` delivered jobs, newest
         first: the poll estimator's prior."""

@@ -539,6 +539,51 @@ class DiscordEmulator:
         """Send op 7 RECONNECT: discord.py reconnects and RESUMEs."""
         await self._gateway.reconnect_all()
 
+    async def refuse_gateway(self) -> None:
+        """Take the gateway down: close every live socket (1001, which discord.py answers by
+        reconnecting) and answer every new connection 503 until `allow_gateway()`. REST and
+        the CDN keep working, as in a gateway-only outage."""
+        self._gateway.refusing = True
+        await self._gateway.close_all(code=1001, message=b"gateway going away")
+
+    def hold_gateway(self) -> None:
+        """Accept new gateway connections but send no HELLO until `release_gateway()`: the
+        client stays "connecting" (discord.py gives up after 60 s). Unlike a refusal, this
+        is survivable at start-up — discord.py 2.7.1 crashes if the very first connection is
+        refused (`self.ws` is still None when it prepares the RESUME)."""
+        self._gateway.hello_allowed.clear()
+
+    def release_gateway(self) -> None:
+        self._gateway.hello_allowed.set()
+
+    async def wait_for_held_gateway(self, *, timeout: float = 10.0) -> None:  # noqa: ASYNC109
+        """Until a connection is waiting for its HELLO."""
+        await self._notifier.wait_until(
+            lambda: True if self._gateway.held else None, timeout, "a held gateway connection"
+        )
+
+    def allow_gateway(self) -> None:
+        """Bring the gateway back: the bot's next attempt connects (and RESUMEs or IDENTIFYs)."""
+        self._gateway.refusing = False
+
+    @property
+    def gateway_refusals(self) -> int:
+        """Connection attempts refused since the emulator started."""
+        return self._gateway.refusals
+
+    async def wait_for_gateway_refusal(
+        self,
+        count: int = 1,
+        *,
+        timeout: float = 10.0,  # noqa: ASYNC109
+    ) -> None:
+        """Until `count` connection attempts in all have been refused."""
+        await self._notifier.wait_until(
+            lambda: True if self._gateway.refusals >= count else None,
+            timeout,
+            f"{count} refused gateway connection(s)",
+        )
+
     def _check_route(self, route: str) -> None:
         if route not in {r.key for r in self._rest.routes}:
             known = "\n  ".join(sorted(r.key for r in self._rest.routes))

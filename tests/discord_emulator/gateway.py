@@ -7,6 +7,7 @@ websocket so that a RESUME on a new connection replays what the bot missed.
 
 from __future__ import annotations
 
+import asyncio
 import json
 import secrets
 from dataclasses import dataclass, field
@@ -65,6 +66,14 @@ class Gateway:
         self.sessions: dict[str, GatewaySession] = {}
         self.sockets: set[web.WebSocketResponse] = set()
         self.heartbeats = 0
+        # While true the gateway is "down": upgrades are answered 503 (as Discord's edge does in
+        # an outage) and counted, so a test can wait until the bot has tried and failed.
+        self.refusing = False
+        self.refusals = 0
+        # While cleared, an accepted connection gets no HELLO: the client sits "connecting".
+        self.hello_allowed = asyncio.Event()
+        self.hello_allowed.set()
+        self.held = 0
 
     @property
     def live_sessions(self) -> list[GatewaySession]:
@@ -104,11 +113,19 @@ class Gateway:
             await self.dispatch(session, event, data)
 
     async def handle(self, request: web.Request) -> web.StreamResponse:
+        if self.refusing:
+            self.refusals += 1
+            await self.emu._notifier.notify()
+            return web.Response(status=503, text="gateway unavailable (emulator refusing)")
         ws = web.WebSocketResponse(autoping=True, max_msg_size=0)
         await ws.prepare(request)
         self.sockets.add(ws)
         session: GatewaySession | None = None
         try:
+            if not self.hello_allowed.is_set():
+                self.held += 1
+                await self.emu._notifier.notify()
+                await self.hello_allowed.wait()
             await self._send(
                 ws, {"op": OP_HELLO, "d": {"heartbeat_interval": self.heartbeat_interval_ms}}
             )
@@ -223,6 +240,6 @@ class Gateway:
             assert session.ws is not None
             await self._send(session.ws, {"op": OP_RECONNECT, "d": None})
 
-    async def close_all(self, code: int = 1001) -> None:
+    async def close_all(self, code: int = 1001, message: bytes = b"emulator shutting down") -> None:
         for ws in list(self.sockets):
-            await ws.close(code=code, message=b"emulator shutting down")
+            await ws.close(code=code, message=message)

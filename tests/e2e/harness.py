@@ -9,7 +9,7 @@ import os
 import re
 import signal
 import sys
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from pathlib import Path
 
 from bot.segmind.fake import FakeSegmind
@@ -30,8 +30,10 @@ class BotProcess:
         fake: FakeSegmind,
         workdir: Path,
         env: dict[str, str] | None = None,
+        command: Sequence[str] = ("-m", "bot"),
     ) -> None:
         self.emu = emu
+        self.command = tuple(command)  # after the interpreter; a bench runs its peers this way
         self.fake = fake
         self.workdir = workdir
         self.extra_env = env or {}
@@ -69,18 +71,21 @@ class BotProcess:
         }
 
     async def start(self) -> None:
+        await self.launch()
+        await self.wait_for_log("logged in as", timeout=STARTUP_TIMEOUT)
+
+    async def launch(self) -> None:
+        """Start the process without waiting for it to reach Discord (see `start`)."""
         self.lines.clear()
         self.proc = await asyncio.create_subprocess_exec(
             sys.executable,
-            "-m",
-            "bot",
+            *self.command,
             cwd=self.workdir,
             env=self.environment(),
             stdout=asyncio.subprocess.PIPE,
             stderr=asyncio.subprocess.STDOUT,
         )
         self._reader = asyncio.create_task(self._read(self.proc))
-        await self.wait_for_log("logged in as", timeout=STARTUP_TIMEOUT)
 
     async def _read(self, proc: asyncio.subprocess.Process) -> None:
         assert proc.stdout is not None

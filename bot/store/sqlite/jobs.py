@@ -6,7 +6,14 @@ import sqlite3
 from collections.abc import Iterable
 from typing import Any, Unpack
 
-from bot.store.model import NONTERMINAL_STATES, Job, JobFields, JobState, plan_transition
+from bot.store.model import (
+    IN_FLIGHT_STATES,
+    NONTERMINAL_STATES,
+    Job,
+    JobFields,
+    JobState,
+    plan_transition,
+)
 from bot.store.sqlite.connection import SqliteBase, _placeholders
 
 # The `Job` fields in order: the job row's columns, then its ledger row's.
@@ -110,6 +117,23 @@ class JobQueries(SqliteBase):
         """The ids of every `queued` job in queue order: cheap enough to read on every change."""
         rows = await self._fetchall("SELECT id FROM jobs WHERE state = 'queued' ORDER BY queue_seq")
         return [int(r[0]) for r in rows]
+
+    async def count_queued(self) -> int:
+        """Jobs waiting in the bot's own queue (the metrics' queue length)."""
+        row = await self._fetchone("SELECT COUNT(*) FROM jobs WHERE state = 'queued'")
+        return int(row[0]) if row is not None else 0
+
+    async def count_in_flight(self) -> int:
+        """Jobs between leaving the queue and their end (the metrics' jobs in flight)."""
+        row = await self._fetchone(
+            f"SELECT COUNT(*) FROM jobs WHERE state IN ({_placeholders(len(IN_FLIGHT_STATES))})",  # noqa: S608  # only "?" marks are formatted in
+            IN_FLIGHT_STATES,
+        )
+        return int(row[0]) if row is not None else 0
+
+    async def ping(self) -> None:
+        """One trivial query: raises `StoreUnavailable` when the database does not answer."""
+        await self._fetchone("SELECT 1")
 
     async def recent_durations(self, limit: int = 20) -> list[float]:
         """Seconds from submission to completion of the last `limit` delivered jobs, newest

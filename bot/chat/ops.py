@@ -1,0 +1,66 @@
+"""The Discord side of operations: wires the bot's gateway, store and Segmind client into the
+readiness checks and, when `VEO_HTTP_PORT` is set, the ops HTTP server."""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Callable, Coroutine
+from typing import TYPE_CHECKING, Any
+
+from bot.config import SettingsError
+from bot.ops.health import Readiness
+from bot.ops.http import OpsServer
+
+if TYPE_CHECKING:
+    from bot.chat.app import VeoBot
+
+log = logging.getLogger(__name__)
+
+
+async def start_ops(bot: VeoBot) -> OpsServer | None:
+    """Follow the gateway, probe the event loop, and serve HTTP if a port is configured."""
+    assert bot.store is not None and bot.segmind is not None
+    watch = bot.gateway_watch
+    # READY and RESUMED mean connected; discord.py dispatches `disconnect` on every drop.
+    bot.add_listener(_on(watch.up), "on_connect")
+    bot.add_listener(_on(watch.up), "on_resumed")
+    bot.add_listener(_on(watch.down), "on_disconnect")
+    bot.metrics.start_loop_probe()
+    port = bot.settings.veo_http_port
+    if port is None:
+        return None
+    store, segmind = bot.store, bot.segmind
+    readiness = Readiness(
+        bot,
+        watch,
+        db_ping=store.ping,
+        segmind_answered_at=lambda: bot.metrics.segmind_last_answer,
+        probe_segmind=segmind.credits,
+    )
+    server = OpsServer(readiness, bot.metrics, store)
+    host = bot.settings.veo_http_host
+    try:
+        await server.start(host, port)
+    except OSError as exc:
+        # Stop with one line naming the setting: a bot whose health check cannot be served
+        # would be restarted by its container runtime forever.
+        raise SettingsError(
+            f"setting VEO_HTTP_PORT: cannot listen on {host}:{port} ({exc.strerror or exc})"
+        ) from None
+    return server
+
+
+async def stop_ops(bot: VeoBot) -> None:
+    if bot.ops is not None:
+        await bot.ops.stop()
+        bot.ops = None
+    await bot.metrics.stop_loop_probe()
+
+
+def _on(action: Callable[[], None]) -> Callable[..., Coroutine[Any, Any, None]]:
+    """A discord.py listener (a coroutine function) that runs a plain call."""
+
+    async def listener(*_args: object) -> None:
+        action()
+
+    return listener
