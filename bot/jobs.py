@@ -33,8 +33,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Literal, Protocol
 
-from bot.chat.presenter import Progress, Stage
 from bot.params import VeoParams
+from bot.progress import Progress, Stage
 from bot.quota import LimitDefaults, Refusal
 from bot.segmind import client as sm
 from bot.store import IN_FLIGHT_STATES, Job, ReleaseReason, ReserveRequest, Store

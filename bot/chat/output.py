@@ -30,8 +30,6 @@ import discord
 from bot.chat import reports
 from bot.chat.presenter import (
     Delivered,
-    Progress,
-    Stage,
     failure_text,
     final_text,
     progress_text,
@@ -40,6 +38,7 @@ from bot.chat.presenter import (
 )
 from bot.jobs import Finished, OutputUnavailable, Receipt, checkpoint_route, params_of
 from bot.media.encode import UploadPlan, plan_upload
+from bot.progress import Progress, Stage
 from bot.store import Job
 
 if TYPE_CHECKING:
