@@ -16,7 +16,8 @@ from pathlib import Path
 from typing import NoReturn, TextIO
 
 from bot.config import Settings, SettingsError, load_settings
-from bot.params import ALLOWED_VALUES, InvalidParams, VeoParams, parse_params
+from bot.params import ALLOWED_VALUES, Aspect, InvalidParams, Resolution, VeoParams
+from bot.request import ImageSource, VeoRequest, resolve_params
 from bot.segmind.client import (
     JobResult,
     SegmindClient,
@@ -65,18 +66,17 @@ def build_generate_parser() -> argparse.ArgumentParser:
 
 def params_from_args(args: argparse.Namespace, settings: Settings) -> VeoParams:
     """Command-line options over the settings' /veo defaults; `InvalidParams` if out of range."""
-    return parse_params(
-        {
-            "prompt": args.prompt,
-            "aspect_ratio": args.aspect or settings.veo_default_aspect.value,
-            "duration": args.duration or settings.veo_default_duration,
-            "fps": args.fps or settings.veo_default_fps,
-            "resolution": args.resolution or settings.veo_default_resolution.value,
-            "generate_audio": bool(args.audio),
-            "seed": args.seed,
-            "image_url": args.image_url,
-        }
+    request = VeoRequest(
+        prompt=args.prompt,
+        aspect=Aspect(args.aspect) if args.aspect else None,
+        duration=args.duration,
+        fps=args.fps,
+        resolution=Resolution(args.resolution) if args.resolution else None,
+        audio=bool(args.audio),  # a flag: absent means no soundtrack, whatever the server's /veo
+        seed=args.seed,
+        image=ImageSource(args.image_url) if args.image_url else None,
     )
+    return resolve_params(request, settings)
 
 
 class ProgressLine:

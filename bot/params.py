@@ -15,6 +15,7 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_valida
 
 MODEL_SLUG = "veo-3-fast"
 PROMPT_MAX_CHARS = 4000  # Veo accepts about 1,024 tokens; 4,000 characters stays well inside it.
+SEED_MAX = 2**32 - 1  # Segmind's seed is an unsigned 32-bit integer; 0 lets it pick
 
 
 class Aspect(StrEnum):
@@ -57,7 +58,7 @@ class VeoParams(BaseModel):
     fps: Fps = 24
     resolution: Resolution = Resolution.HD
     generate_audio: bool = False
-    seed: int = Field(default=0, ge=0, le=2**32 - 1)
+    seed: int = Field(default=0, ge=0, le=SEED_MAX)
     image_url: str | None = None
 
     @field_validator("prompt")
@@ -107,7 +108,7 @@ def describe_error(error: ValidationError) -> InvalidParams:
         else:
             message = "The prompt is empty — describe the video you want."
     elif field == "seed":
-        message = "`seed` must be a whole number from 0 to 4294967295 (0 picks one at random)."
+        message = f"`seed` must be a whole number from 0 to {SEED_MAX} (0 picks one at random)."
     elif field == "image_url":
         message = "`image_url` must be an http(s) URL."
     elif first.get("type") == "extra_forbidden":

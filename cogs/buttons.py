@@ -21,10 +21,12 @@ from typing import TYPE_CHECKING, Any, ClassVar, Self
 import discord
 from discord.ext import commands
 
-from bot.chat.intake import ImageSource, defer_public, refuse, start_job
+from bot.chat.intake import defer_public, refuse, start_job
 from bot.chat.presenter import NOT_CANCELLABLE, cancelled_text
 from bot.chat.replies import accepting_work, send_ephemeral, unexpected
 from bot.jobs import may_act_on, params_of
+from bot.params import PROMPT_MAX_CHARS
+from bot.request import VeoRequest
 from bot.store import Job
 
 if TYPE_CHECKING:
@@ -32,23 +34,9 @@ if TYPE_CHECKING:
 
 log = logging.getLogger(__name__)
 
-PROMPT_MAX = 4000  # as /veo's `prompt` option and Discord's text input allow
-
 
 def _is_moderator(interaction: discord.Interaction[VeoBot]) -> bool:
     return interaction.guild is not None and interaction.permissions.manage_guild
-
-
-def _rerun_request(
-    job: Job, prompt: str | None = None
-) -> tuple[dict[str, Any], ImageSource | None]:
-    """The raw request of a new job like `job`: same options, a new seed, maybe a new prompt."""
-    raw = params_of(job).model_dump(mode="json")
-    raw["seed"] = 0  # start_job picks a fresh one and shows it
-    if prompt is not None:
-        raw["prompt"] = prompt
-    image_url = raw.pop("image_url", None)
-    return raw, ImageSource(image_url) if image_url else None
 
 
 async def _start_again(
@@ -61,8 +49,7 @@ async def _start_again(
     if job is None:
         await refuse(interaction, "That video is no longer in the bot's records.")
         return
-    raw, image = _rerun_request(job, prompt)
-    new_id = await start_job(bot, interaction, raw, image=image, aspect_given=True)
+    new_id = await start_job(bot, interaction, VeoRequest.again(params_of(job), prompt))
     if new_id is not None:
         log.info("job %s started from job %s by user %s", new_id, job_id, interaction.user.id)
 
@@ -158,8 +145,8 @@ def edit_prompt_modal(job_id: int, prompt: str) -> discord.ui.Modal:
         discord.ui.TextInput(
             label="Prompt",
             style=discord.TextStyle.paragraph,
-            default=prompt[:PROMPT_MAX],
-            max_length=PROMPT_MAX,
+            default=prompt[:PROMPT_MAX_CHARS],
+            max_length=PROMPT_MAX_CHARS,
             custom_id="prompt",
         )
     )

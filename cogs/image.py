@@ -21,8 +21,6 @@ from discord import app_commands
 from discord.ext import commands
 
 from bot.chat.intake import (
-    ImageSource,
-    default_params,
     defer_public,
     find_image,
     reply_quietly,
@@ -38,6 +36,7 @@ from bot.chat.presenter import (
 )
 from bot.chat.replies import send_ephemeral, unexpected
 from bot.params import PROMPT_MAX_CHARS, Aspect
+from bot.request import ImageSource, VeoRequest
 
 if TYPE_CHECKING:
     from bot.chat.app import VeoBot
@@ -95,11 +94,9 @@ class AnimateModal(discord.ui.Modal):
         # Discord allows 3 s for the first answer: acknowledge before any I/O.
         await defer_public(interaction)
         choice = self.aspect.values[0] if self.aspect.values else FOLLOW_IMAGE
-        raw = default_params(self.bot.settings, self.prompt.value)
-        aspect_given = choice != FOLLOW_IMAGE
-        if aspect_given:
-            raw["aspect_ratio"] = choice
-        await start_job(self.bot, interaction, raw, image=self.image, aspect_given=aspect_given)
+        aspect = None if choice == FOLLOW_IMAGE else Aspect(choice)
+        request = VeoRequest(prompt=self.prompt.value, aspect=aspect, image=self.image)
+        await start_job(self.bot, interaction, request)
 
     async def on_error(  # type: ignore[override]
         self, interaction: discord.Interaction[VeoBot], error: Exception
@@ -165,8 +162,7 @@ class ImageToVideo(commands.Cog):
         if not prompt:
             await reply_quietly(message, NO_PROMPT)
             return
-        raw = default_params(self.bot.settings, prompt)
-        await start_job_from_message(self.bot, message, raw, image=image, aspect_given=False)
+        await start_job_from_message(self.bot, message, VeoRequest(prompt=prompt, image=image))
 
     async def _replied_image(self, message: discord.Message) -> ImageSource | None:
         """The image of the message replied to; fetched again when the gateway's copy may lack
