@@ -29,11 +29,10 @@ import logging
 import time
 from collections.abc import Awaitable, Callable
 from contextvars import ContextVar
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Literal, Protocol
 
-from bot.params import VeoParams
 from bot.progress import Progress, Stage
 from bot.quota import LimitDefaults, Refusal
 from bot.segmind import client as sm
@@ -46,30 +45,10 @@ DELIVERY_ATTEMPTS = 4  # transient Discord trouble (5xx, timeouts) is retried, l
 DELIVERY_BACKOFF = 2.0  # seconds before the 2nd attempt; doubles each time
 
 
-@dataclass(frozen=True)
-class NewJob:
-    """A member's request, validated and acknowledged, not yet reserved."""
-
-    guild_id: int
-    channel_id: int
-    user_id: int
-    role_ids: tuple[int, ...]
-    params: VeoParams
-    interaction_token: str | None
-    interaction_created_at: float | None
-    message_id: int | None
-    upload_limit: int | None
-
-
 def may_act_on(job: Job | None, actor_id: int, *, moderator: bool) -> bool:
     """Cancel or delete: the requester, or a moderator (Manage Server). A job the database no
     longer knows is a moderator's call only."""
     return moderator or (job is not None and job.user_id == actor_id)
-
-
-def params_of(job: Job) -> VeoParams:
-    """The parameters a job was reserved with (validated again: the row is just JSON)."""
-    return VeoParams.model_validate(job.params)
 
 
 @dataclass(frozen=True)
@@ -207,28 +186,11 @@ class JobService:
             await asyncio.gather(*self._tasks.values(), return_exceptions=True)
         self._tasks.clear()
 
-    async def enqueue(self, new: NewJob) -> int | Refusal:
+    async def enqueue(self, request: ReserveRequest) -> int | Refusal:
         """Check the limits and queue the job in one transaction; returns its id or why not.
 
         Raises `StoreUnavailable` when the database cannot be used (the caller refuses)."""
-        outcome = await self.store.reserve(
-            ReserveRequest(
-                guild_id=new.guild_id,
-                channel_id=new.channel_id,
-                user_id=new.user_id,
-                role_ids=new.role_ids,
-                prompt=new.params.prompt,
-                params_json=new.params.model_dump_json(),
-                image_url=new.params.image_url,
-                now=self.clock(),
-                interaction_token=new.interaction_token,
-                interaction_created_at=new.interaction_created_at,
-                placeholder_channel_id=new.channel_id,
-                placeholder_message_id=new.message_id,
-                upload_limit=new.upload_limit,
-            ),
-            self.limit_defaults,
-        )
+        outcome = await self.store.reserve(replace(request, now=self.clock()), self.limit_defaults)
         if isinstance(outcome, Refusal):
             return outcome
         self.wake()
@@ -328,10 +290,9 @@ class JobService:
     async def _run_new(self, job_id: int) -> None:
         job = await self._job(job_id)
         await self._progress(job, Progress(Stage.SUBMITTING))
-        params = params_of(job)
         self._submitting.add(job_id)
         try:
-            submitted = await self.segmind.submit(params)
+            submitted = await self.segmind.submit(job.params_model)
         except sm.SubmitUncertain as exc:
             await self._unknown(job, exc)
             return

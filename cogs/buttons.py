@@ -24,7 +24,7 @@ from discord.ext import commands
 from bot.chat.intake import defer_public, refuse, start_job
 from bot.chat.presenter import NOT_CANCELLABLE, cancelled_text
 from bot.chat.replies import accepting_work, send_ephemeral, unexpected
-from bot.jobs import may_act_on, params_of
+from bot.jobs import may_act_on
 from bot.params import PROMPT_MAX_CHARS
 from bot.request import VeoRequest
 from bot.store import Job
@@ -49,7 +49,7 @@ async def _start_again(
     if job is None:
         await refuse(interaction, "That video is no longer in the bot's records.")
         return
-    new_id = await start_job(bot, interaction, VeoRequest.again(params_of(job), prompt))
+    new_id = await start_job(bot, interaction, VeoRequest.again(job.params_model, prompt))
     if new_id is not None:
         log.info("job %s started from job %s by user %s", new_id, job_id, interaction.user.id)
 
@@ -106,7 +106,7 @@ class CancelButton(_JobButton, template=r"veo:cancel:(?P<job>[0-9]+)"):
             await bot.output.retire(self.job_id)
             by_moderator = interaction.user.id != result.job.user_id
             await interaction.edit_original_response(
-                content=cancelled_text(params_of(result.job), by_moderator=by_moderator),
+                content=cancelled_text(result.job.params_model, by_moderator=by_moderator),
                 view=None,
                 allowed_mentions=discord.AllowedMentions.none(),
             )
@@ -186,7 +186,9 @@ class EditPromptButton(_JobButton, template=r"veo:edit:(?P<job>[0-9]+)"):
         if job is None:
             await send_ephemeral(interaction, "That video is no longer in the bot's records.")
             return
-        await interaction.response.send_modal(edit_prompt_modal(self.job_id, params_of(job).prompt))
+        await interaction.response.send_modal(
+            edit_prompt_modal(self.job_id, job.params_model.prompt)
+        )
 
 
 class DeleteButton(_JobButton, template=r"veo:delete:(?P<job>[0-9]+)"):

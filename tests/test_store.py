@@ -4,7 +4,6 @@ and contention (many truly concurrent reservations, on one connection and on two
 from __future__ import annotations
 
 import asyncio
-import json
 import sqlite3
 from collections.abc import AsyncIterator
 from pathlib import Path
@@ -12,6 +11,7 @@ from pathlib import Path
 import aiosqlite
 import pytest
 
+from bot.params import VeoParams
 from bot.quota import GuildLimits, LimitDefaults, LimitOverride, Refusal
 from bot.store import (
     LEGAL_TRANSITIONS,
@@ -70,15 +70,12 @@ def request(
     prompt: str = "a red fox in the snow",
     **extra: object,
 ) -> ReserveRequest:
-    params = {"prompt": prompt, "duration": 8}
     return ReserveRequest(
         guild_id=guild_id,
         channel_id=CHANNEL,
         user_id=user_id,
         role_ids=role_ids,
-        prompt=prompt,
-        params_json=json.dumps(params),
-        image_url=None,
+        params=VeoParams(prompt=prompt, duration=8),
         now=now,
         **extra,  # type: ignore[arg-type]
     )

@@ -21,12 +21,11 @@ from typing import TYPE_CHECKING
 import discord
 
 from bot.chat.reports import message_url
-from bot.jobs import NewJob
 from bot.media.images import ImageRejected, inspect_image
 from bot.params import InvalidParams, VeoParams
 from bot.quota import Refusal, render_refusal
 from bot.request import ImageSource, VeoRequest, resolve_params
-from bot.store import StoreUnavailable
+from bot.store import ReserveRequest, StoreUnavailable
 
 if TYPE_CHECKING:
     from bot.chat.app import VeoBot
@@ -97,17 +96,17 @@ async def prepare_params(bot: VeoBot, request: VeoRequest) -> VeoParams:
         raise Refused(exc.user_message) from None
 
 
-async def reserve(bot: VeoBot, new: NewJob) -> int:
+async def reserve(bot: VeoBot, request: ReserveRequest) -> int:
     """Check the limits and queue; returns the job id or raises `Refused`."""
     assert bot.jobs is not None
     try:
-        outcome = await bot.jobs.enqueue(new)
+        outcome = await bot.jobs.enqueue(request)
     except StoreUnavailable:
-        log.exception("database unavailable; refusing a job from user %s", new.user_id)
+        log.exception("database unavailable; refusing a job from user %s", request.user_id)
         raise Refused(STORE_DOWN) from None
     if isinstance(outcome, Refusal):
         raise Refused(await _with_link(bot, outcome))
-    log.info("job %s queued for user %s in guild %s", outcome, new.user_id, new.guild_id)
+    log.info("job %s queued for user %s in guild %s", outcome, request.user_id, request.guild_id)
     return outcome
 
 
@@ -124,7 +123,7 @@ async def _with_link(bot: VeoBot, refusal: Refusal) -> str:
 async def _start(
     bot: VeoBot,
     request: VeoRequest,
-    build: Callable[[VeoParams], Awaitable[NewJob]],
+    build: Callable[[VeoParams], Awaitable[ReserveRequest]],
     refuse_with: Callable[[str], Awaitable[None]],
 ) -> int | None:
     try:
@@ -158,8 +157,8 @@ async def start_job(
         return None
     guild_id, channel_id = interaction.guild.id, interaction.channel_id
 
-    async def build(params: VeoParams) -> NewJob:
-        return NewJob(
+    async def build(params: VeoParams) -> ReserveRequest:
+        return ReserveRequest(
             guild_id=guild_id,
             channel_id=channel_id,
             user_id=interaction.user.id,
@@ -167,7 +166,8 @@ async def start_job(
             params=params,
             interaction_token=interaction.token,
             interaction_created_at=interaction.created_at.timestamp(),
-            message_id=await placeholder_id(interaction),
+            placeholder_channel_id=channel_id,
+            placeholder_message_id=await placeholder_id(interaction),
             upload_limit=interaction.filesize_limit,
         )
 
@@ -249,16 +249,15 @@ async def start_job_from_message(
     if placeholder is None:
         return None
 
-    async def build(params: VeoParams) -> NewJob:
-        return NewJob(
+    async def build(params: VeoParams) -> ReserveRequest:
+        return ReserveRequest(
             guild_id=guild.id,
             channel_id=message.channel.id,
             user_id=message.author.id,
             role_ids=member_role_ids(message.author),
             params=params,
-            interaction_token=None,
-            interaction_created_at=None,
-            message_id=placeholder.id,
+            placeholder_channel_id=message.channel.id,
+            placeholder_message_id=placeholder.id,
             upload_limit=guild.filesize_limit,
         )
 

@@ -36,7 +36,7 @@ from bot.chat.presenter import (
     source_image_embed,
     with_cancel_note,
 )
-from bot.jobs import Finished, OutputUnavailable, Receipt, checkpoint_route, params_of
+from bot.jobs import Finished, OutputUnavailable, Receipt, checkpoint_route
 from bot.media.encode import UploadPlan, plan_upload
 from bot.progress import Progress, Stage
 from bot.store import Job
@@ -136,7 +136,7 @@ class DiscordOutput:
     async def progress(self, job: Job, progress: Progress) -> None:
         if job.id in self._closed:
             return
-        text = progress_text(params_of(job), progress, demo=self.demo)
+        text = progress_text(job.params_model, progress, demo=self.demo)
         if progress.stage in (Stage.SUBMITTING, Stage.WAITING, Stage.GENERATING):
             text = with_cancel_note(text)
         throttle = self._throttles.setdefault(job.id, _Throttle())
@@ -187,7 +187,7 @@ class DiscordOutput:
     # ------------------------------------------------------------------------------ endings
 
     async def failed(self, job: Job, message: str) -> None:
-        text = failure_text(params_of(job), message, job_id=job.id)
+        text = failure_text(job.params_model, message, job_id=job.id)
         await self._final(
             job,
             content=text,
@@ -235,7 +235,7 @@ class DiscordOutput:
             def message(plan: UploadPlan) -> tuple[str, list[discord.File]]:
                 text = final_text(
                     Delivered(
-                        params=params_of(job),
+                        params=job.params_model,
                         took=finished.took,
                         cost=finished.cost,
                         attached=plan.path is not None,

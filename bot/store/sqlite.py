@@ -35,12 +35,13 @@ import time
 from collections.abc import AsyncIterator, Callable, Iterable, Sequence
 from contextlib import asynccontextmanager
 from dataclasses import asdict, dataclass
-from functools import partial
+from functools import lru_cache, partial
 from pathlib import Path
 from typing import Any, Literal, TypeVar, cast, get_args
 
 import aiosqlite
 
+from bot.params import VeoParams
 from bot.quota import (
     DAY_SECONDS,
     Allowed,
@@ -395,9 +396,17 @@ class Job:
         return cast(dict[str, Any], json.loads(self.params_json))
 
     @property
+    def params_model(self) -> VeoParams:
+        """The parameters the job was reserved with, decoded once per distinct row text."""
+        return _decode_params(self.params_json)
+
+    @property
     def terminal(self) -> bool:
         return self.state in TERMINAL_STATES
 
+
+# VeoParams is frozen, so one decoded value can serve every reader of the same row.
+_decode_params = lru_cache(maxsize=1024)(VeoParams.model_validate_json)
 
 _JOB_COLUMNS = (
     "j.id, j.guild_id, j.channel_id, j.user_id, j.prompt, j.params, j.image_url, j.request_id, "
@@ -416,16 +425,15 @@ def _job(row: sqlite3.Row | tuple[Any, ...]) -> Job:
 
 @dataclass(frozen=True, slots=True)
 class ReserveRequest:
-    """A member asking for one video. `role_ids` are the member's roles in that guild."""
+    """A member's request, validated and acknowledged, not yet reserved: what `reserve` needs
+    to check the limits and create the job. `role_ids` are the member's roles in that guild."""
 
     guild_id: int
     channel_id: int
     user_id: int
     role_ids: frozenset[int] | tuple[int, ...]
-    prompt: str
-    params_json: str
-    image_url: str | None
-    now: float
+    params: VeoParams
+    now: float | None = None  # None: the store's clock
     estimated_cost: float | None = None  # defaults to the configured price per job
     exempt: bool = False  # no count limit, as if holding an exempt role (e.g. a moderator)
     interaction_token: str | None = None
@@ -676,9 +684,8 @@ def _snapshot(
 
 
 def _reserve(
-    conn: sqlite3.Connection, request: ReserveRequest, defaults: LimitDefaults
+    conn: sqlite3.Connection, request: ReserveRequest, defaults: LimitDefaults, now: float
 ) -> Reserved | Refusal:
-    now = request.now
     limits, block, reset_at = _load_limits(
         conn, request.guild_id, request.user_id, request.role_ids, defaults, request.exempt
     )
@@ -700,9 +707,9 @@ def _reserve(
             request.guild_id,
             request.channel_id,
             request.user_id,
-            request.prompt,
-            request.params_json,
-            request.image_url,
+            request.params.prompt,
+            request.params.model_dump_json(),
+            request.params.image_url,
             now,
             now,
             request.interaction_token,
@@ -886,7 +893,8 @@ class Store:
 
         Raises `StoreUnavailable` when the database cannot be used: refuse, never proceed.
         """
-        return await self._run(partial(_reserve, request=request, defaults=defaults))
+        now = self._now(request.now)
+        return await self._run(partial(_reserve, request=request, defaults=defaults, now=now))
 
     async def quota_view(
         self,
