@@ -44,7 +44,6 @@ async def _start_again(
 ) -> None:
     """Deferred already: a new job like `job_id`, through the same flow and limits as /veo."""
     bot = interaction.client
-    assert bot.jobs is not None
     job = await bot.jobs.get(job_id)
     if job is None:
         await refuse(interaction, "That video is no longer in the bot's records.")
@@ -96,7 +95,6 @@ class CancelButton(_JobButton, template=r"veo:cancel:(?P<job>[0-9]+)"):
 
     async def callback(self, interaction: discord.Interaction[VeoBot]) -> None:  # type: ignore[override]
         bot = interaction.client
-        assert bot.jobs is not None and bot.output is not None
         await interaction.response.defer()
         moderator = _is_moderator(interaction)
         result = await bot.jobs.cancel(
@@ -179,7 +177,6 @@ class EditPromptButton(_JobButton, template=r"veo:edit:(?P<job>[0-9]+)"):
 
     async def callback(self, interaction: discord.Interaction[VeoBot]) -> None:  # type: ignore[override]
         jobs = interaction.client.jobs
-        assert jobs is not None
         # A modal must be the first answer, so this one read comes before it (one indexed
         # SELECT, far inside the 3 s).
         job = await jobs.get(self.job_id)
@@ -200,7 +197,6 @@ class DeleteButton(_JobButton, template=r"veo:delete:(?P<job>[0-9]+)"):
 
     async def callback(self, interaction: discord.Interaction[VeoBot]) -> None:  # type: ignore[override]
         jobs = interaction.client.jobs
-        assert jobs is not None
         await interaction.response.defer(ephemeral=True, thinking=True)
         job = await jobs.get(self.job_id)
         if not may_act_on(job, interaction.user.id, moderator=_is_moderator(interaction)):
@@ -253,12 +249,10 @@ class Buttons(commands.Cog):
         self.bot = bot
 
     async def cog_load(self) -> None:
-        if self.bot.output is not None:
-            self.bot.output.components = Components()
+        self.bot.output.components = Components()
 
     async def cog_unload(self) -> None:
-        if self.bot.output is not None:
-            self.bot.output.components = None
+        self.bot.output.components = None
 
     @commands.Cog.listener()
     async def on_interaction(self, interaction: discord.Interaction[VeoBot]) -> None:

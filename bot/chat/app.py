@@ -2,9 +2,11 @@
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import time
 from collections.abc import Callable
+from dataclasses import dataclass
 
 import aiohttp
 import discord
@@ -59,6 +61,17 @@ class VeoTree(app_commands.CommandTree["VeoBot"]):
         await send_ephemeral(interaction, text)
 
 
+@dataclass(frozen=True)
+class Services:
+    """What the bot runs on, built together in `setup_hook`."""
+
+    store: Store
+    segmind: sm.SegmindClient
+    jobs: JobService
+    output: DiscordOutput
+    session: aiohttp.ClientSession
+
+
 class VeoBot(commands.Bot):
     def __init__(self, settings: Settings, *, clock: Callable[[], float] = time.time) -> None:
         intents = discord.Intents.none()
@@ -82,24 +95,63 @@ class VeoBot(commands.Bot):
         )
         self.settings = settings
         self.clock = clock
-        self.store: Store | None = None
-        self.segmind: sm.SegmindClient | None = None
-        self.jobs: JobService | None = None
-        self.output: DiscordOutput | None = None
-        # Shared by everything that fetches from the web (input images), closed in close().
-        self.session: aiohttp.ClientSession | None = None
-        self._fake: object | None = None
+        self._services: Services | None = None
+        # Whatever setup_hook opened, closed by close() in reverse order, even after a failed
+        # start-up.
+        self._resources = contextlib.AsyncExitStack()
 
     @property
     def demo(self) -> bool:
         return self.settings.demo_mode
 
+    # The services exist from setup_hook on, before any command or event can arrive; reading
+    # one earlier is a bug, not a state to check for.
+    @property
+    def services(self) -> Services:
+        if self._services is None:
+            raise RuntimeError("the bot's services are used before setup_hook built them")
+        return self._services
+
+    @property
+    def store(self) -> Store:
+        return self.services.store
+
+    @property
+    def segmind(self) -> sm.SegmindClient:
+        return self.services.segmind
+
+    @property
+    def jobs(self) -> JobService:
+        return self.services.jobs
+
+    @property
+    def output(self) -> DiscordOutput:
+        return self.services.output
+
+    @property
+    def session(self) -> aiohttp.ClientSession:
+        """Shared by everything that fetches from the web (input images)."""
+        return self.services.session
+
     async def setup_hook(self) -> None:
+        jobs = (await self.open_services()).jobs
+        for extension in EXTENSIONS:
+            await self.load_extension(extension)
+        await self._sync_commands()
+        self._log_invite()
+        await jobs.start()
+
+    async def open_services(self) -> Services:
+        """Open the store, the Segmind client (or the demo fake) and build the lifecycle and
+        the output — no Discord I/O yet, so the cogs can be loaded on top of them in tests."""
         settings = self.settings
-        self.session = aiohttp.ClientSession()
-        self.store = await Store.open(settings.veo_db_path)
+        resources = self._resources
+        session = aiohttp.ClientSession()
+        resources.push_async_callback(session.close)
+        store = await Store.open(settings.veo_db_path)
+        resources.push_async_callback(store.close)
         base_url, key = await self._segmind_endpoint()
-        self.segmind = sm.SegmindClient(
+        segmind = sm.SegmindClient(
             key,
             base_url,
             max_rpm=settings.segmind_max_rpm,
@@ -108,17 +160,19 @@ class VeoBot(commands.Bot):
             poll_ceiling=settings.veo_poll_ceiling,
             job_deadline=settings.veo_job_deadline,
         )
-        self.output = DiscordOutput(
+        resources.push_async_callback(segmind.close)
+        output = DiscordOutput(
             self,
+            log_channel=store.get_log_channel,
             edit_interval=settings.veo_edit_interval,
             mention_on_ready=settings.veo_mention_on_ready,
             demo=self.demo,
             clock=self.clock,
         )
-        self.jobs = JobService(
-            self.store,
-            self.segmind,
-            self.output,
+        jobs = JobService(
+            store,
+            segmind,
+            output,
             limit_defaults=LimitDefaults.from_settings(settings),
             max_concurrent=settings.veo_max_concurrent_jobs,
             work_dir=settings.veo_work_dir,
@@ -126,11 +180,8 @@ class VeoBot(commands.Bot):
             deadline=settings.veo_job_deadline,
             clock=self.clock,
         )
-        for extension in EXTENSIONS:
-            await self.load_extension(extension)
-        await self._sync_commands()
-        self._log_invite()
-        await self.jobs.start()
+        self._services = Services(store, segmind, jobs, output, session)
+        return self._services
 
     async def _segmind_endpoint(self) -> tuple[str, str]:
         settings = self.settings
@@ -145,7 +196,7 @@ class VeoBot(commands.Bot):
             api_key=DEMO_KEY, queue_seconds=demo_seconds * 0.15, processing_seconds=demo_seconds
         )
         await fake.start(host="127.0.0.1", port=0)
-        self._fake = fake
+        self._resources.push_async_callback(fake.stop)
         banner = "=" * 72
         log.warning(
             "\n%s\nDEMO MODE: no SEGMIND_API_KEY is set. A built-in fake Segmind serves test\n"
@@ -189,15 +240,7 @@ class VeoBot(commands.Bot):
         every `@Veo …` would be parsed as a command and logged as CommandNotFound."""
 
     async def close(self) -> None:
-        if self.jobs is not None:
-            await self.jobs.stop()
+        if self._services is not None:
+            await self._services.jobs.stop()
         await super().close()
-        if self.segmind is not None:
-            await self.segmind.close()
-        if self.store is not None:
-            await self.store.close()
-        if self.session is not None:
-            await self.session.close()
-        stop = getattr(self._fake, "stop", None)
-        if stop is not None:
-            await stop()
+        await self._resources.aclose()

@@ -77,7 +77,6 @@ async def prepare_params(bot: VeoBot, request: VeoRequest) -> VeoParams:
     image_aspect = None
     if request.image is not None:
         image = request.image
-        assert bot.session is not None
         try:
             info = await inspect_image(
                 bot.session,
@@ -98,7 +97,6 @@ async def prepare_params(bot: VeoBot, request: VeoRequest) -> VeoParams:
 
 async def reserve(bot: VeoBot, request: ReserveRequest) -> int:
     """Check the limits and queue; returns the job id or raises `Refused`."""
-    assert bot.jobs is not None
     try:
         outcome = await bot.jobs.enqueue(request)
     except StoreUnavailable:
@@ -113,7 +111,7 @@ async def reserve(bot: VeoBot, request: ReserveRequest) -> int:
 async def _with_link(bot: VeoBot, refusal: Refusal) -> str:
     """The refusal, with a link to the job still in progress when that is the reason."""
     text = render_refusal(refusal)
-    if refusal.kind != "concurrency" or refusal.in_flight_job_id is None or bot.jobs is None:
+    if refusal.kind != "concurrency" or refusal.in_flight_job_id is None:
         return text
     job = await bot.jobs.get(refusal.in_flight_job_id)
     link = message_url(job) if job is not None else None

@@ -20,9 +20,9 @@ from __future__ import annotations
 import asyncio
 import logging
 import time
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Any, Protocol
+from typing import Any, Protocol
 
 import aiohttp
 import discord
@@ -40,9 +40,6 @@ from bot.jobs import Finished, OutputUnavailable, Receipt, checkpoint_route
 from bot.media.encode import UploadPlan, plan_upload
 from bot.progress import Progress, Stage
 from bot.store import Job
-
-if TYPE_CHECKING:
-    from bot.chat.app import VeoBot
 
 log = logging.getLogger(__name__)
 
@@ -78,14 +75,16 @@ class DiscordOutput:
 
     def __init__(
         self,
-        bot: VeoBot,
+        client: discord.Client,
         *,
+        log_channel: Callable[[int], Awaitable[int | None]],
         edit_interval: float,
         mention_on_ready: bool,
         demo: bool,
         clock: Callable[[], float] = time.time,
     ) -> None:
-        self.bot = bot
+        self.client = client
+        self.log_channel = log_channel  # a guild's moderator log channel, if it set one
         self.edit_interval = edit_interval
         self.mention_on_ready = mention_on_ready
         self.demo = demo
@@ -106,11 +105,10 @@ class DiscordOutput:
         self._drop_pending(job.id)
         self._locks.pop(job.id, None)
         self._closed.discard(job.id)
-        store = self.bot.store
-        channel_id = await store.get_log_channel(job.guild_id) if store is not None else None
+        channel_id = await self.log_channel(job.guild_id)
         if channel_id is None:
             return
-        channel = self.bot.get_partial_messageable(channel_id, guild_id=job.guild_id)
+        channel = self.client.get_partial_messageable(channel_id, guild_id=job.guild_id)
         try:
             await channel.send(
                 reports.log_line(job), allowed_mentions=discord.AllowedMentions.none()
@@ -203,7 +201,7 @@ class DiscordOutput:
         # The live interaction's limit (boosts included); with no usable token the upload goes
         # with the bot token, so the guild's own limit applies.
         token_alive = self._token_alive(job)
-        guild = self.bot.get_guild(job.guild_id)
+        guild = self.client.get_guild(job.guild_id)
         limit = (
             job.upload_limit
             if token_alive and job.upload_limit
@@ -327,7 +325,7 @@ class DiscordOutput:
                     raise
                 log.info("job %s: placeholder unusable (%s), posting anew", job.id, exc.code)
             files = _fresh(files)
-        channel = self.bot.get_partial_messageable(job.channel_id, guild_id=job.guild_id)
+        channel = self.client.get_partial_messageable(job.channel_id, guild_id=job.guild_id)
         try:
             await checkpoint("channel-post")
             message = await channel.send(
@@ -344,7 +342,7 @@ class DiscordOutput:
             log.info("job %s: cannot post in channel (%s), sending a DM", job.id, exc.code)
         files = _fresh(files)
         await checkpoint("dm")
-        user = await self.bot.fetch_user(job.user_id)
+        user = await self.client.fetch_user(job.user_id)
         message = await user.send(
             content,
             files=files,
@@ -370,12 +368,12 @@ class DiscordOutput:
                 method = tried if tried in ("interaction", "channel-edit") else "placeholder"
                 return Receipt(message_id=message.id, method=method)
         if tried in ("channel-post", "dm"):
-            channel = self.bot.get_partial_messageable(job.channel_id, guild_id=job.guild_id)
+            channel = self.client.get_partial_messageable(job.channel_id, guild_id=job.guild_id)
             found = await self._search(channel, job)
             if found is not None:
                 return Receipt(message_id=found.id, method="channel-post")
         if tried == "dm":
-            user = await self.bot.fetch_user(job.user_id)
+            user = await self.client.fetch_user(job.user_id)
             found = await self._search(user.dm_channel or await user.create_dm(), job)
             if found is not None:
                 return Receipt(message_id=found.id, method="dm")
@@ -391,14 +389,14 @@ class DiscordOutput:
         try:
             if job.interaction_token and self._token_alive(job):
                 webhook = discord.Webhook.partial(
-                    self.bot.application_id or 0, job.interaction_token, client=self.bot
+                    self.client.application_id or 0, job.interaction_token, client=self.client
                 )
                 try:
                     return await webhook.fetch_message(job.placeholder_message_id)
                 except discord.HTTPException as exc:
                     if not (exc.status == 401 or exc.code == INVALID_WEBHOOK_TOKEN):
                         raise
-            channel = self.bot.get_partial_messageable(job.channel_id, guild_id=job.guild_id)
+            channel = self.client.get_partial_messageable(job.channel_id, guild_id=job.guild_id)
             return await channel.fetch_message(job.placeholder_message_id)
         except discord.HTTPException as exc:
             if _is_gone(exc):
@@ -418,7 +416,7 @@ class DiscordOutput:
 
     def _carries_video(self, job: Job, message: discord.Message) -> bool:
         """Our message with this job's video attached, or its link."""
-        if self.bot.user is not None and message.author.id != self.bot.user.id:
+        if self.client.user is not None and message.author.id != self.client.user.id:
             return False
         if any(a.filename == f"veo-{job.id}.mp4" for a in message.attachments):
             return True
@@ -432,7 +430,7 @@ class DiscordOutput:
             return "none"
         if job.interaction_token and self._token_alive(job):
             webhook = discord.Webhook.partial(
-                self.bot.application_id or 0, job.interaction_token, client=self.bot
+                self.client.application_id or 0, job.interaction_token, client=self.client
             )
             try:
                 await webhook.edit_message(job.placeholder_message_id, **fields)
@@ -443,7 +441,7 @@ class DiscordOutput:
                 log.info("job %s: interaction token expired, editing with the bot token", job.id)
             if "attachments" in fields:
                 fields["attachments"] = _fresh(fields["attachments"])
-        message = self.bot.get_partial_messageable(
+        message = self.client.get_partial_messageable(
             job.channel_id, guild_id=job.guild_id
         ).get_partial_message(job.placeholder_message_id)
         await message.edit(**fields)
