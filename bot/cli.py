@@ -16,7 +16,15 @@ from pathlib import Path
 from typing import NoReturn, TextIO
 
 from bot.config import Settings, SettingsError, load_settings
-from bot.params import ALLOWED_VALUES, Aspect, InvalidParams, Resolution, VeoParams
+from bot.params import (
+    ALLOWED_VALUES,
+    DURATIONS,
+    FPS_VALUES,
+    Aspect,
+    InvalidParams,
+    Resolution,
+    VeoParams,
+)
 from bot.request import ImageSource, VeoRequest, resolve_params
 from bot.segmind.client import (
     JobResult,
@@ -26,7 +34,6 @@ from bot.segmind.client import (
     SubmitUncertain,
 )
 
-DEMO_KEY = "demo-key"
 # The demo fake finishes in about a second; tell the schedule so before the first poll.
 _DEMO_QUEUE_SECONDS = 0.5
 _DEMO_PROCESSING_SECONDS = 2.0
@@ -54,8 +61,8 @@ def build_generate_parser() -> argparse.ArgumentParser:
     )
     parser.add_argument("prompt", help="what the video should show")
     parser.add_argument("--aspect", choices=ALLOWED_VALUES["aspect_ratio"], default=None)
-    parser.add_argument("--duration", type=int, choices=(4, 6, 8), default=None)
-    parser.add_argument("--fps", type=int, choices=(24, 30), default=None)
+    parser.add_argument("--duration", type=int, choices=DURATIONS, default=None)
+    parser.add_argument("--fps", type=int, choices=FPS_VALUES, default=None)
     parser.add_argument("--resolution", choices=ALLOWED_VALUES["resolution"], default=None)
     parser.add_argument("--audio", action="store_true", help="generate a soundtrack")
     parser.add_argument("--seed", type=int, default=0, help="0 picks one at random")
@@ -141,7 +148,7 @@ async def open_client(
         ) as client:
             yield client, False
         return
-    from bot.segmind.fake import FakeSegmind
+    from bot.segmind.fake import DEMO_KEY, FakeSegmind
 
     fake = FakeSegmind(
         api_key=DEMO_KEY,

@@ -62,16 +62,21 @@ class Finished:
     cost: float | None
 
 
+# The ways a video can reach the requester, in the order they are tried: an edit of the
+# placeholder with the interaction token, the same edit with the bot token, a new message in
+# the channel, a DM. Written to the job before each is tried and stored with the receipt.
+DeliveryRoute = Literal["interaction", "channel-edit", "channel-post", "dm"]
+PLACEHOLDER_ROUTES: tuple[DeliveryRoute, ...] = ("interaction", "channel-edit")
+
 # The write-ahead hook of the delivery running in this task: the output awaits it with a route
-# name ("interaction", "channel-edit", "channel-post", "dm") right before trying that route, so
-# a restart knows where the video may already be. A context variable keeps `deliver()`'s
-# signature small, and each job task sees only its own.
-delivery_checkpoint: ContextVar[Callable[[str], Awaitable[None]] | None] = ContextVar(
+# name right before trying that route, so a restart knows where the video may already be. A
+# context variable keeps `deliver()`'s signature small, and each job task sees only its own.
+delivery_checkpoint: ContextVar[Callable[[DeliveryRoute], Awaitable[None]] | None] = ContextVar(
     "delivery_checkpoint", default=None
 )
 
 
-async def checkpoint_route(route: str) -> None:
+async def checkpoint_route(route: DeliveryRoute) -> None:
     """Called by the output before it tries a delivery route (no-op outside a delivery)."""
     hook = delivery_checkpoint.get()
     if hook is not None:
@@ -83,7 +88,7 @@ class Receipt:
     """Where the video ended up; stored with the job."""
 
     message_id: int | None
-    method: str  # "interaction", "channel-edit", "channel-post", "dm", ...
+    method: DeliveryRoute
 
 
 class JobOutput(Protocol):
@@ -376,7 +381,7 @@ class JobService:
             job = await self._job(job.id)
             await self._progress(job, Progress(Stage.UPLOADING))
 
-            async def checkpoint(route: str) -> None:
+            async def checkpoint(route: DeliveryRoute) -> None:
                 await self.store.transition(
                     job.id, ("delivering",), "delivering", delivery_method=route
                 )
@@ -566,21 +571,8 @@ OWNER_ACTIONS: dict[type[BaseException], str] = {
 
 
 def user_message(exc: BaseException) -> str:
-    """The sentence a Discord user sees for a failure; never a traceback or a secret."""
-    if isinstance(exc, sm.ContentBlocked):
-        return f"Veo declined this prompt: {exc.reason}"
-    if isinstance(exc, sm.GenerationFailed):
-        return f"Veo could not make this video: {exc.reason}"
-    if isinstance(exc, sm.InsufficientCredits):
-        return "The bot's Segmind credits ran out — a moderator has been told in the logs."
-    if isinstance(exc, sm.RateLimited):
-        return "Segmind is busy, try again in a few minutes."
-    if isinstance(exc, sm.AuthError):
-        return "The bot's Segmind key was refused — a moderator needs to check the bot's settings."
-    if isinstance(exc, sm.NotFound):
-        return "Segmind no longer has this job (results are kept one hour), so it was dropped."
-    if isinstance(exc, sm.DeadlineExceeded):
-        return "Veo took far longer than usual, so the bot stopped waiting for this video."
+    """The sentence a Discord user sees for a failure; never a traceback or a secret. Segmind's
+    failures carry their own (`SegmindError.user_message`)."""
     if isinstance(exc, sm.SegmindError):
         return exc.user_message
     return "Something went wrong delivering this video."

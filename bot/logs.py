@@ -12,7 +12,7 @@ from collections.abc import Iterable
 
 import discord
 
-MASK = "[redacted]"
+from bot.config import MASK
 
 
 class RedactingFilter(logging.Filter):

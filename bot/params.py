@@ -8,7 +8,7 @@ validation error into a message naming the option and its allowed values).
 from __future__ import annotations
 
 from enum import StrEnum
-from typing import Any, Literal
+from typing import Any, Literal, get_args
 from urllib.parse import urlsplit
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
@@ -38,11 +38,13 @@ class Resolution(StrEnum):
 
 Duration = Literal[4, 6, 8]
 Fps = Literal[24, 30]
+DURATIONS: tuple[int, ...] = get_args(Duration)
+FPS_VALUES: tuple[int, ...] = get_args(Fps)
 
 ALLOWED_VALUES: dict[str, tuple[str, ...]] = {
     "aspect_ratio": tuple(a.value for a in Aspect),
-    "duration": ("4", "6", "8"),
-    "fps": ("24", "30"),
+    "duration": tuple(str(d) for d in DURATIONS),
+    "fps": tuple(str(f) for f in FPS_VALUES),
     "resolution": tuple(r.value for r in Resolution),
 }
 

@@ -28,6 +28,7 @@ from bot.chat.intake import (
     start_job_from_message,
 )
 from bot.chat.presenter import (
+    ASPECT_LABELS,
     MENTION_USAGE,
     NO_IMAGE_MENU,
     NO_PROMPT,
@@ -47,13 +48,6 @@ MENU_NAME = "Animate with Veo"
 MODAL_ID = "veo-animate"
 FOLLOW_IMAGE = "image"
 DEFAULT_PROMPT = "Bring this image to life with natural, gentle motion and a slow camera move."
-ASPECT_LABELS = {
-    Aspect.WIDE: "16:9 landscape",
-    Aspect.VERTICAL: "9:16 vertical",
-    Aspect.SQUARE: "1:1 square",
-    Aspect.CLASSIC: "4:3 classic",
-    Aspect.PORTRAIT_CLASSIC: "3:4 portrait",
-}
 
 
 class AnimateModal(discord.ui.Modal):

@@ -9,21 +9,18 @@ from discord import app_commands
 from discord.ext import commands
 
 from bot.chat.intake import defer_public, image_of, start_job
-from bot.params import PROMPT_MAX_CHARS, SEED_MAX, Aspect, Resolution
+from bot.chat.presenter import ASPECT_LABELS
+from bot.params import DURATIONS, FPS_VALUES, PROMPT_MAX_CHARS, SEED_MAX, Aspect, Resolution
 from bot.request import VeoRequest
 
 if TYPE_CHECKING:
     from bot.chat.app import VeoBot
 
 ASPECT_CHOICES = [
-    app_commands.Choice(name="16:9 landscape", value=Aspect.WIDE.value),
-    app_commands.Choice(name="9:16 vertical", value=Aspect.VERTICAL.value),
-    app_commands.Choice(name="1:1 square", value=Aspect.SQUARE.value),
-    app_commands.Choice(name="4:3 classic", value=Aspect.CLASSIC.value),
-    app_commands.Choice(name="3:4 portrait", value=Aspect.PORTRAIT_CLASSIC.value),
+    app_commands.Choice(name=label, value=aspect.value) for aspect, label in ASPECT_LABELS.items()
 ]
-DURATION_CHOICES = [app_commands.Choice(name=f"{s} seconds", value=s) for s in (4, 6, 8)]
-FPS_CHOICES = [app_commands.Choice(name=f"{f} fps", value=f) for f in (24, 30)]
+DURATION_CHOICES = [app_commands.Choice(name=f"{s} seconds", value=s) for s in DURATIONS]
+FPS_CHOICES = [app_commands.Choice(name=f"{f} fps", value=f) for f in FPS_VALUES]
 RESOLUTION_CHOICES = [
     app_commands.Choice(name="720p", value=Resolution.HD.value),
     app_commands.Choice(name="1080p", value=Resolution.FULL_HD.value),

@@ -35,7 +35,6 @@ INVITE_PERMISSIONS = discord.Permissions(
     attach_files=True,
     read_message_history=True,
 )
-DEMO_KEY = "demo-mode-key"
 
 
 class VeoTree(app_commands.CommandTree["VeoBot"]):
@@ -188,7 +187,7 @@ class VeoBot(commands.Bot):
         if not self.demo:
             assert settings.segmind_api_key is not None
             return settings.segmind_base_url, settings.segmind_api_key.get_secret_value()
-        from bot.segmind.fake import FakeSegmind
+        from bot.segmind.fake import DEMO_KEY, FakeSegmind
 
         # Slow enough that an owner trying the bot sees the placeholder move.
         demo_seconds = settings.veo_demo_seconds

@@ -36,7 +36,14 @@ from bot.chat.presenter import (
     source_image_embed,
     with_cancel_note,
 )
-from bot.jobs import Finished, OutputUnavailable, Receipt, checkpoint_route
+from bot.jobs import (
+    PLACEHOLDER_ROUTES,
+    DeliveryRoute,
+    Finished,
+    OutputUnavailable,
+    Receipt,
+    checkpoint_route,
+)
 from bot.media.encode import UploadPlan, plan_upload
 from bot.progress import Progress, Stage
 from bot.store import Job
@@ -305,21 +312,22 @@ class DiscordOutput:
         delivery: bool,
         **extra: Any,
     ) -> Receipt:
-        async def checkpoint(route: str) -> None:
+        async def checkpoint(route: DeliveryRoute) -> None:
             if delivery:
                 await checkpoint_route(route)
 
         if job.placeholder_message_id is not None:
             try:
-                await checkpoint("placeholder")
-                method = await self._edit(
+                route = await self._edit(
                     job,
+                    checkpoint=checkpoint,
                     content=content,
                     attachments=files,
                     allowed_mentions=allowed_mentions,
                     **extra,
                 )
-                return Receipt(message_id=job.placeholder_message_id, method=method)
+                assert route is not None  # there is a placeholder
+                return Receipt(message_id=job.placeholder_message_id, method=route)
             except discord.HTTPException as exc:
                 if not _is_gone(exc):
                     raise
@@ -365,8 +373,12 @@ class DiscordOutput:
         if job.placeholder_message_id is not None:
             message = await self._fetch_placeholder(job)
             if message is not None and self._carries_video(job, message):
-                method = tried if tried in ("interaction", "channel-edit") else "placeholder"
-                return Receipt(message_id=message.id, method=method)
+                # A database from an earlier version may say just "placeholder" (or nothing):
+                # name the route the placeholder can be edited by now.
+                route = _placeholder_route(tried)
+                if route is None:
+                    route = "interaction" if self._token_alive(job) else "channel-edit"
+                return Receipt(message_id=message.id, method=route)
         if tried in ("channel-post", "dm"):
             channel = self.client.get_partial_messageable(job.channel_id, guild_id=job.guild_id)
             found = await self._search(channel, job)
@@ -424,11 +436,20 @@ class DiscordOutput:
 
     # ------------------------------------------------------------------------------- editing
 
-    async def _edit(self, job: Job, **fields: Any) -> str:
-        """Edit the placeholder; returns which route worked. Raises what the last route raised."""
+    async def _edit(
+        self,
+        job: Job,
+        *,
+        checkpoint: Callable[[DeliveryRoute], Awaitable[None]] | None = None,
+        **fields: Any,
+    ) -> DeliveryRoute | None:
+        """Edit the placeholder; returns which route worked (None: the job has no placeholder).
+        `checkpoint` hears each route before it is tried. Raises what the last route raised."""
         if job.placeholder_message_id is None:
-            return "none"
+            return None
         if job.interaction_token and self._token_alive(job):
+            if checkpoint is not None:
+                await checkpoint("interaction")
             webhook = discord.Webhook.partial(
                 self.client.application_id or 0, job.interaction_token, client=self.client
             )
@@ -444,6 +465,8 @@ class DiscordOutput:
         message = self.client.get_partial_messageable(
             job.channel_id, guild_id=job.guild_id
         ).get_partial_message(job.placeholder_message_id)
+        if checkpoint is not None:
+            await checkpoint("channel-edit")
         await message.edit(**fields)
         return "channel-edit"
 
@@ -468,6 +491,14 @@ def _fresh(files: list[discord.File]) -> list[discord.File]:
             file.reset()
             fresh.append(file)
     return fresh
+
+
+def _placeholder_route(stored: str | None) -> DeliveryRoute | None:
+    """The placeholder route a job's stored `delivery_method` names, if it names one."""
+    for route in PLACEHOLDER_ROUTES:
+        if stored == route:
+            return route
+    return None
 
 
 def _is_gone(exc: discord.HTTPException) -> bool:

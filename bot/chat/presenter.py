@@ -11,13 +11,21 @@ from dataclasses import dataclass
 
 import discord
 
-from bot.params import VeoParams
+from bot.params import Aspect, VeoParams
 from bot.progress import Progress, Stage
 
 _LINE_START = re.compile(r"^(\s*)(#|-#|[-*+]\s)")
 _NUMBERED = re.compile(r"^(\s*\d+)\.(\s)")
 CONTENT_LIMIT = 2000  # Discord's limit on message content.
 PROMPT_SHOWN = 600  # Leaves room for the status lines whatever else the message carries.
+# How each shape is offered to members (/veo's choices, the animate form), in that order.
+ASPECT_LABELS = {
+    Aspect.WIDE: "16:9 landscape",
+    Aspect.VERTICAL: "9:16 vertical",
+    Aspect.SQUARE: "1:1 square",
+    Aspect.CLASSIC: "4:3 classic",
+    Aspect.PORTRAIT_CLASSIC: "3:4 portrait",
+}
 
 
 def safe_prompt(prompt: str, limit: int = PROMPT_SHOWN) -> str:
