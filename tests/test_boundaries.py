@@ -125,3 +125,20 @@ def test_no_import_cycle_in_bot_and_cogs() -> None:
     assert "bot.jobs" in graph and "cogs.veo" in graph  # the walk saw the packages
     assert "bot.store" in graph["bot.jobs"]
     assert cycles(graph) == []
+
+
+def test_bench_and_harness_do_not_import_the_tests() -> None:
+    """The bench and the shared harness stand on their own: `tests/` may change freely."""
+    offenders = []
+    for folder in ("bench", "harness"):
+        for path in (ROOT / folder).rglob("*.py"):
+            for node in ast.walk(ast.parse(path.read_text(encoding="utf-8"))):
+                if isinstance(node, ast.Import):
+                    names = [alias.name for alias in node.names]
+                elif isinstance(node, ast.ImportFrom):
+                    names = [node.module or ""]
+                else:
+                    continue
+                if any(name == "tests" or name.startswith("tests.") for name in names):
+                    offenders.append(f"{path.relative_to(ROOT)}:{node.lineno}")
+    assert offenders == []

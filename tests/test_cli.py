@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import io
-from collections.abc import AsyncIterator
 from pathlib import Path
 
 import pytest
@@ -18,6 +17,7 @@ from bot.cli import (
 )
 from bot.config import Settings, load_settings
 from bot.segmind.fake import FakeSegmind, Fault
+from tests.conftest import StartFake
 
 KEY = "cli-test-key-0123456789"
 
@@ -31,13 +31,8 @@ def clean_env(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
 
 
 @pytest.fixture
-async def fake() -> AsyncIterator[FakeSegmind]:
-    server = FakeSegmind(api_key=KEY, queue_seconds=0.1, processing_seconds=0.3)
-    await server.start(host="127.0.0.1", port=0)
-    try:
-        yield server
-    finally:
-        await server.stop()
+async def fake(start_fake: StartFake) -> FakeSegmind:
+    return await start_fake(api_key=KEY, queue_seconds=0.1, processing_seconds=0.3)
 
 
 def settings_for(fake: FakeSegmind, **overrides: object) -> Settings:

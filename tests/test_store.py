@@ -28,6 +28,7 @@ from bot.store import (
     StoreUnavailable,
     apply_migrations,
 )
+from harness.clocks import ManualClock
 
 NOW = 1_700_000_000.0
 HOUR = 3600.0
@@ -37,23 +38,13 @@ CHANNEL = 200
 DEFAULTS = LimitDefaults()  # 3 per 24 h, one at a time
 
 
-class Clock:
-    """A clock the test moves by hand."""
-
-    def __init__(self, now: float = NOW) -> None:
-        self.now = now
-
-    def __call__(self) -> float:
-        return self.now
+@pytest.fixture
+def clock() -> ManualClock:
+    return ManualClock(NOW)
 
 
 @pytest.fixture
-def clock() -> Clock:
-    return Clock()
-
-
-@pytest.fixture
-async def store(tmp_path: Path, clock: Clock) -> AsyncIterator[Store]:
+async def store(tmp_path: Path, clock: ManualClock) -> AsyncIterator[Store]:
     opened = await Store.open(tmp_path / "data" / "veo.sqlite3", clock=clock)
     try:
         yield opened
@@ -122,7 +113,7 @@ async def test_reopening_is_idempotent(tmp_path: Path) -> None:
         assert job.state == "queued"
 
 
-async def test_migrates_a_version_1_database_with_data(tmp_path: Path, clock: Clock) -> None:
+async def test_migrates_a_version_1_database_with_data(tmp_path: Path, clock: ManualClock) -> None:
     path = tmp_path / "veo.sqlite3"
     async with aiosqlite.connect(path, isolation_level=None) as conn:
         assert await apply_migrations(conn, MIGRATIONS[:1]) == 1
@@ -186,7 +177,7 @@ async def test_refuses_a_database_from_a_newer_bot(tmp_path: Path) -> None:
 # ----------------------------------------------------------------------------- state machine
 
 
-async def test_happy_path_stamps_times_and_charges(store: Store, clock: Clock) -> None:
+async def test_happy_path_stamps_times_and_charges(store: Store, clock: ManualClock) -> None:
     job_id = await reserved(store, request())
     clock.now = NOW + 10
     assert await store.transition(job_id, "queued", "submitting")
@@ -295,7 +286,7 @@ async def test_queue_is_first_come_first_served_across_users(store: Store) -> No
 
 
 async def test_window_counts_reserved_and_charged_but_not_released(
-    store: Store, clock: Clock
+    store: Store, clock: ManualClock
 ) -> None:
     limits = LimitDefaults(concurrency=10)
     first = await reserved(store, request(now=NOW), limits)
@@ -422,7 +413,7 @@ async def test_reset_clears_the_users_window_but_keeps_history(store: Store) -> 
     assert refusal.kind == "guild_daily"
 
 
-async def test_every_moderator_change_is_audited(store: Store, clock: Clock) -> None:
+async def test_every_moderator_change_is_audited(store: Store, clock: ManualClock) -> None:
     await store.set_guild_limits(GUILD, GuildLimits(user_limit=5), actor_id=99)
     await store.set_role_override(GUILD, 10, LimitOverride(user_limit=7), actor_id=98)
     await store.set_user_override(GUILD, 1, LimitOverride(concurrency=2), actor_id=99)

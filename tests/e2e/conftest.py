@@ -8,8 +8,8 @@ from pathlib import Path
 import pytest
 
 from bot.segmind.fake import FakeSegmind
-from tests.discord_emulator import DiscordEmulator
-from tests.e2e.harness import FAKE_KEY, BotProcess
+from harness.bot_process import FAKE_KEY, BotProcess
+from harness.discord_emulator import DiscordEmulator
 
 
 @pytest.fixture
