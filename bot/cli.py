@@ -136,14 +136,10 @@ async def open_client(
     """A client for the configured Segmind, or for an in-process fake in demo mode."""
     if not settings.demo_mode:
         assert settings.segmind_api_key is not None
-        async with SegmindClient(
+        async with SegmindClient.from_settings(
+            settings,
             settings.segmind_api_key.get_secret_value(),
             settings.segmind_base_url,
-            max_rpm=settings.segmind_max_rpm,
-            timeout=settings.segmind_timeout,
-            poll_floor=settings.veo_poll_floor,
-            poll_ceiling=settings.veo_poll_ceiling,
-            job_deadline=settings.veo_job_deadline,
             max_attempts=max_attempts,
         ) as client:
             yield client, False

@@ -25,7 +25,7 @@ Interaction = discord.Interaction["VeoBot"]
 
 
 def _store(interaction: Interaction) -> Store:
-    return interaction.client.store
+    return interaction.client.services.store
 
 
 def _defaults(interaction: Interaction) -> LimitDefaults:

@@ -44,7 +44,7 @@ async def _start_again(
 ) -> None:
     """Deferred already: a new job like `job_id`, through the same flow and limits as /veo."""
     bot = interaction.client
-    job = await bot.jobs.get(job_id)
+    job = await bot.services.jobs.get(job_id)
     if job is None:
         await refuse(interaction, "That video is no longer in the bot's records.")
         return
@@ -97,11 +97,11 @@ class CancelButton(_JobButton, template=r"veo:cancel:(?P<job>[0-9]+)"):
         bot = interaction.client
         await interaction.response.defer()
         moderator = _is_moderator(interaction)
-        result = await bot.jobs.cancel(
+        result = await bot.services.jobs.cancel(
             self.job_id, actor_id=interaction.user.id, moderator=moderator
         )
         if result.outcome == "cancelled" and result.job is not None:
-            await bot.output.retire(self.job_id)
+            await bot.services.output.retire(self.job_id)
             by_moderator = interaction.user.id != result.job.user_id
             await interaction.edit_original_response(
                 content=cancelled_text(result.job.params_model, by_moderator=by_moderator),
@@ -176,7 +176,7 @@ class EditPromptButton(_JobButton, template=r"veo:edit:(?P<job>[0-9]+)"):
     button_emoji = "✏️"
 
     async def callback(self, interaction: discord.Interaction[VeoBot]) -> None:  # type: ignore[override]
-        jobs = interaction.client.jobs
+        jobs = interaction.client.services.jobs
         # A modal must be the first answer, so this one read comes before it (one indexed
         # SELECT, far inside the 3 s).
         job = await jobs.get(self.job_id)
@@ -196,7 +196,7 @@ class DeleteButton(_JobButton, template=r"veo:delete:(?P<job>[0-9]+)"):
     refuse_while_stopping = False  # tidying up needs no new job
 
     async def callback(self, interaction: discord.Interaction[VeoBot]) -> None:  # type: ignore[override]
-        jobs = interaction.client.jobs
+        jobs = interaction.client.services.jobs
         await interaction.response.defer(ephemeral=True, thinking=True)
         job = await jobs.get(self.job_id)
         if not may_act_on(job, interaction.user.id, moderator=_is_moderator(interaction)):
@@ -249,10 +249,10 @@ class Buttons(commands.Cog):
         self.bot = bot
 
     async def cog_load(self) -> None:
-        self.bot.output.components = Components()
+        self.bot.services.output.components = Components()
 
     async def cog_unload(self) -> None:
-        self.bot.output.components = None
+        self.bot.services.output.components = None
 
     @commands.Cog.listener()
     async def on_interaction(self, interaction: discord.Interaction[VeoBot]) -> None:

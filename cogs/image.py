@@ -139,7 +139,7 @@ class ImageToVideo(commands.Cog):
             await reply_quietly(message, unexpected(f"the answer to mention {message.id}", exc))
 
     async def _from_mention(self, message: discord.Message, prompt: str) -> None:
-        if not self.bot.jobs.accepting:
+        if not self.bot.services.jobs.accepting:
             await reply_quietly(message, NOT_ACCEPTING)
             return
         image = find_image(message)

@@ -68,7 +68,7 @@ class Services:
     segmind: sm.SegmindClient
     jobs: JobService
     output: DiscordOutput
-    session: aiohttp.ClientSession
+    session: aiohttp.ClientSession  # shared by everything that fetches from the web (images)
 
 
 class VeoBot(commands.Bot):
@@ -111,27 +111,6 @@ class VeoBot(commands.Bot):
             raise RuntimeError("the bot's services are used before setup_hook built them")
         return self._services
 
-    @property
-    def store(self) -> Store:
-        return self.services.store
-
-    @property
-    def segmind(self) -> sm.SegmindClient:
-        return self.services.segmind
-
-    @property
-    def jobs(self) -> JobService:
-        return self.services.jobs
-
-    @property
-    def output(self) -> DiscordOutput:
-        return self.services.output
-
-    @property
-    def session(self) -> aiohttp.ClientSession:
-        """Shared by everything that fetches from the web (input images)."""
-        return self.services.session
-
     async def setup_hook(self) -> None:
         jobs = (await self.open_services()).jobs
         for extension in EXTENSIONS:
@@ -150,15 +129,7 @@ class VeoBot(commands.Bot):
         store = await Store.open(settings.veo_db_path)
         resources.push_async_callback(store.close)
         base_url, key = await self._segmind_endpoint()
-        segmind = sm.SegmindClient(
-            key,
-            base_url,
-            max_rpm=settings.segmind_max_rpm,
-            timeout=settings.segmind_timeout,
-            poll_floor=settings.veo_poll_floor,
-            poll_ceiling=settings.veo_poll_ceiling,
-            job_deadline=settings.veo_job_deadline,
-        )
+        segmind = sm.SegmindClient.from_settings(settings, key, base_url)
         resources.push_async_callback(segmind.close)
         output = DiscordOutput(
             self,

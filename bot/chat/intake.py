@@ -79,7 +79,7 @@ async def prepare_params(bot: VeoBot, request: VeoRequest) -> VeoParams:
         image = request.image
         try:
             info = await inspect_image(
-                bot.session,
+                bot.services.session,
                 image.url,
                 max_bytes=bot.settings.veo_max_image_bytes,
                 declared_type=image.content_type,
@@ -98,7 +98,7 @@ async def prepare_params(bot: VeoBot, request: VeoRequest) -> VeoParams:
 async def reserve(bot: VeoBot, request: ReserveRequest) -> int:
     """Check the limits and queue; returns the job id or raises `Refused`."""
     try:
-        outcome = await bot.jobs.enqueue(request)
+        outcome = await bot.services.jobs.enqueue(request)
     except StoreUnavailable:
         log.exception("database unavailable; refusing a job from user %s", request.user_id)
         raise Refused(STORE_DOWN) from None
@@ -113,7 +113,7 @@ async def _with_link(bot: VeoBot, refusal: Refusal) -> str:
     text = render_refusal(refusal)
     if refusal.kind != "concurrency" or refusal.in_flight_job_id is None:
         return text
-    job = await bot.jobs.get(refusal.in_flight_job_id)
+    job = await bot.services.jobs.get(refusal.in_flight_job_id)
     link = message_url(job) if job is not None else None
     return f"{text} ([see it]({link}))" if link else text
 

@@ -316,6 +316,13 @@ class DiscordOutput:
             if delivery:
                 await checkpoint_route(route)
 
+        async def post(to: discord.abc.Messageable, route: DeliveryRoute, nonce: str) -> Receipt:
+            await checkpoint(route)
+            message = await to.send(
+                content, files=files, allowed_mentions=allowed_mentions, nonce=nonce, **extra
+            )
+            return Receipt(message_id=message.id, method=route)
+
         if job.placeholder_message_id is not None:
             try:
                 route = await self._edit(
@@ -335,30 +342,14 @@ class DiscordOutput:
             files = _fresh(files)
         channel = self.client.get_partial_messageable(job.channel_id, guild_id=job.guild_id)
         try:
-            await checkpoint("channel-post")
-            message = await channel.send(
-                content,
-                files=files,
-                allowed_mentions=allowed_mentions,
-                nonce=f"veo-{job.id}",
-                **extra,
-            )
-            return Receipt(message_id=message.id, method="channel-post")
+            return await post(channel, "channel-post", f"veo-{job.id}")
         except discord.HTTPException as exc:
             if not _is_gone(exc):
                 raise
             log.info("job %s: cannot post in channel (%s), sending a DM", job.id, exc.code)
         files = _fresh(files)
-        await checkpoint("dm")
         user = await self.client.fetch_user(job.user_id)
-        message = await user.send(
-            content,
-            files=files,
-            allowed_mentions=allowed_mentions,
-            nonce=f"veo-{job.id}-dm",
-            **extra,
-        )
-        return Receipt(message_id=message.id, method="dm")
+        return await post(user, "dm", f"veo-{job.id}-dm")
 
     # ------------------------------------------------------------------- finding a delivery
 

@@ -43,7 +43,7 @@ from urllib.parse import quote, urlsplit
 
 import aiohttp
 
-from bot.config import MASK
+from bot.config import MASK, Settings
 from bot.params import MODEL_SLUG, VeoParams
 from bot.segmind.polling import DEFAULT_FLOOR, Clock, DeadlineReached, Poller, RateLimiter, Sleep
 
@@ -483,6 +483,22 @@ class SegmindClient:
         self.limiter = limiter or RateLimiter(max_rpm, window=61.0, clock=clock, sleep=sleep)
         self.poller = poller or Poller(
             self.limiter, floor=poll_floor, ceiling=poll_ceiling, clock=clock, sleep=sleep
+        )
+
+    @classmethod
+    def from_settings(
+        cls, settings: Settings, api_key: str, base_url: str, *, max_attempts: int = 5
+    ) -> SegmindClient:
+        """A client with the request budget, timeout and polling the settings ask for."""
+        return cls(
+            api_key,
+            base_url,
+            max_rpm=settings.segmind_max_rpm,
+            timeout=settings.segmind_timeout,
+            poll_floor=settings.veo_poll_floor,
+            poll_ceiling=settings.veo_poll_ceiling,
+            job_deadline=settings.veo_job_deadline,
+            max_attempts=max_attempts,
         )
 
     def __repr__(self) -> str:
