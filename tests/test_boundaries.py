@@ -18,6 +18,8 @@ DISCORD_FREE = (
     "bot.segmind.client",
     "bot.params",
     "bot.quota",
+    "bot.request",
+    "bot.cli",
 )
 
 

@@ -62,7 +62,7 @@ class VeoTree(app_commands.CommandTree["VeoBot"]):
 
 @dataclass(frozen=True)
 class Services:
-    """What the bot runs on, built together in `setup_hook`."""
+    """What the bot runs on, built together by `open_services` (from `setup_hook`)."""
 
     store: Store
     segmind: sm.SegmindClient
