@@ -19,8 +19,8 @@ ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))  # run from anywhere, as a script or with `python -m bench`
 
 from bot.segmind.fake import FakeSegmind  # noqa: E402  (after the path tweak)
-from tests.discord_emulator import DiscordEmulator  # noqa: E402
-from tests.e2e.harness import FAKE_KEY, BotProcess  # noqa: E402
+from harness.bot_process import FAKE_KEY, BotProcess  # noqa: E402
+from harness.discord_emulator import DiscordEmulator  # noqa: E402
 
 # The emulator logs every request the bot abandons while it shuts down; not a bench result.
 logging.getLogger("aiohttp.server").setLevel(logging.CRITICAL)

@@ -28,7 +28,7 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 from bench.common import dispatch_many, memory_kib, rig, until
-from tests.e2e.harness import db_rows
+from harness.bot_process import db_rows
 
 FAST_POLLS = {"SEGMIND_MAX_RPM": "10000", "VEO_POLL_FLOOR": "0.05", "VEO_POLL_CEILING": "0.2"}
 

@@ -29,7 +29,7 @@ from bench.common import (
     rig,
     until,
 )
-from tests.e2e.harness import FAKE_KEY
+from harness.bot_process import FAKE_KEY
 
 
 async def bot_side(jobs: int, window: float) -> dict[str, float]:

@@ -26,8 +26,7 @@ from collections import Counter
 from pathlib import Path
 
 from bot.segmind.fake import FakeSegmind
-from tests.discord_emulator import DiscordEmulator
-from tests.e2e.harness import (
+from harness.bot_process import (
     FAKE_KEY,
     BotProcess,
     job_states,
@@ -36,6 +35,7 @@ from tests.e2e.harness import (
     video_uploads,
     wait_until,
 )
+from harness.discord_emulator import DiscordEmulator
 
 TERMINAL = ("delivered", "failed", "expired", "unknown", "cancelled")
 

@@ -1,7 +1,7 @@
 """Benchmark: our adaptive, budget-shared polling vs the SDK's fixed 1-s interval.
 
 Run by hand: `.venv/bin/python bench/polling.py` (about ten seconds). Everything runs on
-simulated time (`bot.segmind.polling.run_simulated`) through the real `Poller` and
+simulated time (`harness.clocks.run_simulated`) through the real `Poller` and
 `RateLimiter`; only Segmind is replaced by a job that turns COMPLETED `duration` seconds after
 submit. Request latency is taken as zero for both sides, so "lag" is pure scheduling: the time
 between a job becoming COMPLETED and the poll that notices it.
@@ -36,8 +36,8 @@ from bot.segmind.polling import (
     DurationEstimator,
     Poller,
     RateLimiter,
-    run_simulated,
 )
+from harness.clocks import run_simulated
 
 Draw = Callable[[random.Random], float]
 DISTRIBUTIONS: dict[str, Draw] = {

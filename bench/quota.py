@@ -12,7 +12,6 @@ from __future__ import annotations
 
 import argparse
 import asyncio
-import json
 import sys
 import tempfile
 import time
@@ -21,6 +20,7 @@ from typing import Literal, cast
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
+from bot.params import VeoParams
 from bot.quota import LimitDefaults  # after the path tweak: runs from anywhere
 from bot.store import Reserved, ReserveRequest, SqliteStore
 
@@ -41,7 +41,7 @@ async def run(callers: int, total: int, synchronous: Literal["FULL", "NORMAL"]) 
     with tempfile.TemporaryDirectory() as tmp:
         store = await SqliteStore.open(Path(tmp) / "bench.sqlite3", synchronous=synchronous)
         try:
-            params = json.dumps({"prompt": "a lighthouse at dusk", "duration": 8})
+            params = VeoParams(prompt="a lighthouse at dusk", duration=8)
             per_caller = max(1, total // callers)
             now = time.time()
 
@@ -53,9 +53,7 @@ async def run(callers: int, total: int, synchronous: Literal["FULL", "NORMAL"]) 
                         channel_id=10,
                         user_id=1_000_000 * (index + 1) + i // PER_USER,
                         role_ids=(1, 2, 3),
-                        prompt="a lighthouse at dusk",
-                        params_json=params,
-                        image_url=None,
+                        params=params,
                         now=now + i * 1e-3,
                     )
                     done += isinstance(await store.reserve(request, DEFAULTS), Reserved)

@@ -16,7 +16,16 @@ from pathlib import Path
 from typing import NoReturn, TextIO
 
 from bot.config import Settings, SettingsError, load_settings
-from bot.params import ALLOWED_VALUES, InvalidParams, VeoParams, parse_params
+from bot.params import (
+    ALLOWED_VALUES,
+    DURATIONS,
+    FPS_VALUES,
+    Aspect,
+    InvalidParams,
+    Resolution,
+    VeoParams,
+)
+from bot.request import ImageSource, VeoRequest, resolve_params
 from bot.segmind.client import (
     JobResult,
     SegmindClient,
@@ -25,7 +34,6 @@ from bot.segmind.client import (
     SubmitUncertain,
 )
 
-DEMO_KEY = "demo-key"
 # The demo fake finishes in about a second; tell the schedule so before the first poll.
 _DEMO_QUEUE_SECONDS = 0.5
 _DEMO_PROCESSING_SECONDS = 2.0
@@ -53,8 +61,8 @@ def build_generate_parser() -> argparse.ArgumentParser:
     )
     parser.add_argument("prompt", help="what the video should show")
     parser.add_argument("--aspect", choices=ALLOWED_VALUES["aspect_ratio"], default=None)
-    parser.add_argument("--duration", type=int, choices=(4, 6, 8), default=None)
-    parser.add_argument("--fps", type=int, choices=(24, 30), default=None)
+    parser.add_argument("--duration", type=int, choices=DURATIONS, default=None)
+    parser.add_argument("--fps", type=int, choices=FPS_VALUES, default=None)
     parser.add_argument("--resolution", choices=ALLOWED_VALUES["resolution"], default=None)
     parser.add_argument("--audio", action="store_true", help="generate a soundtrack")
     parser.add_argument("--seed", type=int, default=0, help="0 picks one at random")
@@ -65,18 +73,17 @@ def build_generate_parser() -> argparse.ArgumentParser:
 
 def params_from_args(args: argparse.Namespace, settings: Settings) -> VeoParams:
     """Command-line options over the settings' /veo defaults; `InvalidParams` if out of range."""
-    return parse_params(
-        {
-            "prompt": args.prompt,
-            "aspect_ratio": args.aspect or settings.veo_default_aspect.value,
-            "duration": args.duration or settings.veo_default_duration,
-            "fps": args.fps or settings.veo_default_fps,
-            "resolution": args.resolution or settings.veo_default_resolution.value,
-            "generate_audio": bool(args.audio),
-            "seed": args.seed,
-            "image_url": args.image_url,
-        }
+    request = VeoRequest(
+        prompt=args.prompt,
+        aspect=Aspect(args.aspect) if args.aspect else None,
+        duration=args.duration,
+        fps=args.fps,
+        resolution=Resolution(args.resolution) if args.resolution else None,
+        audio=bool(args.audio),  # a flag: absent means no soundtrack, whatever the server's /veo
+        seed=args.seed,
+        image=ImageSource(args.image_url) if args.image_url else None,
     )
+    return resolve_params(request, settings)
 
 
 class ProgressLine:
@@ -129,20 +136,15 @@ async def open_client(
     """A client for the configured Segmind, or for an in-process fake in demo mode."""
     if not settings.demo_mode:
         assert settings.segmind_api_key is not None
-        async with SegmindClient(
+        async with SegmindClient.from_settings(
+            settings,
             settings.segmind_api_key.get_secret_value(),
             settings.segmind_base_url,
-            max_rpm=settings.segmind_max_rpm,
-            timeout=settings.segmind_timeout,
-            poll_floor=settings.veo_poll_floor,
-            poll_ceiling=settings.veo_poll_ceiling,
-            job_deadline=settings.veo_job_deadline,
             max_attempts=max_attempts,
-            download_timeout=settings.veo_download_timeout,
         ) as client:
             yield client, False
         return
-    from bot.segmind.fake import FakeSegmind
+    from bot.segmind.fake import DEMO_KEY, FakeSegmind
 
     fake = FakeSegmind(
         api_key=DEMO_KEY,
@@ -154,6 +156,7 @@ async def open_client(
         async with SegmindClient(
             DEMO_KEY,
             fake.base_url,
+            history_url=fake.history_url,
             max_rpm=settings.segmind_max_rpm,
             timeout=settings.segmind_timeout,
             poll_floor=0.25,

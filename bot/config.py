@@ -15,6 +15,10 @@ from bot.segmind.history import DEFAULT_HISTORY_URL
 
 DISCORD_API_BASE_URL = "https://discord.com/api/v10"
 DISCORD_GATEWAY_URL = "wss://gateway.discord.gg/"
+# What the Discord token or the Segmind key becomes wherever it would otherwise be shown:
+# log lines, tracebacks, the client's repr and its error texts.
+MASK = "[redacted]"
+
 LogFormat = Literal["text", "json"]
 
 

@@ -29,15 +29,14 @@ import logging
 import time
 from collections.abc import Awaitable, Callable
 from contextvars import ContextVar
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Literal, Protocol
 
-from bot.chat.presenter import Progress, Stage
 from bot.logs import job_context
 from bot.media.encode import NotAVideo, encoded_path, probe_video
 from bot.ops.events import NO_EVENTS, JobEvents
-from bot.params import VeoParams
+from bot.progress import Progress, Stage
 from bot.quota import LimitDefaults, Refusal
 from bot.segmind import client as sm
 from bot.store import IN_FLIGHT_STATES, Job, ReleaseReason, ReserveRequest, Store
@@ -49,30 +48,10 @@ DELIVERY_ATTEMPTS = 4  # transient Discord trouble (5xx, timeouts) is retried, l
 DELIVERY_BACKOFF = 2.0  # seconds before the 2nd attempt; doubles each time
 
 
-@dataclass(frozen=True)
-class NewJob:
-    """A member's request, validated and acknowledged, not yet reserved."""
-
-    guild_id: int
-    channel_id: int
-    user_id: int
-    role_ids: tuple[int, ...]
-    params: VeoParams
-    interaction_token: str | None
-    interaction_created_at: float | None
-    message_id: int | None
-    upload_limit: int | None
-
-
 def may_act_on(job: Job | None, actor_id: int, *, moderator: bool) -> bool:
     """Cancel or delete: the requester, or a moderator (Manage Server). A job the database no
     longer knows is a moderator's call only."""
     return moderator or (job is not None and job.user_id == actor_id)
-
-
-def params_of(job: Job) -> VeoParams:
-    """The parameters a job was reserved with (validated again: the row is just JSON)."""
-    return VeoParams.model_validate(job.params)
 
 
 @dataclass(frozen=True)
@@ -86,16 +65,21 @@ class Finished:
     cost: float | None
 
 
+# The ways a video can reach the requester, in the order they are tried: an edit of the
+# placeholder with the interaction token, the same edit with the bot token, a new message in
+# the channel, a DM. Written to the job before each is tried and stored with the receipt.
+DeliveryRoute = Literal["interaction", "channel-edit", "channel-post", "dm"]
+PLACEHOLDER_ROUTES: tuple[DeliveryRoute, ...] = ("interaction", "channel-edit")
+
 # The write-ahead hook of the delivery running in this task: the output awaits it with a route
-# name ("interaction", "channel-edit", "channel-post", "dm") right before trying that route, so
-# a restart knows where the video may already be. A context variable keeps `deliver()`'s
-# signature small, and each job task sees only its own.
-delivery_checkpoint: ContextVar[Callable[[str], Awaitable[None]] | None] = ContextVar(
+# name right before trying that route, so a restart knows where the video may already be. A
+# context variable keeps `deliver()`'s signature small, and each job task sees only its own.
+delivery_checkpoint: ContextVar[Callable[[DeliveryRoute], Awaitable[None]] | None] = ContextVar(
     "delivery_checkpoint", default=None
 )
 
 
-async def checkpoint_route(route: str) -> None:
+async def checkpoint_route(route: DeliveryRoute) -> None:
     """Called by the output before it tries a delivery route (no-op outside a delivery)."""
     hook = delivery_checkpoint.get()
     if hook is not None:
@@ -107,7 +91,7 @@ class Receipt:
     """Where the video ended up; stored with the job."""
 
     message_id: int | None
-    method: str  # "interaction", "channel-edit", "channel-post", "dm", ...
+    method: DeliveryRoute
 
 
 class JobOutput(Protocol):
@@ -212,28 +196,11 @@ class JobService:
             await asyncio.gather(*self._tasks.values(), return_exceptions=True)
         self._tasks.clear()
 
-    async def enqueue(self, new: NewJob) -> int | Refusal:
+    async def enqueue(self, request: ReserveRequest) -> int | Refusal:
         """Check the limits and queue the job in one transaction; returns its id or why not.
 
         Raises `StoreUnavailable` when the database cannot be used (the caller refuses)."""
-        outcome = await self.store.reserve(
-            ReserveRequest(
-                guild_id=new.guild_id,
-                channel_id=new.channel_id,
-                user_id=new.user_id,
-                role_ids=new.role_ids,
-                prompt=new.params.prompt,
-                params_json=new.params.model_dump_json(),
-                image_url=new.params.image_url,
-                now=self.clock(),
-                interaction_token=new.interaction_token,
-                interaction_created_at=new.interaction_created_at,
-                placeholder_channel_id=new.channel_id,
-                placeholder_message_id=new.message_id,
-                upload_limit=new.upload_limit,
-            ),
-            self.limit_defaults,
-        )
+        outcome = await self.store.reserve(replace(request, now=self.clock()), self.limit_defaults)
         if isinstance(outcome, Refusal):
             return outcome
         self.wake()
@@ -337,10 +304,9 @@ class JobService:
     async def _run_new(self, job_id: int) -> None:
         job = await self._job(job_id)
         await self._progress(job, Progress(Stage.SUBMITTING))
-        params = params_of(job)
         self._submitting.add(job_id)
         try:
-            submitted = await self.segmind.submit(params)
+            submitted = await self.segmind.submit(job.params_model)
         except sm.SubmitUncertain as exc:
             await self._unknown(job, exc)
             return
@@ -436,7 +402,7 @@ class JobService:
             job = delivering
             await self._progress(job, Progress(Stage.UPLOADING))
 
-            async def checkpoint(route: str) -> None:
+            async def checkpoint(route: DeliveryRoute) -> None:
                 await self.store.transition(
                     job.id, ("delivering",), "delivering", delivery_method=route
                 )
@@ -642,21 +608,8 @@ OWNER_ACTIONS: dict[type[BaseException], str] = {
 
 
 def user_message(exc: BaseException) -> str:
-    """The sentence a Discord user sees for a failure; never a traceback or a secret."""
-    if isinstance(exc, sm.ContentBlocked):
-        return f"Veo declined this prompt: {exc.reason}"
-    if isinstance(exc, sm.GenerationFailed):
-        return f"Veo could not make this video: {exc.reason}"
-    if isinstance(exc, sm.InsufficientCredits):
-        return "The bot's Segmind credits ran out — a moderator has been told in the logs."
-    if isinstance(exc, sm.RateLimited):
-        return "Segmind is busy, try again in a few minutes."
-    if isinstance(exc, sm.AuthError):
-        return "The bot's Segmind key was refused — a moderator needs to check the bot's settings."
-    if isinstance(exc, sm.NotFound):
-        return "Segmind no longer has this job (results are kept one hour), so it was dropped."
-    if isinstance(exc, sm.DeadlineExceeded):
-        return "Veo took far longer than usual, so the bot stopped waiting for this video."
+    """The sentence a Discord user sees for a failure; never a traceback or a secret. Segmind's
+    failures carry their own (`SegmindError.user_message`)."""
     if isinstance(exc, sm.SegmindError):
         return exc.user_message
     return "Something went wrong delivering this video."

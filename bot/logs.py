@@ -16,9 +16,7 @@ from collections.abc import Iterable
 from datetime import UTC, datetime
 from typing import Any
 
-from bot.config import LogFormat
-
-MASK = "[redacted]"
+from bot.config import MASK, LogFormat
 
 # The job a job task works on. `job_context()` gives each job task its own, so every line it
 # logs — from the lifecycle, the Segmind client or the Discord output — carries the id.

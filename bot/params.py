@@ -8,13 +8,14 @@ validation error into a message naming the option and its allowed values).
 from __future__ import annotations
 
 from enum import StrEnum
-from typing import Any, Literal
+from typing import Any, Literal, get_args
 from urllib.parse import urlsplit
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
 
 MODEL_SLUG = "veo-3-fast"
 PROMPT_MAX_CHARS = 4000  # Veo accepts about 1,024 tokens; 4,000 characters stays well inside it.
+SEED_MAX = 2**32 - 1  # Segmind's seed is an unsigned 32-bit integer; 0 lets it pick
 
 
 class Aspect(StrEnum):
@@ -37,11 +38,13 @@ class Resolution(StrEnum):
 
 Duration = Literal[4, 6, 8]
 Fps = Literal[24, 30]
+DURATIONS: tuple[int, ...] = get_args(Duration)
+FPS_VALUES: tuple[int, ...] = get_args(Fps)
 
 ALLOWED_VALUES: dict[str, tuple[str, ...]] = {
     "aspect_ratio": tuple(a.value for a in Aspect),
-    "duration": ("4", "6", "8"),
-    "fps": ("24", "30"),
+    "duration": tuple(str(d) for d in DURATIONS),
+    "fps": tuple(str(f) for f in FPS_VALUES),
     "resolution": tuple(r.value for r in Resolution),
 }
 
@@ -57,7 +60,7 @@ class VeoParams(BaseModel):
     fps: Fps = 24
     resolution: Resolution = Resolution.HD
     generate_audio: bool = False
-    seed: int = Field(default=0, ge=0, le=2**32 - 1)
+    seed: int = Field(default=0, ge=0, le=SEED_MAX)
     image_url: str | None = None
 
     @field_validator("prompt")
@@ -107,7 +110,7 @@ def describe_error(error: ValidationError) -> InvalidParams:
         else:
             message = "The prompt is empty — describe the video you want."
     elif field == "seed":
-        message = "`seed` must be a whole number from 0 to 4294967295 (0 picks one at random)."
+        message = f"`seed` must be a whole number from 0 to {SEED_MAX} (0 picks one at random)."
     elif field == "image_url":
         message = "`image_url` must be an http(s) URL."
     elif first.get("type") == "extra_forbidden":

@@ -25,9 +25,7 @@ Interaction = discord.Interaction["VeoBot"]
 
 
 def _store(interaction: Interaction) -> Store:
-    store = interaction.client.store
-    assert store is not None, "setup_hook opens the store before commands are served"
-    return store
+    return interaction.client.services.store
 
 
 def _defaults(interaction: Interaction) -> LimitDefaults:

@@ -21,10 +21,12 @@ from typing import TYPE_CHECKING, Any, ClassVar, Self
 import discord
 from discord.ext import commands
 
-from bot.chat.intake import ImageSource, defer_public, refuse, start_job
+from bot.chat.intake import defer_public, refuse, start_job
 from bot.chat.presenter import NOT_CANCELLABLE, cancelled_text
 from bot.chat.replies import accepting_work, send_ephemeral, unexpected
-from bot.jobs import may_act_on, params_of
+from bot.jobs import may_act_on
+from bot.params import PROMPT_MAX_CHARS
+from bot.request import VeoRequest
 from bot.store import Job
 
 if TYPE_CHECKING:
@@ -32,23 +34,9 @@ if TYPE_CHECKING:
 
 log = logging.getLogger(__name__)
 
-PROMPT_MAX = 4000  # as /veo's `prompt` option and Discord's text input allow
-
 
 def _is_moderator(interaction: discord.Interaction[VeoBot]) -> bool:
     return interaction.guild is not None and interaction.permissions.manage_guild
-
-
-def _rerun_request(
-    job: Job, prompt: str | None = None
-) -> tuple[dict[str, Any], ImageSource | None]:
-    """The raw request of a new job like `job`: same options, a new seed, maybe a new prompt."""
-    raw = params_of(job).model_dump(mode="json")
-    raw["seed"] = 0  # start_job picks a fresh one and shows it
-    if prompt is not None:
-        raw["prompt"] = prompt
-    image_url = raw.pop("image_url", None)
-    return raw, ImageSource(image_url) if image_url else None
 
 
 async def _start_again(
@@ -56,13 +44,11 @@ async def _start_again(
 ) -> None:
     """Deferred already: a new job like `job_id`, through the same flow and limits as /veo."""
     bot = interaction.client
-    assert bot.jobs is not None
-    job = await bot.jobs.get(job_id)
+    job = await bot.services.jobs.get(job_id)
     if job is None:
         await refuse(interaction, "That video is no longer in the bot's records.")
         return
-    raw, image = _rerun_request(job, prompt)
-    new_id = await start_job(bot, interaction, raw, image=image, aspect_given=True)
+    new_id = await start_job(bot, interaction, VeoRequest.again(job.params_model, prompt))
     if new_id is not None:
         log.info("job %s started from job %s by user %s", new_id, job_id, interaction.user.id)
 
@@ -109,17 +95,16 @@ class CancelButton(_JobButton, template=r"veo:cancel:(?P<job>[0-9]+)"):
 
     async def callback(self, interaction: discord.Interaction[VeoBot]) -> None:  # type: ignore[override]
         bot = interaction.client
-        assert bot.jobs is not None and bot.output is not None
         await interaction.response.defer()
         moderator = _is_moderator(interaction)
-        result = await bot.jobs.cancel(
+        result = await bot.services.jobs.cancel(
             self.job_id, actor_id=interaction.user.id, moderator=moderator
         )
         if result.outcome == "cancelled" and result.job is not None:
-            await bot.output.retire(self.job_id)
+            await bot.services.output.retire(self.job_id)
             by_moderator = interaction.user.id != result.job.user_id
             await interaction.edit_original_response(
-                content=cancelled_text(params_of(result.job), by_moderator=by_moderator),
+                content=cancelled_text(result.job.params_model, by_moderator=by_moderator),
                 view=None,
                 allowed_mentions=discord.AllowedMentions.none(),
             )
@@ -158,8 +143,8 @@ def edit_prompt_modal(job_id: int, prompt: str) -> discord.ui.Modal:
         discord.ui.TextInput(
             label="Prompt",
             style=discord.TextStyle.paragraph,
-            default=prompt[:PROMPT_MAX],
-            max_length=PROMPT_MAX,
+            default=prompt[:PROMPT_MAX_CHARS],
+            max_length=PROMPT_MAX_CHARS,
             custom_id="prompt",
         )
     )
@@ -191,15 +176,16 @@ class EditPromptButton(_JobButton, template=r"veo:edit:(?P<job>[0-9]+)"):
     button_emoji = "✏️"
 
     async def callback(self, interaction: discord.Interaction[VeoBot]) -> None:  # type: ignore[override]
-        jobs = interaction.client.jobs
-        assert jobs is not None
+        jobs = interaction.client.services.jobs
         # A modal must be the first answer, so this one read comes before it (one indexed
         # SELECT, far inside the 3 s).
         job = await jobs.get(self.job_id)
         if job is None:
             await send_ephemeral(interaction, "That video is no longer in the bot's records.")
             return
-        await interaction.response.send_modal(edit_prompt_modal(self.job_id, params_of(job).prompt))
+        await interaction.response.send_modal(
+            edit_prompt_modal(self.job_id, job.params_model.prompt)
+        )
 
 
 class DeleteButton(_JobButton, template=r"veo:delete:(?P<job>[0-9]+)"):
@@ -210,8 +196,7 @@ class DeleteButton(_JobButton, template=r"veo:delete:(?P<job>[0-9]+)"):
     refuse_while_stopping = False  # tidying up needs no new job
 
     async def callback(self, interaction: discord.Interaction[VeoBot]) -> None:  # type: ignore[override]
-        jobs = interaction.client.jobs
-        assert jobs is not None
+        jobs = interaction.client.services.jobs
         await interaction.response.defer(ephemeral=True, thinking=True)
         job = await jobs.get(self.job_id)
         if not may_act_on(job, interaction.user.id, moderator=_is_moderator(interaction)):
@@ -264,12 +249,10 @@ class Buttons(commands.Cog):
         self.bot = bot
 
     async def cog_load(self) -> None:
-        if self.bot.output is not None:
-            self.bot.output.components = Components()
+        self.bot.services.output.components = Components()
 
     async def cog_unload(self) -> None:
-        if self.bot.output is not None:
-            self.bot.output.components = None
+        self.bot.services.output.components = None
 
     @commands.Cog.listener()
     async def on_interaction(self, interaction: discord.Interaction[VeoBot]) -> None:

@@ -21,8 +21,6 @@ from discord import app_commands
 from discord.ext import commands
 
 from bot.chat.intake import (
-    ImageSource,
-    default_params,
     defer_public,
     find_image,
     reply_quietly,
@@ -30,6 +28,7 @@ from bot.chat.intake import (
     start_job_from_message,
 )
 from bot.chat.presenter import (
+    ASPECT_LABELS,
     MENTION_USAGE,
     NO_IMAGE_MENU,
     NO_PROMPT,
@@ -38,6 +37,7 @@ from bot.chat.presenter import (
 )
 from bot.chat.replies import send_ephemeral, unexpected
 from bot.params import PROMPT_MAX_CHARS, Aspect
+from bot.request import ImageSource, VeoRequest
 
 if TYPE_CHECKING:
     from bot.chat.app import VeoBot
@@ -48,13 +48,6 @@ MENU_NAME = "Animate with Veo"
 MODAL_ID = "veo-animate"
 FOLLOW_IMAGE = "image"
 DEFAULT_PROMPT = "Bring this image to life with natural, gentle motion and a slow camera move."
-ASPECT_LABELS = {
-    Aspect.WIDE: "16:9 landscape",
-    Aspect.VERTICAL: "9:16 vertical",
-    Aspect.SQUARE: "1:1 square",
-    Aspect.CLASSIC: "4:3 classic",
-    Aspect.PORTRAIT_CLASSIC: "3:4 portrait",
-}
 
 
 class AnimateModal(discord.ui.Modal):
@@ -95,11 +88,9 @@ class AnimateModal(discord.ui.Modal):
         # Discord allows 3 s for the first answer: acknowledge before any I/O.
         await defer_public(interaction)
         choice = self.aspect.values[0] if self.aspect.values else FOLLOW_IMAGE
-        raw = default_params(self.bot.settings, self.prompt.value)
-        aspect_given = choice != FOLLOW_IMAGE
-        if aspect_given:
-            raw["aspect_ratio"] = choice
-        await start_job(self.bot, interaction, raw, image=self.image, aspect_given=aspect_given)
+        aspect = None if choice == FOLLOW_IMAGE else Aspect(choice)
+        request = VeoRequest(prompt=self.prompt.value, aspect=aspect, image=self.image)
+        await start_job(self.bot, interaction, request)
 
     async def on_error(  # type: ignore[override]
         self, interaction: discord.Interaction[VeoBot], error: Exception
@@ -148,8 +139,7 @@ class ImageToVideo(commands.Cog):
             await reply_quietly(message, unexpected(f"the answer to mention {message.id}", exc))
 
     async def _from_mention(self, message: discord.Message, prompt: str) -> None:
-        jobs = self.bot.jobs
-        if jobs is None or not jobs.accepting:
+        if not self.bot.services.jobs.accepting:
             await reply_quietly(message, NOT_ACCEPTING)
             return
         image = find_image(message)
@@ -165,8 +155,7 @@ class ImageToVideo(commands.Cog):
         if not prompt:
             await reply_quietly(message, NO_PROMPT)
             return
-        raw = default_params(self.bot.settings, prompt)
-        await start_job_from_message(self.bot, message, raw, image=image, aspect_given=False)
+        await start_job_from_message(self.bot, message, VeoRequest(prompt=prompt, image=image))
 
     async def _replied_image(self, message: discord.Message) -> ImageSource | None:
         """The image of the message replied to; fetched again when the gateway's copy may lack

@@ -8,21 +8,19 @@ import discord
 from discord import app_commands
 from discord.ext import commands
 
-from bot.chat.intake import default_params, defer_public, start_job
-from bot.params import Aspect, Resolution
+from bot.chat.intake import defer_public, image_of, start_job
+from bot.chat.presenter import ASPECT_LABELS
+from bot.params import DURATIONS, FPS_VALUES, PROMPT_MAX_CHARS, SEED_MAX, Aspect, Resolution
+from bot.request import VeoRequest
 
 if TYPE_CHECKING:
     from bot.chat.app import VeoBot
 
 ASPECT_CHOICES = [
-    app_commands.Choice(name="16:9 landscape", value=Aspect.WIDE.value),
-    app_commands.Choice(name="9:16 vertical", value=Aspect.VERTICAL.value),
-    app_commands.Choice(name="1:1 square", value=Aspect.SQUARE.value),
-    app_commands.Choice(name="4:3 classic", value=Aspect.CLASSIC.value),
-    app_commands.Choice(name="3:4 portrait", value=Aspect.PORTRAIT_CLASSIC.value),
+    app_commands.Choice(name=label, value=aspect.value) for aspect, label in ASPECT_LABELS.items()
 ]
-DURATION_CHOICES = [app_commands.Choice(name=f"{s} seconds", value=s) for s in (4, 6, 8)]
-FPS_CHOICES = [app_commands.Choice(name=f"{f} fps", value=f) for f in (24, 30)]
+DURATION_CHOICES = [app_commands.Choice(name=f"{s} seconds", value=s) for s in DURATIONS]
+FPS_CHOICES = [app_commands.Choice(name=f"{f} fps", value=f) for f in FPS_VALUES]
 RESOLUTION_CHOICES = [
     app_commands.Choice(name="720p", value=Resolution.HD.value),
     app_commands.Choice(name="1080p", value=Resolution.FULL_HD.value),
@@ -52,28 +50,28 @@ class Veo(commands.Cog):
     async def veo(
         self,
         interaction: discord.Interaction[VeoBot],
-        prompt: app_commands.Range[str, 1, 4000],
+        prompt: app_commands.Range[str, 1, PROMPT_MAX_CHARS],
         aspect: app_commands.Choice[str] | None = None,
         duration: app_commands.Choice[int] | None = None,
         fps: app_commands.Choice[int] | None = None,
         resolution: app_commands.Choice[str] | None = None,
         audio: bool | None = None,
-        seed: app_commands.Range[int, 0, 4294967295] | None = None,
+        seed: app_commands.Range[int, 0, SEED_MAX] | None = None,
         image: discord.Attachment | None = None,
     ) -> None:
         # Discord allows 3 s for the first answer: acknowledge before any I/O.
         await defer_public(interaction)
-        raw = default_params(self.bot.settings, prompt)
-        chosen = {
-            "aspect_ratio": aspect.value if aspect else None,
-            "duration": duration.value if duration else None,
-            "fps": fps.value if fps else None,
-            "resolution": resolution.value if resolution else None,
-            "generate_audio": audio,
-            "seed": seed,
-        }
-        raw.update({name: value for name, value in chosen.items() if value is not None})
-        await start_job(self.bot, interaction, raw, image=image, aspect_given=aspect is not None)
+        request = VeoRequest(
+            prompt=prompt,
+            aspect=Aspect(aspect.value) if aspect else None,
+            duration=duration.value if duration else None,
+            fps=fps.value if fps else None,
+            resolution=Resolution(resolution.value) if resolution else None,
+            audio=audio,
+            seed=seed,
+            image=image_of(image) if image else None,
+        )
+        await start_job(self.bot, interaction, request)
 
 
 async def setup(bot: VeoBot) -> None:

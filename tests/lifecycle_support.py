@@ -1,8 +1,7 @@
 """Test support for the job lifecycle and the Discord output: one factory per object under test,
 one way to queue a job, and a `JobOutput` that records what the lifecycle told it.
 
-Construction lives here (and only here) because `JobService`, `NewJob` and `DiscordOutput` are
-being reshaped: a constructor change should be one edit, not one per test.
+Construction lives here (and only here), so a constructor change is one edit, not one per test.
 """
 
 from __future__ import annotations
@@ -19,7 +18,6 @@ from bot.jobs import (
     Finished,
     JobOutput,
     JobService,
-    NewJob,
     OutputUnavailable,
     Progress,
     Receipt,
@@ -30,7 +28,7 @@ from bot.params import VeoParams
 from bot.quota import Allowed, LimitDefaults, Refusal
 from bot.segmind.client import SegmindClient
 from bot.segmind.fake import FakeSegmind
-from bot.store import Job, Store
+from bot.store import Job, ReserveRequest, Store
 
 SEGMIND_KEY = "sk-lifecycle-test-key-0123456789"
 GUILD = 100
@@ -120,9 +118,9 @@ def make_output(
     clock: Callable[[], float] = time.time,
 ) -> DiscordOutput:
     """The one place a test builds a `DiscordOutput` over a logged-in `discord.Client`."""
-    client.store = store  # today the output reads the store off the bot it is given
     return DiscordOutput(
         client,
+        log_channel=store.get_log_channel,
         edit_interval=edit_interval,
         mention_on_ready=mention_on_ready,
         demo=demo,
@@ -142,9 +140,9 @@ def new_job(
     interaction_created_at: float | None = None,
     upload_limit: int | None = None,
     **params: Any,
-) -> NewJob:
-    """The one place a test builds a `NewJob` (a validated, acknowledged request)."""
-    return NewJob(
+) -> ReserveRequest:
+    """The one place a test builds a request (validated, acknowledged, not yet reserved)."""
+    return ReserveRequest(
         guild_id=guild_id,
         channel_id=channel_id,
         user_id=user_id,
@@ -152,7 +150,8 @@ def new_job(
         params=VeoParams(prompt=prompt, **params),
         interaction_token=interaction_token,
         interaction_created_at=interaction_created_at,
-        message_id=message_id,
+        placeholder_channel_id=channel_id,
+        placeholder_message_id=message_id,
         upload_limit=upload_limit,
     )
 

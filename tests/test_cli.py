@@ -5,7 +5,6 @@ from __future__ import annotations
 import dataclasses
 import io
 import os
-from collections.abc import AsyncIterator
 from pathlib import Path
 
 import pytest
@@ -23,6 +22,7 @@ from bot.config import Settings, load_settings
 from bot.params import VeoParams
 from bot.segmind.client import SegmindClient, SubmittedJob
 from bot.segmind.fake import FakeSegmind, Fault
+from tests.conftest import StartFake
 
 KEY = "cli-test-key-0123456789"
 
@@ -36,13 +36,8 @@ def clean_env(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
 
 
 @pytest.fixture
-async def fake() -> AsyncIterator[FakeSegmind]:
-    server = FakeSegmind(api_key=KEY, queue_seconds=0.1, processing_seconds=0.3)
-    await server.start(host="127.0.0.1", port=0)
-    try:
-        yield server
-    finally:
-        await server.stop()
+async def fake(start_fake: StartFake) -> FakeSegmind:
+    return await start_fake(api_key=KEY, queue_seconds=0.1, processing_seconds=0.3)
 
 
 def settings_for(fake: FakeSegmind, **overrides: object) -> Settings:

@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+from collections.abc import AsyncIterator
+from pathlib import Path
+
 import discord
 import pytest
 from discord import app_commands
@@ -11,9 +14,14 @@ from bot.config import load_settings
 
 
 @pytest.fixture
-async def bot() -> VeoBot:
-    # Extensions load without logging in: nothing here talks to Discord or Segmind.
-    return VeoBot(load_settings(None))
+async def bot(tmp_path: Path) -> AsyncIterator[VeoBot]:
+    # Extensions load on the bot's services without logging in: nothing here talks to Discord,
+    # and without a Segmind key the services use the built-in fake.
+    settings = load_settings(None, veo_db_path=tmp_path / "veo.db", veo_work_dir=tmp_path / "w")
+    veo = VeoBot(settings)
+    await veo.open_services()
+    yield veo
+    await veo.close()
 
 
 def _walk(commands: list[app_commands.Command | app_commands.Group | app_commands.ContextMenu]):  # type: ignore[no-untyped-def]

@@ -21,7 +21,7 @@ import pytest
 from discord import app_commands
 from discord.ext import commands
 
-from tests.discord_emulator import (
+from harness.discord_emulator import (
     DiscordEmulator,
     Intents,
     SpecMissingError,

@@ -11,7 +11,7 @@ from __future__ import annotations
 import asyncio
 import importlib
 import io
-from collections.abc import AsyncIterator, Iterator
+from collections.abc import Iterator
 from typing import Any
 
 import httpx
@@ -23,6 +23,7 @@ from segmind.v2 import AsyncJob, InferenceFailed
 from bot.segmind.fake import FakeSegmind, Fault
 from bot.segmind.fake.jobs import BLOCKED_ERROR, INTERNAL_ERROR
 from bot.segmind.fake.video import probe
+from tests.conftest import StartFake
 
 KEY = "sdk-test-key"
 # The module itself: the package's `segmind.generations` attribute is a convenience object that
@@ -31,9 +32,8 @@ SDK_GENERATIONS = importlib.import_module("segmind.generations")
 
 
 @pytest.fixture
-async def fake() -> AsyncIterator[FakeSegmind]:
-    async with FakeSegmind(api_key=KEY, queue_seconds=0.05, processing_seconds=0.2) as running:
-        yield running
+async def fake(start_fake: StartFake) -> FakeSegmind:
+    return await start_fake(api_key=KEY, queue_seconds=0.05, processing_seconds=0.2)
 
 
 @pytest.fixture

@@ -20,6 +20,8 @@ from bot.params import parse_params
 from bot.segmind.fake import FakeSegmind, Fault, parse_magic, price, probe
 from bot.segmind.fake.jobs import BLOCKED_ERROR, INTERNAL_ERROR, Magic
 from bot.segmind.fake.video import MIB
+from harness.clocks import ManualClock
+from tests.conftest import StartFake
 
 KEY = "test-key"
 AUTH = {"x-api-key": KEY}
@@ -27,27 +29,9 @@ QUEUE = 2.0
 PROCESSING = 10.0
 
 
-class ManualClock:
-    """A clock that moves only when told to."""
-
-    def __init__(self) -> None:
-        self.now = 1000.0
-
-    def __call__(self) -> float:
-        return self.now
-
-    def advance(self, seconds: float) -> None:
-        self.now += seconds
-
-
 @pytest.fixture
-def clock() -> ManualClock:
-    return ManualClock()
-
-
-@pytest.fixture
-async def fake(clock: ManualClock) -> AsyncIterator[FakeSegmind]:
-    async with FakeSegmind(
+async def fake(start_fake: StartFake, clock: ManualClock) -> FakeSegmind:
+    return await start_fake(
         api_key=KEY,
         queue_seconds=QUEUE,
         processing_seconds=PROCESSING,
@@ -55,8 +39,7 @@ async def fake(clock: ManualClock) -> AsyncIterator[FakeSegmind]:
         credits=10.0,
         cost_per_job=0.6,
         clock=clock,
-    ) as running:
-        yield running
+    )
 
 
 @pytest.fixture

@@ -9,8 +9,9 @@ from typing import Any
 import discord
 import pytest
 
-from bot.chat.intake import ImageSource, find_image
+from bot.chat.intake import find_image
 from bot.chat.presenter import reply_without_image_hint
+from bot.request import ImageSource
 
 
 def _attachment(filename: str, content_type: str | None, size: int = 1234) -> discord.Attachment:

@@ -16,15 +16,15 @@ from pathlib import Path
 
 import pytest
 
-from bot.chat.presenter import Progress
 from bot.config import load_settings
-from bot.jobs import NOT_COUNTED, Finished, JobService, NewJob, Receipt
+from bot.jobs import NOT_COUNTED, Finished, JobService, Receipt
 from bot.params import parse_params
+from bot.progress import Progress
 from bot.quota import LimitDefaults
 from bot.segmind.client import SegmindClient
 from bot.segmind.fake import FakeSegmind, Fault
 from bot.segmind.fake import server as fake_server
-from bot.store import Job, Store, open_store
+from bot.store import Job, ReserveRequest, Store, open_store
 
 KEY = "job-download-test-key-0123456789"
 GUILD, CHANNEL, USER = 10, 20, 30
@@ -66,16 +66,8 @@ class Rig:
     async def run_one(self, prompt: str = "a quiet harbour") -> Job:
         params = parse_params({"prompt": prompt, "duration": 4, "seed": 7})
         job_id = await self.service.enqueue(
-            NewJob(
-                guild_id=GUILD,
-                channel_id=CHANNEL,
-                user_id=USER,
-                role_ids=(),
-                params=params,
-                interaction_token=None,
-                interaction_created_at=None,
-                message_id=None,
-                upload_limit=None,
+            ReserveRequest(
+                guild_id=GUILD, channel_id=CHANNEL, user_id=USER, role_ids=(), params=params
             )
         )
         assert isinstance(job_id, int)

@@ -10,6 +10,7 @@ import pytest
 
 from bot.ops.health import SEGMIND_FRESH, SEGMIND_PROBE_INTERVAL, GatewayWatch, Readiness
 from bot.ops.metrics import Endpoint, Metrics, segmind_endpoint
+from bot.params import VeoParams
 from bot.quota import LimitDefaults
 from bot.store import ReserveRequest, open_store
 
@@ -142,9 +143,7 @@ async def test_a_job_is_counted_once_however_often_its_end_is_reported(tmp_path:
                 channel_id=2,
                 user_id=3,
                 role_ids=(),
-                prompt="p",
-                params_json="{}",
-                image_url=None,
+                params=VeoParams(prompt="p"),
                 now=1000.0,
             ),
             defaults,

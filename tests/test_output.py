@@ -27,8 +27,8 @@ from bot.params import VeoParams
 from bot.quota import LimitDefaults
 from bot.segmind.fake.video import VideoSpec, ensure_rendered, probe
 from bot.store import Job, ReserveRequest, Store, open_store
-from tests.discord_emulator import DiscordEmulator, point_discord_py_at
-from tests.discord_emulator.world import Channel
+from harness.discord_emulator import DiscordEmulator, point_discord_py_at
+from harness.discord_emulator.world import Channel
 from tests.lifecycle_support import MIB, WAIT, OutputUnavailable, Progress, Stage, make_output
 
 WEBHOOK_EDIT = "PATCH /webhooks/{application_id}/{interaction_token}/messages/{message_id}"
@@ -135,9 +135,7 @@ async def a_job(
             channel_id=emu.channel.id,
             user_id=emu.member.id,
             role_ids=(),
-            prompt=prompt,
-            params_json=VeoParams(prompt=prompt).model_dump_json(),
-            image_url=None,
+            params=VeoParams(prompt=prompt),
             now=time.time(),
             interaction_token=interaction.token,
             interaction_created_at=interaction.created_at.timestamp(),
@@ -329,7 +327,7 @@ async def test_delivery_edits_the_placeholder_through_the_interaction_token(
     receipt, tried = await deliver_recording_routes(output, job, done)
 
     assert (receipt.method, receipt.message_id) == ("interaction", job.placeholder_message_id)
-    assert tried == ["placeholder"]
+    assert tried == ["interaction"]
     the_video(emu, receipt.message_id, job, done)
     message = emu.message(receipt.message_id)
     assert [u.id for u in message.mentions] == [emu.member.id]  # the requester, nobody else
@@ -350,7 +348,7 @@ async def test_a_token_too_old_to_trust_edits_the_placeholder_with_the_bot_token
     receipt, tried = await deliver_recording_routes(later, job, done)
 
     assert (receipt.method, receipt.message_id) == ("channel-edit", job.placeholder_message_id)
-    assert tried == ["placeholder"]
+    assert tried == ["channel-edit"]
     assert routes(emu, start) == [(CHANNEL_EDIT, 200)]  # the token was not even tried
     assert emu.requests(CHANNEL_EDIT)[0].auth == "Bot"
     the_video(emu, receipt.message_id, job, done)
@@ -389,7 +387,7 @@ async def test_a_deleted_placeholder_gets_a_new_channel_post_with_a_nonce(
     receipt, tried = await deliver_recording_routes(output, job, done)
 
     assert receipt.method == "channel-post" and receipt.message_id != job.placeholder_message_id
-    assert tried == ["placeholder", "channel-post"]
+    assert tried == ["interaction", "channel-post"]
     assert routes(emu, start) == [(WEBHOOK_EDIT, 404), (CHANNEL_POST, 200)]
     post = emu.requests(CHANNEL_POST)[0]
     assert post.json["nonce"] == f"veo-{job.id}" and post.json["enforce_nonce"] is True
@@ -414,7 +412,7 @@ async def test_a_placeholder_refused_with_403_gets_a_channel_post(
     receipt, tried = await deliver_recording_routes(output, job, done)
 
     assert receipt.method == "channel-post"
-    assert tried == ["placeholder", "channel-post"]
+    assert tried == ["interaction", "channel-post"]
     the_video(emu, receipt.message_id, job, done)
 
 
@@ -428,7 +426,7 @@ async def test_a_channel_that_refuses_the_bot_gets_the_video_by_dm(
     receipt, tried = await deliver_recording_routes(later, job, done)
 
     assert receipt.method == "dm"
-    assert tried == ["placeholder", "channel-post", "dm"]
+    assert tried == ["channel-edit", "channel-post", "dm"]
     dm = emu.dm_channel(emu.member)
     (message,) = emu.channel_messages(dm.id)
     assert message.id == receipt.message_id
@@ -556,7 +554,7 @@ async def test_find_delivery_sees_the_video_on_the_placeholder(
     start = mark(emu)
     found = await later.find_delivery(replace(job, delivery_method=None))
     assert found is not None
-    assert (found.method, found.message_id) == ("placeholder", receipt.message_id)
+    assert (found.method, found.message_id) == ("channel-edit", receipt.message_id)
     assert routes(emu, start) == [(CHANNEL_GET, 200)]
 
 

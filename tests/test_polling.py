@@ -19,8 +19,8 @@ from bot.segmind.polling import (
     Poller,
     PollSchedule,
     RateLimiter,
-    run_simulated,
 )
+from harness.clocks import run_simulated
 
 
 def now() -> float:

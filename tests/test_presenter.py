@@ -7,8 +7,6 @@ import re
 from bot.chat.presenter import (
     CONTENT_LIMIT,
     Delivered,
-    Progress,
-    Stage,
     failure_text,
     final_text,
     ordinal,
@@ -16,6 +14,7 @@ from bot.chat.presenter import (
     safe_prompt,
 )
 from bot.params import VeoParams
+from bot.progress import Progress, Stage
 
 PINGS = (
     "hey @everyone and @here, <@&123456789012345678> <@123456789012345678> <@!123456789012345678>"

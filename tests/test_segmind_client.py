@@ -44,6 +44,7 @@ from bot.segmind.client import (
     parse_reset,
 )
 from bot.segmind.fake import FakeSegmind, Fault
+from tests.conftest import StartFake
 
 KEY = "sk-test-0123456789abcdef-SECRET"
 WALL_START = 1_700_000_000.0
@@ -79,15 +80,10 @@ def ft() -> FakeTime:
 
 
 @pytest.fixture
-async def fake(ft: FakeTime) -> AsyncIterator[FakeSegmind]:
-    server = FakeSegmind(
+async def fake(start_fake: StartFake, ft: FakeTime) -> FakeSegmind:
+    return await start_fake(
         api_key=KEY, queue_seconds=5.0, processing_seconds=60.0, clock=ft.clock, cost_per_job=0.6
     )
-    await server.start(host="127.0.0.1", port=0)
-    try:
-        yield server
-    finally:
-        await server.stop()
 
 
 def make_client(base_url: str, ft: FakeTime, **kwargs: Any) -> SegmindClient:

@@ -8,7 +8,6 @@ SQLite backend's own: migrations, PRAGMAs, locking across connections."""
 from __future__ import annotations
 
 import asyncio
-import json
 import sqlite3
 import subprocess
 import sys
@@ -18,6 +17,7 @@ from pathlib import Path
 import aiosqlite
 import pytest
 
+from bot.params import VeoParams
 from bot.quota import GuildLimits, LimitDefaults, LimitOverride, Refusal
 from bot.store import (
     IN_FLIGHT_STATES,
@@ -38,6 +38,7 @@ from bot.store import (
     apply_migrations,
     open_store,
 )
+from harness.clocks import ManualClock
 
 NOW = 1_700_000_000.0
 HOUR = 3600.0
@@ -47,30 +48,20 @@ CHANNEL = 200
 DEFAULTS = LimitDefaults()  # 3 per 24 h, one at a time
 
 
-class Clock:
-    """A clock the test moves by hand."""
-
-    def __init__(self, now: float = NOW) -> None:
-        self.now = now
-
-    def __call__(self) -> float:
-        return self.now
-
-
 @pytest.fixture
-def clock() -> Clock:
-    return Clock()
+def clock() -> ManualClock:
+    return ManualClock(NOW)
 
 
 # How each backend opens an empty store in a test's own directory.
-BACKENDS: dict[str, Callable[[Path, Clock], Awaitable[Store]]] = {
+BACKENDS: dict[str, Callable[[Path, ManualClock], Awaitable[Store]]] = {
     "sqlite": lambda tmp, clock: SqliteStore.open(tmp / "data" / "veo.sqlite3", clock=clock),
 }
 
 
 @pytest.fixture(params=sorted(BACKENDS))
 async def store(
-    request: pytest.FixtureRequest, tmp_path: Path, clock: Clock
+    request: pytest.FixtureRequest, tmp_path: Path, clock: ManualClock
 ) -> AsyncIterator[Store]:
     opened = await BACKENDS[request.param](tmp_path, clock)
     try:
@@ -88,15 +79,12 @@ def request(
     prompt: str = "a red fox in the snow",
     **extra: object,
 ) -> ReserveRequest:
-    params = {"prompt": prompt, "duration": 8}
     return ReserveRequest(
         guild_id=guild_id,
         channel_id=CHANNEL,
         user_id=user_id,
         role_ids=role_ids,
-        prompt=prompt,
-        params_json=json.dumps(params),
-        image_url=None,
+        params=VeoParams(prompt=prompt, duration=8),
         now=now,
         **extra,  # type: ignore[arg-type]
     )
@@ -166,7 +154,7 @@ async def test_reopening_is_idempotent(tmp_path: Path) -> None:
         assert job.state == "queued"
 
 
-async def test_migrates_a_version_1_database_with_data(tmp_path: Path, clock: Clock) -> None:
+async def test_migrates_a_version_1_database_with_data(tmp_path: Path, clock: ManualClock) -> None:
     path = tmp_path / "veo.sqlite3"
     async with aiosqlite.connect(path, isolation_level=None) as conn:
         assert await apply_migrations(conn, MIGRATIONS[:1]) == 1
@@ -245,7 +233,7 @@ def test_importing_the_store_loads_no_discord_and_no_http() -> None:
 # ----------------------------------------------------------------------------- state machine
 
 
-async def test_happy_path_stamps_times_and_charges(store: Store, clock: Clock) -> None:
+async def test_happy_path_stamps_times_and_charges(store: Store, clock: ManualClock) -> None:
     job_id = await reserved(store, request())
     clock.now = NOW + 10
     assert await store.transition(job_id, "queued", "submitting")
@@ -279,7 +267,7 @@ async def test_cas_refuses_a_second_mover(store: Store) -> None:
     assert await store.transition(job_id, "queued", "cancelled") is None
 
 
-async def test_transition_returns_the_row_it_wrote(store: Store, clock: Clock) -> None:
+async def test_transition_returns_the_row_it_wrote(store: Store, clock: ManualClock) -> None:
     job_id = await reserved(store, request())
     clock.now = NOW + 10
     assert await store.transition(job_id, "queued", "submitting")
@@ -385,7 +373,7 @@ async def test_queue_is_first_come_first_served_across_users(store: Store) -> No
 
 
 async def test_window_counts_reserved_and_charged_but_not_released(
-    store: Store, clock: Clock
+    store: Store, clock: ManualClock
 ) -> None:
     limits = LimitDefaults(concurrency=10)
     first = await reserved(store, request(now=NOW), limits)
@@ -519,7 +507,7 @@ async def test_reset_clears_the_users_window_but_keeps_history(store: Store) -> 
     assert refusal.kind == "guild_daily"
 
 
-async def test_every_moderator_change_is_audited(store: Store, clock: Clock) -> None:
+async def test_every_moderator_change_is_audited(store: Store, clock: ManualClock) -> None:
     await store.set_guild_limits(GUILD, GuildLimits(user_limit=5), actor_id=99)
     await store.set_role_override(GUILD, 10, LimitOverride(user_limit=7), actor_id=98)
     await store.set_user_override(GUILD, 1, LimitOverride(concurrency=2), actor_id=99)

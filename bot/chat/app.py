@@ -2,9 +2,11 @@
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import time
 from collections.abc import Callable
+from dataclasses import dataclass
 
 import aiohttp
 import discord
@@ -37,7 +39,6 @@ INVITE_PERMISSIONS = discord.Permissions(
     attach_files=True,
     read_message_history=True,
 )
-DEMO_KEY = "demo-mode-key"
 
 
 class VeoTree(app_commands.CommandTree["VeoBot"]):
@@ -61,6 +62,17 @@ class VeoTree(app_commands.CommandTree["VeoBot"]):
             command = interaction.command.qualified_name if interaction.command else "?"
             text = unexpected(f"/{command} (interaction {interaction.id})", error)
         await send_ephemeral(interaction, text)
+
+
+@dataclass(frozen=True)
+class Services:
+    """What the bot runs on, built together by `open_services` (from `setup_hook`)."""
+
+    store: Store
+    segmind: sm.SegmindClient
+    jobs: JobService
+    output: DiscordOutput
+    session: aiohttp.ClientSession  # shared by everything that fetches from the web (images)
 
 
 class VeoBot(commands.Bot):
@@ -91,50 +103,70 @@ class VeoBot(commands.Bot):
         self.ops: OpsServer | None = None
         self.settings = settings
         self.clock = clock
-        self.store: Store | None = None
-        self.segmind: sm.SegmindClient | None = None
-        self.jobs: JobService | None = None
-        self.output: DiscordOutput | None = None
-        # Shared by everything that fetches from the web (input images), closed in close().
-        self.session: aiohttp.ClientSession | None = None
-        # The Segmind client's own session, traced for the metrics and the readiness check.
-        self._segmind_session: aiohttp.ClientSession | None = None
-        self._fake: object | None = None
+        self._services: Services | None = None
+        # Whatever setup_hook opened, closed by close() in reverse order, even after a failed
+        # start-up.
+        self._resources = contextlib.AsyncExitStack()
 
     @property
     def demo(self) -> bool:
         return self.settings.demo_mode
 
+    # The services exist from setup_hook on, before any command or event can arrive; reading
+    # one earlier is a bug, not a state to check for.
+    @property
+    def services(self) -> Services:
+        if self._services is None:
+            raise RuntimeError("the bot's services are used before setup_hook built them")
+        return self._services
+
     async def setup_hook(self) -> None:
+        jobs = (await self.open_services()).jobs
+        for extension in EXTENSIONS:
+            await self.load_extension(extension)
+        await self._sync_commands()
+        self._log_invite()
+        await jobs.start()
+        self.ops = await start_ops(
+            self,
+            settings=self.settings,
+            metrics=self.metrics,
+            watch=self.gateway_watch,
+            store=self.services.store,
+            segmind=self.services.segmind,
+        )
+
+    async def open_services(self) -> Services:
+        """Open the store, the Segmind client (or the demo fake) and build the lifecycle and
+        the output — no Discord I/O yet, so the cogs can be loaded on top of them in tests."""
         settings = self.settings
-        self.session = aiohttp.ClientSession()
-        self.store = await open_store(settings.veo_db_path)
-        base_url, key = await self._segmind_endpoint()
-        self._segmind_session = aiohttp.ClientSession(
+        resources = self._resources
+        session = aiohttp.ClientSession()
+        resources.push_async_callback(session.close)
+        store = await open_store(settings.veo_db_path)
+        resources.push_async_callback(store.close)
+        base_url, key, history_url = await self._segmind_endpoint()
+        # The Segmind client's own session, traced for the metrics and the readiness check.
+        segmind_session = aiohttp.ClientSession(
             trace_configs=[self.metrics.segmind_trace(base_url)]
         )
-        self.segmind = sm.SegmindClient(
-            key,
-            base_url,
-            session=self._segmind_session,
-            max_rpm=settings.segmind_max_rpm,
-            timeout=settings.segmind_timeout,
-            poll_floor=settings.veo_poll_floor,
-            poll_ceiling=settings.veo_poll_ceiling,
-            job_deadline=settings.veo_job_deadline,
-            download_timeout=settings.veo_download_timeout,
+        resources.push_async_callback(segmind_session.close)
+        segmind = sm.SegmindClient.from_settings(
+            settings, key, base_url, history_url=history_url, session=segmind_session
         )
-        self.output = DiscordOutput(
+        resources.push_async_callback(segmind.close)
+        output = DiscordOutput(
             self,
+            log_channel=store.get_log_channel,
             edit_interval=settings.veo_edit_interval,
             mention_on_ready=settings.veo_mention_on_ready,
             demo=self.demo,
             clock=self.clock,
         )
-        self.jobs = JobService(
-            self.store,
-            self.segmind,
-            self.output,
+        jobs = JobService(
+            store,
+            segmind,
+            output,
             limit_defaults=LimitDefaults.from_settings(settings),
             max_concurrent=settings.veo_max_concurrent_jobs,
             work_dir=settings.veo_work_dir,
@@ -143,19 +175,18 @@ class VeoBot(commands.Bot):
             clock=self.clock,
             events=self.metrics,
         )
-        for extension in EXTENSIONS:
-            await self.load_extension(extension)
-        await self._sync_commands()
-        self._log_invite()
-        await self.jobs.start()
-        self.ops = await start_ops(self)
+        self._services = Services(store, segmind, jobs, output, session)
+        return self._services
 
-    async def _segmind_endpoint(self) -> tuple[str, str]:
+    async def _segmind_endpoint(self) -> tuple[str, str, str]:
+        """Segmind's base URL, the key and the request-history URL: the settings', or in demo
+        mode a built-in fake's (so the demo key is never sent to the real service)."""
         settings = self.settings
         if not self.demo:
             assert settings.segmind_api_key is not None
-            return settings.segmind_base_url, settings.segmind_api_key.get_secret_value()
-        from bot.segmind.fake import FakeSegmind
+            key = settings.segmind_api_key.get_secret_value()
+            return settings.segmind_base_url, key, settings.segmind_history_url
+        from bot.segmind.fake import DEMO_KEY, FakeSegmind
 
         # Slow enough that an owner trying the bot sees the placeholder move.
         demo_seconds = settings.veo_demo_seconds
@@ -163,7 +194,7 @@ class VeoBot(commands.Bot):
             api_key=DEMO_KEY, queue_seconds=demo_seconds * 0.15, processing_seconds=demo_seconds
         )
         await fake.start(host="127.0.0.1", port=0)
-        self._fake = fake
+        self._resources.push_async_callback(fake.stop)
         banner = "=" * 72
         log.warning(
             "\n%s\nDEMO MODE: no SEGMIND_API_KEY is set. A built-in fake Segmind serves test\n"
@@ -171,7 +202,7 @@ class VeoBot(commands.Bot):
             banner,
             banner,
         )
-        return fake.base_url, DEMO_KEY
+        return fake.base_url, DEMO_KEY, fake.history_url
 
     async def _sync_commands(self) -> None:
         guild_id = self.settings.discord_dev_guild_id
@@ -207,18 +238,9 @@ class VeoBot(commands.Bot):
         every `@Veo …` would be parsed as a command and logged as CommandNotFound."""
 
     async def close(self) -> None:
-        await stop_ops(self)
-        if self.jobs is not None:
-            await self.jobs.stop()
+        await stop_ops(self.ops, self.metrics)
+        self.ops = None
+        if self._services is not None:
+            await self._services.jobs.stop()
         await super().close()
-        if self.segmind is not None:
-            await self.segmind.close()
-        if self._segmind_session is not None:
-            await self._segmind_session.close()
-        if self.store is not None:
-            await self.store.close()
-        if self.session is not None:
-            await self.session.close()
-        stop = getattr(self._fake, "stop", None)
-        if stop is not None:
-            await stop()
+        await self._resources.aclose()

@@ -15,27 +15,23 @@ sent to Segmind:
 from __future__ import annotations
 
 import logging
-import secrets
 from collections.abc import Awaitable, Callable
-from dataclasses import dataclass
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING
 
 import discord
 
 from bot.chat.reports import message_url
-from bot.config import Settings
-from bot.jobs import NewJob
 from bot.media.images import ImageRejected, inspect_image
-from bot.params import InvalidParams, VeoParams, parse_params
+from bot.params import InvalidParams, VeoParams
 from bot.quota import Refusal, render_refusal
-from bot.store import StoreUnavailable
+from bot.request import ImageSource, VeoRequest, resolve_params
+from bot.store import ReserveRequest, StoreUnavailable
 
 if TYPE_CHECKING:
     from bot.chat.app import VeoBot
 
 log = logging.getLogger(__name__)
 
-SEED_MAX = 2**32 - 1
 PLACEHOLDER_KEY = "veo_placeholder_id"
 IMAGE_EXTENSIONS = (".png", ".jpg", ".jpeg", ".webp", ".gif", ".bmp", ".heic", ".avif", ".tiff")
 CHECKING_TEXT = "⏳ Checking the image…"
@@ -49,30 +45,9 @@ class Refused(Exception):
     """The request cannot go ahead; `str()` is the message for the member."""
 
 
-@dataclass(frozen=True)
-class ImageSource:
-    """An image a member pointed at, with what Discord told us about it (if anything)."""
-
-    url: str
-    content_type: str | None = None
-    size: int | None = None
-
-    @classmethod
-    def from_attachment(cls, attachment: discord.Attachment) -> ImageSource:
-        return cls(attachment.url, attachment.content_type, attachment.size)
-
-
-def default_params(settings: Settings, prompt: str) -> dict[str, Any]:
-    """A raw request with the server's defaults, for entry points that only ask for a prompt."""
-    return {
-        "prompt": prompt,
-        "aspect_ratio": settings.veo_default_aspect.value,
-        "duration": settings.veo_default_duration,
-        "fps": settings.veo_default_fps,
-        "resolution": settings.veo_default_resolution.value,
-        "generate_audio": settings.veo_default_audio,
-        "seed": 0,
-    }
+def image_of(attachment: discord.Attachment) -> ImageSource:
+    """An attachment as an image source, with the type and size Discord declared."""
+    return ImageSource(attachment.url, attachment.content_type, attachment.size)
 
 
 def find_image(message: discord.Message) -> ImageSource | None:
@@ -99,7 +74,7 @@ def _image_in(
         if content_type.startswith("image/") or (
             not content_type and attachment.filename.lower().endswith(IMAGE_EXTENSIONS)
         ):
-            return ImageSource.from_attachment(attachment)
+            return image_of(attachment)
     for embed in embeds:
         # Prefer Discord's media proxy: the bot then fetches from Discord, not from any site
         # a member linked. A bare `url` is still returned so the check can tell the member
@@ -111,19 +86,14 @@ def _image_in(
     return None
 
 
-async def prepare_params(
-    bot: VeoBot,
-    raw: dict[str, Any],
-    image: ImageSource | None,
-    *,
-    aspect_given: bool,
-) -> VeoParams:
+async def prepare_params(bot: VeoBot, request: VeoRequest) -> VeoParams:
     """Validate the options and the image (head only); raises `Refused`. No side effects."""
-    if image is not None:
-        assert bot.session is not None
+    image_aspect = None
+    if request.image is not None:
+        image = request.image
         try:
             info = await inspect_image(
-                bot.session,
+                bot.services.session,
                 image.url,
                 max_bytes=bot.settings.veo_max_image_bytes,
                 declared_type=image.content_type,
@@ -133,53 +103,44 @@ async def prepare_params(
         except ImageRejected as exc:
             log.info("image refused (%s): %s", image.url.split("?", 1)[0], exc)
             raise Refused(str(exc)) from None
-        raw["image_url"] = image.url
-        closest = info.closest_aspect()
-        if not aspect_given and closest is not None:
-            raw["aspect_ratio"] = closest.value
-    if not raw.get("seed"):
-        # Choose the seed ourselves so the final message can say which one made this video.
-        raw["seed"] = secrets.randbelow(SEED_MAX) + 1
+        image_aspect = info.closest_aspect()
     try:
-        return parse_params(raw)
+        return resolve_params(request, bot.settings, image_aspect=image_aspect)
     except InvalidParams as exc:
         raise Refused(exc.user_message) from None
 
 
-async def reserve(bot: VeoBot, new: NewJob) -> int:
+async def reserve(bot: VeoBot, request: ReserveRequest) -> int:
     """Check the limits and queue; returns the job id or raises `Refused`."""
-    assert bot.jobs is not None
     try:
-        outcome = await bot.jobs.enqueue(new)
+        outcome = await bot.services.jobs.enqueue(request)
     except StoreUnavailable:
-        log.exception("database unavailable; refusing a job from user %s", new.user_id)
+        log.exception("database unavailable; refusing a job from user %s", request.user_id)
         raise Refused(STORE_DOWN) from None
     if isinstance(outcome, Refusal):
         raise Refused(await _with_link(bot, outcome))
-    log.info("job %s queued for user %s in guild %s", outcome, new.user_id, new.guild_id)
+    log.info("job %s queued for user %s in guild %s", outcome, request.user_id, request.guild_id)
     return outcome
 
 
 async def _with_link(bot: VeoBot, refusal: Refusal) -> str:
     """The refusal, with a link to the job still in progress when that is the reason."""
     text = render_refusal(refusal)
-    if refusal.kind != "concurrency" or refusal.in_flight_job_id is None or bot.jobs is None:
+    if refusal.kind != "concurrency" or refusal.in_flight_job_id is None:
         return text
-    job = await bot.jobs.get(refusal.in_flight_job_id)
+    job = await bot.services.jobs.get(refusal.in_flight_job_id)
     link = message_url(job) if job is not None else None
     return f"{text} ([see it]({link}))" if link else text
 
 
 async def _start(
     bot: VeoBot,
-    raw: dict[str, Any],
-    image: ImageSource | None,
-    aspect_given: bool,
-    build: Callable[[VeoParams], Awaitable[NewJob]],
+    request: VeoRequest,
+    build: Callable[[VeoParams], Awaitable[ReserveRequest]],
     refuse_with: Callable[[str], Awaitable[None]],
 ) -> int | None:
     try:
-        params = await prepare_params(bot, raw, image, aspect_given=aspect_given)
+        params = await prepare_params(bot, request)
         return await reserve(bot, await build(params))
     except Refused as exc:
         await refuse_with(str(exc))
@@ -201,21 +162,16 @@ def member_role_ids(member: discord.abc.User) -> tuple[int, ...]:
 async def start_job(
     bot: VeoBot,
     interaction: discord.Interaction[VeoBot],
-    raw: dict[str, Any],
-    *,
-    image: discord.Attachment | ImageSource | None = None,
-    aspect_given: bool = True,
+    request: VeoRequest,
 ) -> int | None:
     """Validate, reserve and queue; returns the job id, or None when refused (user told)."""
     if interaction.guild is None or interaction.channel_id is None:
         await refuse(interaction, "Use /veo in a server channel.")
         return None
     guild_id, channel_id = interaction.guild.id, interaction.channel_id
-    if isinstance(image, discord.Attachment):
-        image = ImageSource.from_attachment(image)
 
-    async def build(params: VeoParams) -> NewJob:
-        return NewJob(
+    async def build(params: VeoParams) -> ReserveRequest:
+        return ReserveRequest(
             guild_id=guild_id,
             channel_id=channel_id,
             user_id=interaction.user.id,
@@ -223,14 +179,15 @@ async def start_job(
             params=params,
             interaction_token=interaction.token,
             interaction_created_at=interaction.created_at.timestamp(),
-            message_id=await placeholder_id(interaction),
+            placeholder_channel_id=channel_id,
+            placeholder_message_id=await placeholder_id(interaction),
             upload_limit=interaction.filesize_limit,
         )
 
     async def refuse_with(text: str) -> None:
         await refuse(interaction, text)
 
-    return await _start(bot, raw, image, aspect_given, build, refuse_with)
+    return await _start(bot, request, build, refuse_with)
 
 
 async def defer_public(interaction: discord.Interaction[VeoBot]) -> None:
@@ -291,10 +248,7 @@ async def reply_quietly(message: discord.Message, text: str) -> discord.Message 
 async def start_job_from_message(
     bot: VeoBot,
     message: discord.Message,
-    raw: dict[str, Any],
-    *,
-    image: ImageSource,
-    aspect_given: bool = False,
+    request: VeoRequest,
 ) -> int | None:
     """`start_job` for a member's message (a mention): the placeholder is the bot's reply.
 
@@ -308,16 +262,15 @@ async def start_job_from_message(
     if placeholder is None:
         return None
 
-    async def build(params: VeoParams) -> NewJob:
-        return NewJob(
+    async def build(params: VeoParams) -> ReserveRequest:
+        return ReserveRequest(
             guild_id=guild.id,
             channel_id=message.channel.id,
             user_id=message.author.id,
             role_ids=member_role_ids(message.author),
             params=params,
-            interaction_token=None,
-            interaction_created_at=None,
-            message_id=placeholder.id,
+            placeholder_channel_id=message.channel.id,
+            placeholder_message_id=placeholder.id,
             upload_limit=guild.filesize_limit,
         )
 
@@ -327,4 +280,4 @@ async def start_job_from_message(
         except discord.HTTPException as exc:
             log.warning("message %s: refusal not shown (%s %s)", message.id, exc.status, exc.code)
 
-    return await _start(bot, raw, image, aspect_given, build, refuse_with)
+    return await _start(bot, request, build, refuse_with)

@@ -5,40 +5,47 @@ from __future__ import annotations
 
 import logging
 from collections.abc import Callable, Coroutine
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
-from bot.config import SettingsError
-from bot.ops.health import Readiness
+from discord.ext import commands
+
+from bot.config import Settings, SettingsError
+from bot.ops.health import GatewayWatch, Readiness
 from bot.ops.http import OpsServer
-
-if TYPE_CHECKING:
-    from bot.chat.app import VeoBot
+from bot.ops.metrics import Metrics
+from bot.segmind.client import SegmindClient
+from bot.store import Store
 
 log = logging.getLogger(__name__)
 
 
-async def start_ops(bot: VeoBot) -> OpsServer | None:
+async def start_ops(
+    bot: commands.Bot,
+    *,
+    settings: Settings,
+    metrics: Metrics,
+    watch: GatewayWatch,
+    store: Store,
+    segmind: SegmindClient,
+) -> OpsServer | None:
     """Follow the gateway, probe the event loop, and serve HTTP if a port is configured."""
-    assert bot.store is not None and bot.segmind is not None
-    watch = bot.gateway_watch
     # READY and RESUMED mean connected; discord.py dispatches `disconnect` on every drop.
     bot.add_listener(_on(watch.up), "on_connect")
     bot.add_listener(_on(watch.up), "on_resumed")
     bot.add_listener(_on(watch.down), "on_disconnect")
-    bot.metrics.start_loop_probe()
-    port = bot.settings.veo_http_port
+    metrics.start_loop_probe()
+    port = settings.veo_http_port
     if port is None:
         return None
-    store, segmind = bot.store, bot.segmind
     readiness = Readiness(
         bot,
         watch,
         db_ping=store.ping,
-        segmind_answered_at=lambda: bot.metrics.segmind_last_answer,
+        segmind_answered_at=lambda: metrics.segmind_last_answer,
         probe_segmind=segmind.credits,
     )
-    server = OpsServer(readiness, bot.metrics, store)
-    host = bot.settings.veo_http_host
+    server = OpsServer(readiness, metrics, store)
+    host = settings.veo_http_host
     try:
         await server.start(host, port)
     except OSError as exc:
@@ -50,11 +57,11 @@ async def start_ops(bot: VeoBot) -> OpsServer | None:
     return server
 
 
-async def stop_ops(bot: VeoBot) -> None:
-    if bot.ops is not None:
-        await bot.ops.stop()
-        bot.ops = None
-    await bot.metrics.stop_loop_probe()
+async def stop_ops(server: OpsServer | None, metrics: Metrics) -> None:
+    """Stop serving and probing (either may never have started)."""
+    if server is not None:
+        await server.stop()
+    await metrics.stop_loop_probe()
 
 
 def _on(action: Callable[[], None]) -> Callable[..., Coroutine[Any, Any, None]]:

@@ -20,9 +20,9 @@ from __future__ import annotations
 import asyncio
 import logging
 import time
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Any, Protocol
+from typing import Any, Protocol
 
 import aiohttp
 import discord
@@ -30,20 +30,23 @@ import discord
 from bot.chat import reports
 from bot.chat.presenter import (
     Delivered,
-    Progress,
-    Stage,
     failure_text,
     final_text,
     progress_text,
     source_image_embed,
     with_cancel_note,
 )
-from bot.jobs import Finished, OutputUnavailable, Receipt, checkpoint_route, params_of
+from bot.jobs import (
+    PLACEHOLDER_ROUTES,
+    DeliveryRoute,
+    Finished,
+    OutputUnavailable,
+    Receipt,
+    checkpoint_route,
+)
 from bot.media.encode import UploadPlan, encoded_path, plan_upload
+from bot.progress import Progress, Stage
 from bot.store import Job
-
-if TYPE_CHECKING:
-    from bot.chat.app import VeoBot
 
 log = logging.getLogger(__name__)
 
@@ -79,14 +82,16 @@ class DiscordOutput:
 
     def __init__(
         self,
-        bot: VeoBot,
+        client: discord.Client,
         *,
+        log_channel: Callable[[int], Awaitable[int | None]],
         edit_interval: float,
         mention_on_ready: bool,
         demo: bool,
         clock: Callable[[], float] = time.time,
     ) -> None:
-        self.bot = bot
+        self.client = client
+        self.log_channel = log_channel  # a guild's moderator log channel, if it set one
         self.edit_interval = edit_interval
         self.mention_on_ready = mention_on_ready
         self.demo = demo
@@ -107,11 +112,10 @@ class DiscordOutput:
         self._drop_pending(job.id)
         self._locks.pop(job.id, None)
         self._closed.discard(job.id)
-        store = self.bot.store
-        channel_id = await store.get_log_channel(job.guild_id) if store is not None else None
+        channel_id = await self.log_channel(job.guild_id)
         if channel_id is None:
             return
-        channel = self.bot.get_partial_messageable(channel_id, guild_id=job.guild_id)
+        channel = self.client.get_partial_messageable(channel_id, guild_id=job.guild_id)
         try:
             await channel.send(
                 reports.log_line(job), allowed_mentions=discord.AllowedMentions.none()
@@ -137,7 +141,7 @@ class DiscordOutput:
     async def progress(self, job: Job, progress: Progress) -> None:
         if job.id in self._closed:
             return
-        text = progress_text(params_of(job), progress, demo=self.demo)
+        text = progress_text(job.params_model, progress, demo=self.demo)
         if progress.stage in (Stage.SUBMITTING, Stage.WAITING, Stage.GENERATING):
             text = with_cancel_note(text)
         throttle = self._throttles.setdefault(job.id, _Throttle())
@@ -188,7 +192,7 @@ class DiscordOutput:
     # ------------------------------------------------------------------------------ endings
 
     async def failed(self, job: Job, message: str) -> None:
-        text = failure_text(params_of(job), message, job_id=job.id)
+        text = failure_text(job.params_model, message, job_id=job.id)
         await self._final(
             job,
             content=text,
@@ -204,7 +208,7 @@ class DiscordOutput:
         # The live interaction's limit (boosts included); with no usable token the upload goes
         # with the bot token, so the guild's own limit applies.
         token_alive = self._token_alive(job)
-        guild = self.bot.get_guild(job.guild_id)
+        guild = self.client.get_guild(job.guild_id)
         limit = (
             job.upload_limit
             if token_alive and job.upload_limit
@@ -236,7 +240,7 @@ class DiscordOutput:
         def message(plan: UploadPlan) -> tuple[str, list[discord.File]]:
             text = final_text(
                 Delivered(
-                    params=params_of(job),
+                    params=job.params_model,
                     took=finished.took,
                     cost=finished.cost,
                     attached=plan.path is not None,
@@ -306,52 +310,44 @@ class DiscordOutput:
         delivery: bool,
         **extra: Any,
     ) -> Receipt:
-        async def checkpoint(route: str) -> None:
+        async def checkpoint(route: DeliveryRoute) -> None:
             if delivery:
                 await checkpoint_route(route)
 
+        async def post(to: discord.abc.Messageable, route: DeliveryRoute, nonce: str) -> Receipt:
+            await checkpoint(route)
+            message = await to.send(
+                content, files=files, allowed_mentions=allowed_mentions, nonce=nonce, **extra
+            )
+            return Receipt(message_id=message.id, method=route)
+
         if job.placeholder_message_id is not None:
             try:
-                await checkpoint("placeholder")
-                method = await self._edit(
+                route = await self._edit(
                     job,
+                    checkpoint=checkpoint,
                     content=content,
                     attachments=files,
                     allowed_mentions=allowed_mentions,
                     **extra,
                 )
-                return Receipt(message_id=job.placeholder_message_id, method=method)
+                assert route is not None  # there is a placeholder
+                return Receipt(message_id=job.placeholder_message_id, method=route)
             except discord.HTTPException as exc:
                 if not _is_gone(exc):
                     raise
                 log.info("job %s: placeholder unusable (%s), posting anew", job.id, exc.code)
             files = _fresh(files)
-        channel = self.bot.get_partial_messageable(job.channel_id, guild_id=job.guild_id)
+        channel = self.client.get_partial_messageable(job.channel_id, guild_id=job.guild_id)
         try:
-            await checkpoint("channel-post")
-            message = await channel.send(
-                content,
-                files=files,
-                allowed_mentions=allowed_mentions,
-                nonce=f"veo-{job.id}",
-                **extra,
-            )
-            return Receipt(message_id=message.id, method="channel-post")
+            return await post(channel, "channel-post", f"veo-{job.id}")
         except discord.HTTPException as exc:
             if not _is_gone(exc):
                 raise
             log.info("job %s: cannot post in channel (%s), sending a DM", job.id, exc.code)
         files = _fresh(files)
-        await checkpoint("dm")
-        user = await self.bot.fetch_user(job.user_id)
-        message = await user.send(
-            content,
-            files=files,
-            allowed_mentions=allowed_mentions,
-            nonce=f"veo-{job.id}-dm",
-            **extra,
-        )
-        return Receipt(message_id=message.id, method="dm")
+        user = await self.client.fetch_user(job.user_id)
+        return await post(user, "dm", f"veo-{job.id}-dm")
 
     # ------------------------------------------------------------------- finding a delivery
 
@@ -366,15 +362,19 @@ class DiscordOutput:
         if job.placeholder_message_id is not None:
             message = await self._fetch_placeholder(job)
             if message is not None and self._carries_video(job, message):
-                method = tried if tried in ("interaction", "channel-edit") else "placeholder"
-                return Receipt(message_id=message.id, method=method)
+                # A database from an earlier version may say just "placeholder" (or nothing):
+                # name the route the placeholder can be edited by now.
+                route = _placeholder_route(tried)
+                if route is None:
+                    route = "interaction" if self._token_alive(job) else "channel-edit"
+                return Receipt(message_id=message.id, method=route)
         if tried in ("channel-post", "dm"):
-            channel = self.bot.get_partial_messageable(job.channel_id, guild_id=job.guild_id)
+            channel = self.client.get_partial_messageable(job.channel_id, guild_id=job.guild_id)
             found = await self._search(channel, job)
             if found is not None:
                 return Receipt(message_id=found.id, method="channel-post")
         if tried == "dm":
-            user = await self.bot.fetch_user(job.user_id)
+            user = await self.client.fetch_user(job.user_id)
             found = await self._search(user.dm_channel or await user.create_dm(), job)
             if found is not None:
                 return Receipt(message_id=found.id, method="dm")
@@ -390,14 +390,14 @@ class DiscordOutput:
         try:
             if job.interaction_token and self._token_alive(job):
                 webhook = discord.Webhook.partial(
-                    self.bot.application_id or 0, job.interaction_token, client=self.bot
+                    self.client.application_id or 0, job.interaction_token, client=self.client
                 )
                 try:
                     return await webhook.fetch_message(job.placeholder_message_id)
                 except discord.HTTPException as exc:
                     if not (exc.status == 401 or exc.code == INVALID_WEBHOOK_TOKEN):
                         raise
-            channel = self.bot.get_partial_messageable(job.channel_id, guild_id=job.guild_id)
+            channel = self.client.get_partial_messageable(job.channel_id, guild_id=job.guild_id)
             return await channel.fetch_message(job.placeholder_message_id)
         except discord.HTTPException as exc:
             if _is_gone(exc):
@@ -417,7 +417,7 @@ class DiscordOutput:
 
     def _carries_video(self, job: Job, message: discord.Message) -> bool:
         """Our message with this job's video attached, or its link."""
-        if self.bot.user is not None and message.author.id != self.bot.user.id:
+        if self.client.user is not None and message.author.id != self.client.user.id:
             return False
         if any(a.filename == f"veo-{job.id}.mp4" for a in message.attachments):
             return True
@@ -425,13 +425,22 @@ class DiscordOutput:
 
     # ------------------------------------------------------------------------------- editing
 
-    async def _edit(self, job: Job, **fields: Any) -> str:
-        """Edit the placeholder; returns which route worked. Raises what the last route raised."""
+    async def _edit(
+        self,
+        job: Job,
+        *,
+        checkpoint: Callable[[DeliveryRoute], Awaitable[None]] | None = None,
+        **fields: Any,
+    ) -> DeliveryRoute | None:
+        """Edit the placeholder; returns which route worked (None: the job has no placeholder).
+        `checkpoint` hears each route before it is tried. Raises what the last route raised."""
         if job.placeholder_message_id is None:
-            return "none"
+            return None
         if job.interaction_token and self._token_alive(job):
+            if checkpoint is not None:
+                await checkpoint("interaction")
             webhook = discord.Webhook.partial(
-                self.bot.application_id or 0, job.interaction_token, client=self.bot
+                self.client.application_id or 0, job.interaction_token, client=self.client
             )
             try:
                 await webhook.edit_message(job.placeholder_message_id, **fields)
@@ -442,9 +451,11 @@ class DiscordOutput:
                 log.info("job %s: interaction token expired, editing with the bot token", job.id)
             if "attachments" in fields:
                 fields["attachments"] = _fresh(fields["attachments"])
-        message = self.bot.get_partial_messageable(
+        message = self.client.get_partial_messageable(
             job.channel_id, guild_id=job.guild_id
         ).get_partial_message(job.placeholder_message_id)
+        if checkpoint is not None:
+            await checkpoint("channel-edit")
         await message.edit(**fields)
         return "channel-edit"
 
@@ -469,6 +480,14 @@ def _fresh(files: list[discord.File]) -> list[discord.File]:
             file.reset()
             fresh.append(file)
     return fresh
+
+
+def _placeholder_route(stored: str | None) -> DeliveryRoute | None:
+    """The placeholder route a job's stored `delivery_method` names, if it names one."""
+    for route in PLACEHOLDER_ROUTES:
+        if stored == route:
+            return route
+    return None
 
 
 def _is_gone(exc: discord.HTTPException) -> bool:

@@ -8,26 +8,24 @@ from __future__ import annotations
 
 import re
 from dataclasses import dataclass
-from enum import StrEnum
 
 import discord
 
-from bot.params import VeoParams
+from bot.params import Aspect, VeoParams
+from bot.progress import Progress, Stage
 
 _LINE_START = re.compile(r"^(\s*)(#|-#|[-*+]\s)")
 _NUMBERED = re.compile(r"^(\s*\d+)\.(\s)")
 CONTENT_LIMIT = 2000  # Discord's limit on message content.
 PROMPT_SHOWN = 600  # Leaves room for the status lines whatever else the message carries.
-
-
-class Stage(StrEnum):
-    QUEUED = "queued"
-    SUBMITTING = "submitting"
-    WAITING = "waiting"  # accepted by Segmind, not yet started
-    GENERATING = "generating"
-    DOWNLOADING = "downloading"
-    ENCODING = "encoding"
-    UPLOADING = "uploading"
+# How each shape is offered to members (/veo's choices, the animate form), in that order.
+ASPECT_LABELS = {
+    Aspect.WIDE: "16:9 landscape",
+    Aspect.VERTICAL: "9:16 vertical",
+    Aspect.SQUARE: "1:1 square",
+    Aspect.CLASSIC: "4:3 classic",
+    Aspect.PORTRAIT_CLASSIC: "3:4 portrait",
+}
 
 
 def safe_prompt(prompt: str, limit: int = PROMPT_SHOWN) -> str:
@@ -67,17 +65,6 @@ def params_line(params: VeoParams) -> str:
     if params.image_url:
         parts.append("from image")
     return "`" + " · ".join(parts) + "`"
-
-
-@dataclass(frozen=True)
-class Progress:
-    stage: Stage
-    elapsed: float = 0.0
-    estimate: float | None = None
-    position: int | None = None  # 1-based place in the bot's own queue
-    # When the job reached Segmind (epoch seconds). Shown as a Discord timestamp, which every
-    # client keeps counting by itself, so the text need not be edited on every poll.
-    since: float | None = None
 
 
 def progress_text(params: VeoParams, progress: Progress, *, demo: bool = False) -> str:

@@ -35,8 +35,7 @@ async def send_ephemeral(interaction: discord.Interaction[Any], text: str) -> No
 async def accepting_work(interaction: discord.Interaction[Any]) -> bool:
     """False, after telling the member, while the bot is shutting down. Commands get this from
     the tree's check; buttons and forms bypass the tree and call it themselves."""
-    jobs = interaction.client.jobs
-    if jobs is None or not jobs.accepting:
+    if not interaction.client.services.jobs.accepting:
         await send_ephemeral(interaction, NOT_ACCEPTING)
         return False
     return True

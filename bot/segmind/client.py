@@ -49,6 +49,7 @@ from urllib.parse import quote, urlencode, urljoin, urlsplit
 
 import aiohttp
 
+from bot.config import MASK, Settings
 from bot.params import MODEL_SLUG, VeoParams
 from bot.segmind.history import (
     DEFAULT_HISTORY_URL,
@@ -66,7 +67,6 @@ from bot.segmind.polling import DEFAULT_FLOOR, Clock, DeadlineReached, Poller, R
 log = logging.getLogger(__name__)
 
 DEFAULT_BASE_URL = "https://api.segmind.com"
-MASK = "[redacted]"
 _MAX_API_BODY = 1 << 20  # API answers are small JSON; never buffer more than this.
 _DETAIL_MAX = 300
 _CHUNK = 1 << 16
@@ -96,7 +96,8 @@ ResolveHost = Callable[[str], Awaitable[list[str]]]
 
 
 class SegmindError(Exception):
-    """Base of every Segmind failure. `user_message` is safe to show in Discord.
+    """Base of every Segmind failure. `user_message` is safe to show in Discord: each class's
+    sentence is the one place a member (or the CLI's user) reads about that failure.
 
     `status` is the HTTP status (None when there was no answer), `detail` Segmind's own message
     (clipped, key-redacted), `request_id` the job when known.
@@ -149,19 +150,26 @@ class BadRequest(SegmindError):
 class AuthError(SegmindError):
     """401/403: the key is missing, wrong, or not allowed to use this model."""
 
-    default_message = "The bot's Segmind API key was refused. Please tell the bot owner."
+    default_message = (
+        "The bot's Segmind key was refused — a moderator needs to check the bot's settings."
+    )
 
 
 class NotFound(SegmindError):
     """404: the request id is unknown or expired (Segmind keeps results for one hour)."""
 
-    default_message = "Segmind no longer knows this job (results are kept for one hour)."
+    default_message = (
+        "Segmind no longer has this job (results are kept one hour), so it was dropped."
+    )
 
 
 class InsufficientCredits(SegmindError):
     """406 with a message about credits: the account cannot pay for a video."""
 
-    default_message = "The Segmind account is out of credits. Please tell the bot owner."
+    default_message = (
+        "The bot's Segmind credits ran out: the account is out of credits until the owner "
+        "tops it up."
+    )
 
 
 class ModelGone(SegmindError):
@@ -173,33 +181,30 @@ class ModelGone(SegmindError):
 class GenerationFailed(SegmindError):
     """The job reached FAILED. `reason` is Segmind's `error` text, `raw` its body."""
 
-    default_message = "The video could not be generated."
+    default_message = "Veo could not make this video."
+    reason_message = "Veo could not make this video: {reason}"  # with Segmind's own words
 
     def __init__(
         self, reason: str | None = None, *, raw: Mapping[str, Any] | None = None, **kwargs: Any
     ) -> None:
         self.reason = _clip(reason)
         self.raw = dict(raw or {})
-        if reason and type(self) is GenerationFailed:
-            kwargs.setdefault(
-                "user_message", f"The video could not be generated: {_clip(reason, 200)}"
-            )
+        if reason:
+            kwargs.setdefault("user_message", self.reason_message.format(reason=_clip(reason, 200)))
         super().__init__(reason, **kwargs)
 
 
 class ContentBlocked(GenerationFailed):
     """FAILED because a safety / Responsible-AI filter refused the prompt or image."""
 
-    default_message = (
-        "The prompt or image was blocked by the safety filter. Try rewording it "
-        "(failed jobs are not billed)."
-    )
+    default_message = "Veo declined this prompt: the safety filter blocked it. Try rewording it."
+    reason_message = "Veo declined this prompt: {reason}"
 
 
 class RateLimited(SegmindError):
     """429. `reset_at` is the wall-clock (epoch) time the limit resets, when Segmind said."""
 
-    default_message = "Segmind is busy with our requests right now; please try again in a minute."
+    default_message = "Segmind is busy, try again in a few minutes."
 
     def __init__(
         self,
@@ -232,7 +237,7 @@ class SubmitUncertain(Unavailable):
 class DeadlineExceeded(SegmindError):
     """The job did not finish before the hard deadline (it may still finish on Segmind)."""
 
-    default_message = "The video took too long and the bot stopped waiting for it."
+    default_message = "Veo took far longer than usual, so the bot stopped waiting for this video."
 
     def __init__(self, detail: str | None = None, *, elapsed: float = 0.0, **kwargs: Any) -> None:
         self.elapsed = elapsed
@@ -543,6 +548,33 @@ class SegmindClient:
         self.limiter = limiter or RateLimiter(max_rpm, window=61.0, clock=clock, sleep=sleep)
         self.poller = poller or Poller(
             self.limiter, floor=poll_floor, ceiling=poll_ceiling, clock=clock, sleep=sleep
+        )
+
+    @classmethod
+    def from_settings(
+        cls,
+        settings: Settings,
+        api_key: str,
+        base_url: str,
+        *,
+        history_url: str | None = None,
+        session: aiohttp.ClientSession | None = None,
+        max_attempts: int = 5,
+    ) -> SegmindClient:
+        """A client with the request budget, timeouts, polling and history address the
+        settings ask for (`history_url` overrides the setting, for the demo fake)."""
+        return cls(
+            api_key,
+            base_url,
+            session=session,
+            history_url=history_url or settings.segmind_history_url,
+            download_timeout=settings.veo_download_timeout,
+            max_rpm=settings.segmind_max_rpm,
+            timeout=settings.segmind_timeout,
+            poll_floor=settings.veo_poll_floor,
+            poll_ceiling=settings.veo_poll_ceiling,
+            job_deadline=settings.veo_job_deadline,
+            max_attempts=max_attempts,
         )
 
     def __repr__(self) -> str:

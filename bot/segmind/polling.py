@@ -16,8 +16,8 @@ and the main consumer of that budget. Three pieces, none of which knows about HT
   `Poller` is the one loop that decides which job gets the next poll (earliest due first). When
   the jobs in flight want more than the budget, the schedule stretches instead of bursting.
 
-`run_simulated()` runs a coroutine on an event loop whose clock jumps straight to the next timer,
-so tests and `bench/polling.py` can simulate hours of polling in milliseconds.
+Every piece takes its clock and sleep as arguments, so tests and `bench/polling.py` run them on
+simulated time (`harness.clocks.run_simulated`).
 """
 
 from __future__ import annotations
@@ -28,10 +28,9 @@ import heapq
 import itertools
 import logging
 import math
-import selectors
 import time
 from collections import deque
-from collections.abc import Awaitable, Callable, Coroutine, Iterable, Mapping, Sequence
+from collections.abc import Awaitable, Callable, Iterable, Sequence
 from dataclasses import dataclass, field
 from typing import Any, Generic, TypeVar
 
@@ -561,64 +560,3 @@ class Poller:
             watch.future.set_exception(DeadlineReached(now - watch.started_at))
             return
         self._push(watch, min(due, watch.deadline_at))
-
-
-# --- simulated time, for tests and the bench -------------------------------------------------
-
-
-class _JumpingSelector(selectors.BaseSelector):
-    """Wraps a real selector; instead of blocking for a timeout, moves the loop's clock."""
-
-    def __init__(self, loop: VirtualTimeLoop, inner: selectors.BaseSelector) -> None:
-        self._loop = loop
-        self._inner = inner
-
-    def register(self, fileobj: Any, events: int, data: Any = None) -> selectors.SelectorKey:
-        return self._inner.register(fileobj, events, data)
-
-    def unregister(self, fileobj: Any) -> selectors.SelectorKey:
-        return self._inner.unregister(fileobj)
-
-    def modify(self, fileobj: Any, events: int, data: Any = None) -> selectors.SelectorKey:
-        return self._inner.modify(fileobj, events, data)
-
-    def select(self, timeout: float | None = None) -> list[tuple[selectors.SelectorKey, int]]:
-        events = self._inner.select(0)
-        if events or timeout is None:
-            return events or self._inner.select(None)
-        self._loop.advance(timeout)
-        return []
-
-    def close(self) -> None:
-        self._inner.close()
-
-    def get_map(self) -> Mapping[Any, selectors.SelectorKey]:
-        return self._inner.get_map()
-
-
-class VirtualTimeLoop(asyncio.SelectorEventLoop):
-    """An event loop whose clock jumps to the next timer instead of waiting for it.
-
-    Only for code that does no real I/O (the clock would race past any socket timeout).
-    """
-
-    def __init__(self) -> None:
-        self._virtual_now = 0.0
-        super().__init__(_JumpingSelector(self, selectors.DefaultSelector()))
-
-    def time(self) -> float:
-        return self._virtual_now
-
-    def advance(self, seconds: float) -> None:
-        """Move the clock forward."""
-        self._virtual_now += max(0.0, seconds)
-
-
-def run_simulated(main: Coroutine[Any, Any, T]) -> T:
-    """Run `main` on a fresh `VirtualTimeLoop`; `asyncio.get_running_loop().time` is its clock."""
-    loop = VirtualTimeLoop()
-    try:
-        return loop.run_until_complete(main)
-    finally:
-        loop.run_until_complete(loop.shutdown_asyncgens())
-        loop.close()

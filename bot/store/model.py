@@ -21,8 +21,10 @@ from __future__ import annotations
 import json
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
+from functools import lru_cache
 from typing import Any, Literal, TypedDict, cast, get_args
 
+from bot.params import VeoParams
 from bot.quota import Allowed, EffectiveLimits, Refusal, UsageSnapshot
 
 JobState = Literal[
@@ -204,22 +206,30 @@ class Job:
         return cast(dict[str, Any], json.loads(self.params_json))
 
     @property
+    def params_model(self) -> VeoParams:
+        """The parameters the job was reserved with, decoded once per distinct row text."""
+        return _decode_params(self.params_json)
+
+    @property
     def terminal(self) -> bool:
         return self.state in TERMINAL_STATES
 
 
+# VeoParams is frozen, so one decoded value can serve every reader of the same row.
+_decode_params = lru_cache(maxsize=1024)(VeoParams.model_validate_json)
+
+
 @dataclass(frozen=True, slots=True)
 class ReserveRequest:
-    """A member asking for one video. `role_ids` are the member's roles in that guild."""
+    """A member's request, validated and acknowledged, not yet reserved: what `reserve` needs
+    to check the limits and create the job. `role_ids` are the member's roles in that guild."""
 
     guild_id: int
     channel_id: int
     user_id: int
     role_ids: frozenset[int] | tuple[int, ...]
-    prompt: str
-    params_json: str
-    image_url: str | None
-    now: float
+    params: VeoParams
+    now: float | None = None  # None: the store's clock
     interaction_token: str | None = None
     interaction_created_at: float | None = None
     placeholder_channel_id: int | None = None

@@ -8,8 +8,9 @@ from pathlib import Path
 import pytest
 
 from bot.segmind.fake import FakeSegmind
-from tests.discord_emulator import DiscordEmulator
-from tests.e2e.harness import FAKE_KEY, BotProcess
+from harness.bot_process import FAKE_KEY, BotProcess
+from harness.discord_emulator import DiscordEmulator
+from tests.conftest import StartFake
 
 
 @pytest.fixture
@@ -19,9 +20,8 @@ async def emu() -> AsyncIterator[DiscordEmulator]:
 
 
 @pytest.fixture
-async def fake() -> AsyncIterator[FakeSegmind]:
-    async with FakeSegmind(api_key=FAKE_KEY, queue_seconds=0.1, processing_seconds=0.4) as server:
-        yield server
+async def fake(start_fake: StartFake) -> FakeSegmind:
+    return await start_fake(api_key=FAKE_KEY, queue_seconds=0.1, processing_seconds=0.4)
 
 
 @pytest.fixture

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from tests.discord_emulator import DiscordEmulator, RequestRecord, StoredMessage
+from harness.discord_emulator import DiscordEmulator, RequestRecord, StoredMessage
 
 
 def content_of(record: RequestRecord) -> str:

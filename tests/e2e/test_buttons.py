@@ -10,8 +10,8 @@ from typing import Any
 import pytest
 
 from bot.segmind.fake import FakeSegmind
-from tests.discord_emulator import DiscordEmulator, InteractionHandle, StoredMessage
-from tests.e2e.harness import BotProcess, job_states, ledger, messages_with_video, wait_until
+from harness.bot_process import BotProcess, job_states, ledger, messages_with_video, wait_until
+from harness.discord_emulator import DiscordEmulator, InteractionHandle, StoredMessage
 
 JOB_TIMEOUT = 40.0
 SETTLED = r"job \d+ (delivered|failed|expired|unknown|cancelled)\b"

@@ -9,8 +9,8 @@ import aiohttp
 import pytest
 
 from bot.segmind.fake import FakeSegmind, probe
-from tests.discord_emulator import DiscordEmulator, RequestRecord
-from tests.e2e.harness import BotProcess
+from harness.bot_process import BotProcess
+from harness.discord_emulator import DiscordEmulator, RequestRecord
 
 MIB = 1024 * 1024
 MANY = {"VEO_USER_CONCURRENCY": "10", "VEO_USER_LIMIT": "10"}

@@ -20,8 +20,8 @@ from typing import Any
 import pytest
 
 from bot.segmind.fake import FakeSegmind
-from tests.discord_emulator import DiscordEmulator, RequestRecord, StoredMessage
-from tests.e2e.harness import BotProcess, db_write, messages_with_video
+from harness.bot_process import BotProcess, db_write, messages_with_video
+from harness.discord_emulator import DiscordEmulator, RequestRecord, StoredMessage
 from tests.imaging import GIF_HEAD, encode_image
 
 MB = 1024 * 1024

@@ -17,8 +17,8 @@ from prometheus_client.parser import text_string_to_metric_families
 from bot.ops.metrics import DiscordTarget, Endpoint
 from bot.segmind.fake import FakeSegmind
 from bot.store import ALL_STATES
-from tests.discord_emulator import DiscordEmulator
-from tests.e2e.harness import FAKE_KEY, BotProcess, db_rows
+from harness.bot_process import FAKE_KEY, BotProcess, db_rows
+from harness.discord_emulator import DiscordEmulator
 from tests.e2e.helpers import final_for
 
 OPS = {"VEO_HTTP_PORT": "0"}  # any free port; the bot logs the one it bound

@@ -10,8 +10,8 @@ import re
 import pytest
 
 from bot.segmind.fake import FakeSegmind
-from tests.discord_emulator import DiscordEmulator, User
-from tests.e2e.harness import BotProcess
+from harness.bot_process import BotProcess
+from harness.discord_emulator import DiscordEmulator, User
 from tests.e2e.helpers import content_of, edits_for, final_for, private_answer
 
 

@@ -17,8 +17,7 @@ from pathlib import Path
 import pytest
 
 from bot.segmind.fake import FakeSegmind, Fault
-from tests.discord_emulator import DiscordEmulator, RequestRecord
-from tests.e2e.harness import (
+from harness.bot_process import (
     BotProcess,
     job_states,
     ledger,
@@ -26,6 +25,7 @@ from tests.e2e.harness import (
     video_uploads,
     wait_until,
 )
+from harness.discord_emulator import DiscordEmulator, RequestRecord
 
 WEBHOOK_EDIT = "PATCH /webhooks/{application_id}/{interaction_token}/messages/{message_id}"
 CHANNEL_EDIT = "PATCH /channels/{channel_id}/messages/{message_id}"

@@ -5,8 +5,8 @@ from __future__ import annotations
 from pathlib import Path
 
 from bot.segmind.fake import FakeSegmind
-from tests.discord_emulator import DiscordEmulator
-from tests.e2e.harness import BotProcess
+from harness.bot_process import BotProcess
+from harness.discord_emulator import DiscordEmulator
 from tests.e2e.helpers import final_for
 
 

@@ -8,8 +8,8 @@ import aiohttp
 import pytest
 
 from bot.segmind.fake import FakeSegmind, probe
-from tests.discord_emulator import DiscordEmulator, RequestRecord, StoredMessage
-from tests.e2e.harness import BotProcess
+from harness.bot_process import BotProcess
+from harness.discord_emulator import DiscordEmulator, RequestRecord, StoredMessage
 
 STAGES = ("Queued", "Generating", "Downloading", "Uploading", "ready")
 

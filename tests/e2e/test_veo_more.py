@@ -7,8 +7,8 @@ import asyncio
 import pytest
 
 from bot.segmind.fake import FakeSegmind, Fault
-from tests.discord_emulator import DiscordEmulator
-from tests.e2e.harness import BotProcess
+from harness.bot_process import BotProcess
+from harness.discord_emulator import DiscordEmulator
 from tests.e2e.helpers import final_for, private_answer
 
 

@@ -10,10 +10,11 @@ injectable clock; see README.md beside this file.
 from bot.segmind.fake.cli import main as run_cli
 from bot.segmind.fake.faults import ROUTES, Fault
 from bot.segmind.fake.jobs import JobState, parse_magic, price
-from bot.segmind.fake.server import FakeSegmind, RecordedRequest
+from bot.segmind.fake.server import DEMO_KEY, FakeSegmind, RecordedRequest
 from bot.segmind.fake.video import probe
 
 __all__ = [
+    "DEMO_KEY",
     "ROUTES",
     "FakeSegmind",
     "Fault",

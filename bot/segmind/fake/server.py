@@ -139,6 +139,11 @@ def _html_page(status: int) -> str:
     )
 
 
+# The key the bot and the CLI use with the built-in fake in demo mode: not a secret, nothing is
+# billed.
+DEMO_KEY = "demo-mode-key"
+
+
 class FakeSegmind:
     """A loopback Segmind. See `bot/segmind/fake/README.md` for the scenarios it can play.
 

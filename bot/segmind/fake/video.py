@@ -116,15 +116,21 @@ def _render(spec: VideoSpec, path: Path) -> None:
     width, height = FRAME_SIZES[spec.aspect]
     frame_count = spec.duration * spec.fps
     with av.open(str(path), "w", format="mp4") as out:
-        video = out.add_stream("libx264", rate=spec.fps)
-        video.width = width
-        video.height = height
-        video.pix_fmt = "yuv420p"
         # ultrafast keeps a 240-frame clip well under a second; quality is irrelevant here.
-        video.options = {"preset": "ultrafast", "crf": "30"}
+        video = _h264(out, spec.fps, width, height, {"preset": "ultrafast", "crf": "30"})
         audio = out.add_stream("aac", rate=SAMPLE_RATE, layout="mono") if spec.audio else None
         frames = (_frame(index, width, height, spec.fps) for index in range(frame_count))
         _mux(out, video, audio, frames, spec.fps)
+
+
+def _h264(out: Any, fps: int, width: int, height: int, options: dict[str, str]) -> Any:
+    """The clip's video stream: H.264 in yuv420p, which every Discord client plays."""
+    video = out.add_stream("libx264", rate=fps)
+    video.width = width
+    video.height = height
+    video.pix_fmt = "yuv420p"
+    video.options = options
+    return video
 
 
 def _mux(out: Any, video: Any, audio: Any, frames: Iterable[Any], fps: int) -> None:
@@ -184,16 +190,9 @@ def _render_noise(spec: VideoSpec, path: Path, total_bytes: int) -> None:
     video_rate = max(int(total_bytes * 8 / spec.duration) - audio_rate, 100_000)
     frame_count = spec.duration * spec.fps
     with av.open(str(path), "w", format="mp4") as out:
-        video = out.add_stream("libx264", rate=spec.fps)
-        video.width = width
-        video.height = height
-        video.pix_fmt = "yuv420p"
+        rate = {"preset": "ultrafast", "maxrate": str(video_rate), "bufsize": str(video_rate)}
+        video = _h264(out, spec.fps, width, height, rate)
         video.bit_rate = video_rate
-        video.options = {
-            "preset": "ultrafast",
-            "maxrate": str(video_rate),
-            "bufsize": str(video_rate),
-        }
         audio = None
         if spec.audio:
             audio = out.add_stream("aac", rate=SAMPLE_RATE, layout="mono")

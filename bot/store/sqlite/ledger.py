@@ -192,9 +192,8 @@ def _snapshot(
 
 
 def _reserve(
-    conn: sqlite3.Connection, request: ReserveRequest, defaults: LimitDefaults
+    conn: sqlite3.Connection, request: ReserveRequest, defaults: LimitDefaults, now: float
 ) -> Reserved | Refusal:
-    now = request.now
     limits, block, reset_at = _load_limits(
         conn, request.guild_id, request.user_id, request.role_ids, defaults
     )
@@ -216,9 +215,9 @@ def _reserve(
             request.guild_id,
             request.channel_id,
             request.user_id,
-            request.prompt,
-            request.params_json,
-            request.image_url,
+            request.params.prompt,
+            request.params.model_dump_json(),
+            request.params.image_url,
             now,
             now,
             request.interaction_token,
@@ -248,7 +247,8 @@ class LedgerQueries(SqliteBase):
 
         Raises `StoreUnavailable` when the database cannot be used: refuse, never proceed.
         """
-        return await self._run(partial(_reserve, request=request, defaults=defaults))
+        now = self._now(request.now)
+        return await self._run(partial(_reserve, request=request, defaults=defaults, now=now))
 
     async def quota_view(
         self,

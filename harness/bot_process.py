@@ -13,9 +13,9 @@ from collections.abc import Callable, Sequence
 from pathlib import Path
 
 from bot.segmind.fake import FakeSegmind
-from tests.discord_emulator import DiscordEmulator
+from harness.discord_emulator import DiscordEmulator
 
-ROOT = Path(__file__).resolve().parents[2]
+ROOT = Path(__file__).resolve().parents[1]
 FAKE_KEY = "e2e-segmind-key-0123456789"
 STARTUP_TIMEOUT = 60.0
 SETTLED = r"job \d+ (delivered|failed|expired|unknown|cancelled)\b"
