@@ -38,7 +38,14 @@ from bot.chat.presenter import (
     source_image_embed,
     with_cancel_note,
 )
-from bot.jobs import Finished, OutputUnavailable, Receipt, checkpoint_route, params_of
+from bot.jobs import (
+    DeliveryUnclear,
+    Finished,
+    OutputUnavailable,
+    Receipt,
+    checkpoint_route,
+    params_of,
+)
 from bot.media.encode import UploadPlan, plan_upload
 from bot.store import Job
 
@@ -196,6 +203,20 @@ class DiscordOutput:
             allowed_mentions=discord.AllowedMentions.none(),
             view=None,  # no Cancel left behind on a failed job
         )
+
+    async def notice(self, job: Job, message: str) -> None:
+        """A new message for the requester (pinged): in the job's channel, else by DM. The
+        placeholder is not touched: it may carry the video."""
+        text = f"<@{job.user_id}> {failure_text(params_of(job), message, job_id=job.id)}"
+        mentions = discord.AllowedMentions(users=[discord.Object(job.user_id)])
+        channel = self.bot.get_partial_messageable(job.channel_id, guild_id=job.guild_id)
+        try:
+            await channel.send(text, allowed_mentions=mentions, nonce=f"veo-{job.id}-notice")
+            return
+        except (discord.HTTPException, aiohttp.ClientError, TimeoutError) as exc:
+            log.info("job %s: notice not posted in the channel (%s); sending a DM", job.id, exc)
+        user = await self.bot.fetch_user(job.user_id)
+        await user.send(text, allowed_mentions=mentions, nonce=f"veo-{job.id}-notice-dm")
 
     async def deliver(self, job: Job, finished: Finished) -> Receipt:
         # A stale pending edit must not land now; a re-encode may still show its own progress
@@ -362,11 +383,15 @@ class DiscordOutput:
 
         Looks only where the write-ahead route says an attempt may have gone: the placeholder
         (always), the channel's recent messages after a channel post was tried, the DM after a
-        DM was tried. A message that is gone or cannot be seen counts as not delivered there.
-        Raises on anything else (a server error): the caller cannot tell."""
+        DM was tried. A channel or DM that is gone or cannot be seen counts as not delivered
+        there; our own placeholder that cannot be read back (403/404) may still carry the video,
+        so when nothing is found elsewhere that raises `DeliveryUnclear`. Raises on anything
+        else (a server error): the caller cannot tell."""
         tried = job.delivery_method
+        unreadable = False
         if job.placeholder_message_id is not None:
             message = await self._fetch_placeholder(job)
+            unreadable = message is None
             if message is not None and self._carries_video(job, message):
                 method = tried if tried in ("interaction", "channel-edit") else "placeholder"
                 return Receipt(message_id=message.id, method=method)
@@ -380,6 +405,8 @@ class DiscordOutput:
             found = await self._search(user.dm_channel or await user.create_dm(), job)
             if found is not None:
                 return Receipt(message_id=found.id, method="dm")
+        if unreadable:
+            raise DeliveryUnclear(f"placeholder {job.placeholder_message_id} cannot be read back")
         return None
 
     def _token_alive(self, job: Job) -> bool:
