@@ -111,7 +111,9 @@ class DiscordOutput:
     async def finished(self, job: Job) -> None:
         """Post the outcome to the guild's moderator log channel, if it has one, and forget
         the job's throttle and lock (they would otherwise grow with every job)."""
-        self._drop_pending(job.id)
+        # Retired first: a progress edit still in flight lands before whatever the caller
+        # shows next (the Cancel button's "Cancelled"), and nothing is left to re-create state.
+        await self.retire(job.id)
         self._locks.pop(job.id, None)
         self._closed.discard(job.id)
         store = self.bot.store
