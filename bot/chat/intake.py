@@ -46,7 +46,12 @@ STORE_DOWN = (
 
 
 class Refused(Exception):
-    """The request cannot go ahead; `str()` is the message for the member."""
+    """The request cannot go ahead; `str()` is the message for the member, `public` the one to
+    show where everyone can read it (the same unless it holds something private)."""
+
+    def __init__(self, text: str, *, public: str | None = None) -> None:
+        super().__init__(text)
+        self.public = text if public is None else public
 
 
 @dataclass(frozen=True)
@@ -140,14 +145,36 @@ async def reserve(bot: VeoBot, new: NewJob) -> int:
         log.exception("database unavailable; refusing a job from user %s", new.user_id)
         raise Refused(STORE_DOWN) from None
     if isinstance(outcome, Refusal):
-        raise Refused(await _with_link(bot, outcome))
+        raise await _refused(bot, outcome)
     log.info("job %s queued for user %s in guild %s", outcome, new.user_id, new.guild_id)
     return outcome
 
 
-async def _with_link(bot: VeoBot, refusal: Refusal) -> str:
+async def precheck(bot: VeoBot, guild_id: int, user_id: int, role_ids: tuple[int, ...]) -> None:
+    """Refuse (raise `Refused`) a blocked member or one already over a limit, read-only, before
+    anything is fetched for a request that cannot go ahead. `reserve` still decides for real."""
+    assert bot.jobs is not None
+    try:
+        refusal = await bot.jobs.precheck(guild_id, user_id, role_ids)
+    except StoreUnavailable:
+        log.exception("database unavailable; refusing a job from user %s", user_id)
+        raise Refused(STORE_DOWN) from None
+    if refusal is not None:
+        log.info(
+            "user %s in guild %s refused before any fetch (%s)", user_id, guild_id, refusal.kind
+        )
+        raise await _refused(bot, refusal)
+
+
+async def _refused(bot: VeoBot, refusal: Refusal) -> Refused:
+    return Refused(
+        await _with_link(bot, refusal), public=await _with_link(bot, refusal, public=True)
+    )
+
+
+async def _with_link(bot: VeoBot, refusal: Refusal, *, public: bool = False) -> str:
     """The refusal, with a link to the job still in progress when that is the reason."""
-    text = render_refusal(refusal)
+    text = render_refusal(refusal, public=public)
     if refusal.kind != "concurrency" or refusal.in_flight_job_id is None or bot.jobs is None:
         return text
     job = await bot.jobs.get(refusal.in_flight_job_id)
@@ -162,12 +189,17 @@ async def _start(
     aspect_given: bool,
     build: Callable[[VeoParams], Awaitable[NewJob]],
     refuse_with: Callable[[str], Awaitable[None]],
+    *,
+    member: tuple[int, int, tuple[int, ...]],
+    public: bool = False,
 ) -> int | None:
+    """`member` is (guild id, user id, role ids); `public`: `refuse_with` shows the channel."""
     try:
+        await precheck(bot, *member)
         params = await prepare_params(bot, raw, image, aspect_given=aspect_given)
         return await reserve(bot, await build(params))
     except Refused as exc:
-        await refuse_with(str(exc))
+        await refuse_with(exc.public if public else str(exc))
         return None
 
 
@@ -215,7 +247,8 @@ async def start_job(
     async def refuse_with(text: str) -> None:
         await refuse(interaction, text)
 
-    return await _start(bot, raw, image, aspect_given, build, refuse_with)
+    member = (guild_id, interaction.user.id, member_role_ids(interaction.user))
+    return await _start(bot, raw, image, aspect_given, build, refuse_with, member=member)
 
 
 async def defer_public(interaction: discord.Interaction[VeoBot]) -> None:
@@ -312,4 +345,7 @@ async def start_job_from_message(
         except discord.HTTPException as exc:
             log.warning("message %s: refusal not shown (%s %s)", message.id, exc.status, exc.code)
 
-    return await _start(bot, raw, image, aspect_given, build, refuse_with)
+    member = (guild.id, message.author.id, member_role_ids(message.author))
+    return await _start(
+        bot, raw, image, aspect_given, build, refuse_with, member=member, public=True
+    )
