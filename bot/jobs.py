@@ -578,6 +578,7 @@ class JobService:
             moved = await self.store.transition(
                 job.id, ("delivering",), "failed", error=MAYBE_DELIVERED, bytes=finished.size
             )
+            log.warning("job %s failed: %s (charged, not refunded)", job.id, MAYBE_DELIVERED)
             await self._safely(self.output.notice(job, MAYBE_DELIVERED), job.id)
             if moved:
                 await self._finished(await self.store.get_job(job.id))

@@ -11,7 +11,7 @@ import pytest
 
 from bot.segmind.fake import FakeSegmind, Fault
 from tests.discord_emulator import DiscordEmulator, InteractionHandle, StoredMessage
-from tests.e2e.harness import BotProcess, messages_with_video, wait_until
+from tests.e2e.harness import BotProcess, ledger, messages_with_video, wait_until
 from tests.e2e.helpers import final_for, private_answer
 from tests.imaging import encode_image
 
@@ -201,3 +201,38 @@ async def test_hardening_13_the_image_form_is_refused_during_shutdown(
     assert await bot.proc.wait() == 0
     assert len(fake.submits) == 1
     assert emu.cdn_requests == []  # the form's image was never looked at
+
+
+# ------------------------------------------------------------------------------ item 7
+
+WEBHOOK_EDIT = "PATCH /webhooks/{application_id}/{interaction_token}/messages/{message_id}"
+WEBHOOK_READ = "GET /webhooks/{application_id}/{interaction_token}/messages/{message_id}"
+
+
+async def test_hardening_07_a_video_that_may_have_landed_is_not_refunded(
+    emu: DiscordEmulator, fake: FakeSegmind, bot: BotProcess
+) -> None:
+    """Every upload's connection is cut, and the bot cannot read back its own placeholder
+    (404): it cannot tell whether the video is there, so the member keeps no refund and is
+    told, in a new message, that it may have arrived."""
+    drops = emu.hold_requests(WEBHOOK_EDIT, when=lambda r: bool(r.files), times=4)
+    drops.drop()  # decided in advance: each upload is cut as soon as its body arrived
+    emu.inject_error(WEBHOOK_READ, 404, 10008, "Unknown Message", times=10)
+    handle = await emu.dispatch_slash_command("veo", {"prompt": "a paper boat"}, user=emu.member)
+    await handle.wait_for_callback()
+    await bot.wait_for_log("job 1 failed", timeout=JOB_TIMEOUT + 30)
+
+    record = await emu.wait_for(
+        lambda r: (
+            r.route == "POST /channels/{channel_id}/messages"
+            and r.status == 200
+            and "may already be" in str((r.json or {}).get("content", ""))
+        ),
+        timeout=15,
+    )
+    notice = emu.message(int(record.response["id"]))
+    assert emu.member in notice.mentions  # the requester is pinged: it is about their video
+    assert "job 1" in notice.content and "does not count" not in notice.content
+    assert len(drops.held) == 4  # every attempt was made
+    assert "NOT refunded" in "\n".join(bot.lines)
+    assert ledger(bot.workdir) == {1: "charged"}
