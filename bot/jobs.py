@@ -25,13 +25,14 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import dataclasses
 import logging
 import time
 from collections.abc import Awaitable, Callable
 from contextvars import ContextVar
 from dataclasses import dataclass, replace
 from pathlib import Path
-from typing import Literal, Protocol
+from typing import Any, Literal, Protocol
 
 from bot.logs import job_context
 from bot.media.encode import NotAVideo, encoded_path, probe_video
@@ -39,13 +40,25 @@ from bot.ops.events import NO_EVENTS, JobEvents
 from bot.progress import Progress, Stage
 from bot.quota import LimitDefaults, Refusal
 from bot.segmind import client as sm
-from bot.store import IN_FLIGHT_STATES, Job, ReleaseReason, ReserveRequest, Store
+from bot.store import (
+    IN_FLIGHT_STATES,
+    Job,
+    ReleaseReason,
+    ReserveRequest,
+    Store,
+    StoreUnavailable,
+)
 
 log = logging.getLogger(__name__)
 
 SUBMIT_DRAIN_SECONDS = 5.0  # on shutdown, let a POST already on the wire finish and be recorded
 DELIVERY_ATTEMPTS = 4  # transient Discord trouble (5xx, timeouts) is retried, looking first
 DELIVERY_BACKOFF = 2.0  # seconds before the 2nd attempt; doubles each time
+# A busy or locked database must not lose a request id Segmind already billed: the `submitted`
+# write is retried after these pauses, then (still failing) at every status poll and with
+# `RECORD_RETRY_CAP` between tries once Segmind has answered, until the database is back.
+SUBMITTED_WRITE_DELAYS = (0.2, 0.5, 1.0, 2.0)
+RECORD_RETRY_CAP = 10.0
 
 
 def may_act_on(job: Job | None, actor_id: int, *, moderator: bool) -> bool:
@@ -111,6 +124,11 @@ class JobOutput(Protocol):
 
     async def failed(self, job: Job, message: str) -> None: ...
 
+    async def notice(self, job: Job, message: str) -> None:
+        """Tell the requester something in a new message, leaving the job's own messages as
+        they are (they may carry the video)."""
+        ...
+
     async def finished(self, job: Job) -> None:
         """The job reached its end (as recorded in `job`): tell moderators, forget it."""
         ...
@@ -118,6 +136,11 @@ class JobOutput(Protocol):
 
 class OutputUnavailable(Exception):
     """The output could not be reached for now (server error, timeout): try again later."""
+
+
+class DeliveryUnclear(Exception):
+    """`find_delivery` cannot tell whether an earlier attempt landed (it cannot read back its
+    own placeholder, say): the video may be in front of the member."""
 
 
 CancelOutcome = Literal["cancelled", "not_allowed", "too_late", "finished", "missing"]
@@ -162,6 +185,9 @@ class JobService:
         self._accepting = True
         self._submitting: set[int] = set()  # jobs whose POST may be on the wire right now
         self._announced: dict[int, int] = {}  # queued job id -> the place in line last shown
+        # Jobs Segmind accepted whose `submitted` write has not landed yet (database busy):
+        # job id -> (request id, submitted at). Followed in memory, written when possible.
+        self._unrecorded: dict[int, tuple[str, float]] = {}
 
     # ----------------------------------------------------------------- lifecycle of the service
 
@@ -206,6 +232,16 @@ class JobService:
         self.wake()
         return outcome.job_id
 
+    async def precheck(
+        self, guild_id: int, user_id: int, role_ids: tuple[int, ...]
+    ) -> Refusal | None:
+        """Why this member would be refused right now (blocked, over a limit), read-only.
+
+        Lets the caller refuse before it fetches anything; `enqueue` still decides atomically.
+        Raises `StoreUnavailable` when the database cannot be used (the caller refuses)."""
+        view = await self.store.quota_view(guild_id, user_id, role_ids, self.limit_defaults)
+        return view.decision if isinstance(view.decision, Refusal) else None
+
     def wake(self) -> None:
         """A job was queued or a slot freed: look at the queue again."""
         self._wake.set()
@@ -240,6 +276,7 @@ class JobService:
                 job.guild_id, actor_id, "job.cancel", {"job_id": job_id, "user_id": job.user_id}
             )
         log.info("job %s cancelled in the queue by user %s", job_id, actor_id)
+        self._announced.pop(job_id, None)  # not left for the next dispatch to notice
         self.wake()  # the jobs behind it move up
         cancelled = await self.store.get_job(job_id)
         await self._finished(cancelled)
@@ -315,16 +352,76 @@ class JobService:
             return
         finally:
             self._submitting.discard(job_id)
-        now = self.clock()
-        recorded = await self.store.transition(
-            job_id, ("submitting",), "submitted", request_id=submitted.request_id, submitted_at=now
-        )
-        if not recorded:
-            log.error("job %s: submitted as %s but its state moved", job_id, submitted.request_id)
-            return
-        log.info("job %s submitted as Segmind request %s", job_id, submitted.request_id)
+        # Logged before anything else can fail: with it a moderator can always find the job.
+        log.info("job %s: Segmind accepted it as request %s", job_id, submitted.request_id)
         self.events.submitted(job_id)
-        await self._follow(recorded, submitted)
+        now = self.clock()
+        self._unrecorded[job_id] = (submitted.request_id, now)
+        for delay in (*SUBMITTED_WRITE_DELAYS, None):
+            if await self._record_submitted(job_id):
+                break
+            if delay is None:
+                log.error(
+                    "job %s: the database is unavailable; following Segmind request %s in "
+                    "memory and recording it when the database is back",
+                    job_id,
+                    submitted.request_id,
+                )
+                await self._follow(
+                    dataclasses.replace(
+                        job, state="submitted", request_id=submitted.request_id, submitted_at=now
+                    ),
+                    submitted,
+                )
+                return
+            await asyncio.sleep(delay)
+        job = await self._job(job_id)
+        if job.state != "submitted" or job.request_id != submitted.request_id:
+            return  # the state moved under us (logged by _record_submitted)
+        log.info("job %s submitted as Segmind request %s", job_id, submitted.request_id)
+        await self._follow(job, submitted)
+
+    async def _record_submitted(self, job_id: int) -> bool:
+        """Try once to write the pending `submitted` transition; True when nothing is pending
+        any more (written, or the job's state moved meanwhile, which is logged)."""
+        pending = self._unrecorded.get(job_id)
+        if pending is None:
+            return True
+        request_id, submitted_at = pending
+        try:
+            recorded = await self.store.transition(
+                job_id,
+                ("submitting",),
+                "submitted",
+                request_id=request_id,
+                submitted_at=submitted_at,
+            )
+        except StoreUnavailable as exc:
+            log.warning("job %s: cannot record request %s yet (%s)", job_id, request_id, exc)
+            return False
+        del self._unrecorded[job_id]
+        if not recorded:
+            log.error("job %s: submitted as %s but its state moved", job_id, request_id)
+            return True
+        log.info("job %s: request %s recorded", job_id, request_id)
+        return True
+
+    async def _until_recorded(self, job_id: int) -> None:
+        """Before the job's next transition: wait until its `submitted` write has landed."""
+        delay = SUBMITTED_WRITE_DELAYS[0]
+        while not await self._record_submitted(job_id):
+            await asyncio.sleep(delay)
+            delay = min(delay * 2, RECORD_RETRY_CAP)
+
+    async def _wait(self, job: Job, submitted: sm.SubmittedJob, **kwargs: Any) -> sm.JobResult:
+        """`SegmindClient.wait`, then (answer or error) the job's `submitted` row in place."""
+        try:
+            result = await self.segmind.wait(submitted, **kwargs)
+        except sm.SegmindError:
+            await self._until_recorded(job.id)
+            raise
+        await self._until_recorded(job.id)
+        return result
 
     async def _follow(self, job: Job, submitted: sm.SubmittedJob) -> None:
         """From `submitted`: wait for Segmind, download, deliver."""
@@ -332,6 +429,8 @@ class JobService:
 
         async def on_status(report: sm.StatusReport) -> None:
             self.events.polled(job.id, terminal=report.state.is_terminal)
+            if job.id in self._unrecorded:
+                await self._record_submitted(job.id)  # each poll is a try while the db is down
             stage = Stage.WAITING if report.state is sm.JobState.QUEUED else Stage.GENERATING
             await self._progress(
                 job,
@@ -344,8 +443,8 @@ class JobService:
             )
 
         try:
-            result = await self.segmind.wait(
-                submitted, on_status=on_status, deadline=self.deadline, started_at=started
+            result = await self._wait(
+                job, submitted, on_status=on_status, deadline=self.deadline, started_at=started
             )
         except sm.NotFound as exc:
             await self._fail(job, "expired", exc, release_reason="expired")
@@ -429,26 +528,60 @@ class JobService:
                 )
                 continue
             except Exception as exc:
+                # No route reached the requester; telling them tries every route once more.
                 log.exception("job %s: delivery failed", job.id)
-                await self._fail(
-                    job, "failed", exc, release_reason="delivery_failed", tell_user=False
-                )
+                await self._fail(job, "failed", exc, release_reason="delivery_failed")
                 return
             await self._delivered(job, receipt, finished.size, finished.cost)
+            return
+        if await self._landed_after_all(await self._job(job.id), finished):
             return
         log.error("job %s: Discord kept failing; the video was not delivered", job.id)
         await self._fail(
             job,
             "failed",
-            sm.Unavailable("Discord kept failing"),
+            OutputUnavailable("Discord kept failing"),
             release_reason="delivery_failed",
-            tell_user=False,
         )
+
+    async def _landed_after_all(self, job: Job, finished: Finished) -> bool:
+        """After the last failed attempt, one more look before refunding: an attempt that
+        timed out may still have landed. True when the job was settled here: delivered, or —
+        when the output cannot tell — charged and the member told it may have arrived."""
+        try:
+            receipt = await self.output.find_delivery(job)
+        except Exception as exc:
+            log.error(
+                "job %s: Discord kept failing and the bot cannot tell whether the video "
+                "arrived (%s); NOT refunded — a moderator should check the channel for job %s",
+                job.id,
+                exc,
+                job.id,
+            )
+            # Charged first, like a delivery: a refund for a video that landed is the loss
+            # this exists to prevent, and settle_terminal must find nothing to release.
+            await self.store.charge(job.id, finished.cost)
+            moved = await self.store.transition(
+                job.id, ("delivering",), "failed", error=MAYBE_DELIVERED, bytes=finished.size
+            )
+            log.warning("job %s failed: %s (charged, not refunded)", job.id, MAYBE_DELIVERED)
+            await self._safely(self.output.notice(job, MAYBE_DELIVERED), job.id)
+            if moved:
+                await self._finished(await self.store.get_job(job.id))
+            return True
+        if receipt is None:
+            return False
+        log.info("job %s: the last attempt landed after all (%s)", job.id, receipt.method)
+        await self._delivered(job, receipt, finished.size, finished.cost)
+        return True
 
     async def _found_earlier_delivery(self, job: Job) -> bool:
         """True (and the job settled as delivered) when an earlier attempt reached Discord."""
         try:
             receipt = await self.output.find_delivery(job)
+        except DeliveryUnclear as exc:
+            log.info("job %s: cannot see an earlier delivery (%s); sending", job.id, exc)
+            return False
         except Exception:
             # Cannot tell: delivering again risks a duplicate, not delivering loses a paid
             # video. The placeholder edit is idempotent and posts carry a nonce, so send.
@@ -491,7 +624,6 @@ class JobService:
         exc: BaseException,
         *,
         release_reason: ReleaseReason,
-        tell_user: bool = True,
     ) -> None:
         message = user_message(exc)
         log.warning("job %s %s: %s (%s)", job.id, state, message, type(exc).__name__)
@@ -507,9 +639,8 @@ class JobService:
         refunded = moved and (
             await self.store.release(job.id, release_reason, self.limit_defaults) == "released"
         )
-        if tell_user:
-            shown = f"{message} {NOT_COUNTED}" if refunded else message
-            await self._safely(self.output.failed(job, shown), job.id)
+        shown = f"{message} {NOT_COUNTED}" if refunded else message
+        await self._safely(self.output.failed(job, shown), job.id)
         if moved:
             await self._finished(await self.store.get_job(job.id))
 
@@ -600,6 +731,11 @@ async def _check_playable(job_id: int, video: Path) -> None:
 
 
 NOT_COUNTED = "This does not count against your limit."
+MAYBE_DELIVERED = (
+    "Discord kept failing while the bot sent this video, and the bot cannot tell whether it "
+    "arrived — it may already be in this channel or your DMs. A moderator has been told in the "
+    "logs."
+)
 OWNER_ACTIONS: dict[type[BaseException], str] = {
     sm.InsufficientCredits: "the Segmind account is out of credits — top it up at segmind.com",
     sm.AuthError: "Segmind refused SEGMIND_API_KEY — check the key in the bot's settings",

@@ -362,12 +362,15 @@ def _hours(hours: float | None) -> str:
     return f"{hours:g} h" if hours is not None else "24 h"
 
 
-def render_refusal(refusal: Refusal) -> str:
-    """One sentence for the user. Discord timestamp markup is plain text here."""
+def render_refusal(refusal: Refusal, *, public: bool = False) -> str:
+    """One sentence for the user. Discord timestamp markup is plain text here.
+
+    `public`: the sentence is shown in the channel, not privately — a moderator's reason for a
+    block is between them and the member, so it is left out."""
     kind = refusal.kind
     if kind == "blocked":
         text = "You are not allowed to use /veo here"
-        return f"{text} ({refusal.reason})" if refusal.reason else text
+        return f"{text} ({refusal.reason})" if refusal.reason and not public else text
     if kind == "concurrency":
         if refusal.limit is not None and refusal.limit > 1:
             return (

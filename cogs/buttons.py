@@ -34,9 +34,32 @@ if TYPE_CHECKING:
 
 log = logging.getLogger(__name__)
 
+INVALID_BUTTON = "This button is no longer valid."
+JOB_ID_MAX = 2**63 - 1  # SQLite's INTEGER: a larger id cannot name a job, and would not bind
+
 
 def _is_moderator(interaction: discord.Interaction[VeoBot]) -> bool:
     return interaction.guild is not None and interaction.permissions.manage_guild
+
+
+def _job_id(text: str) -> int | None:
+    """The job id a custom id names, or None when it names none (not ASCII digits, 0, too big)."""
+    if not (text.isascii() and text.isdigit()):
+        return None
+    job_id = int(text)
+    return job_id if 0 < job_id <= JOB_ID_MAX else None
+
+
+async def _bound_here(interaction: discord.Interaction[VeoBot], job_id: int) -> bool:
+    """A button acts only where its job lives: a job of another guild (or, in a DM, of
+    someone else) is not this button's. A job the database no longer knows is left to the
+    button's own answer."""
+    job = await interaction.client.services.jobs.get(job_id)
+    if job is None:
+        return True
+    if interaction.guild_id is not None:
+        return job.guild_id == interaction.guild_id
+    return job.user_id == interaction.user.id
 
 
 async def _start_again(
@@ -74,6 +97,7 @@ class _JobButton(discord.ui.DynamicItem[discord.ui.Button[Any]], template=r"veo:
             )
         )
         self.job_id = job_id
+        self.valid = True  # False: the press gets INVALID_BUTTON and touches nothing
 
     @classmethod
     async def from_custom_id(
@@ -83,13 +107,28 @@ class _JobButton(discord.ui.DynamicItem[discord.ui.Button[Any]], template=r"veo:
         match: re.Match[str],
         /,
     ) -> Self:
-        return cls(int(match["job"]))
+        # The template takes any text after the action, so that a custom id naming no job of
+        # this guild is answered (below) instead of silently failing.
+        job_id = _job_id(match["job"])
+        button = cls(job_id or 0)
+        button.valid = job_id is not None and await _bound_here(interaction, job_id)
+        if not button.valid:
+            log.warning(
+                "button %r pressed by user %s in guild %s names no job there; ignored",
+                match.string[:100],
+                interaction.user.id,
+                interaction.guild_id,
+            )
+        return button
 
     async def interaction_check(self, interaction: discord.Interaction[VeoBot]) -> bool:  # type: ignore[override]
+        if not self.valid:
+            await send_ephemeral(interaction, INVALID_BUTTON)
+            return False
         return not self.refuse_while_stopping or await accepting_work(interaction)
 
 
-class CancelButton(_JobButton, template=r"veo:cancel:(?P<job>[0-9]+)"):
+class CancelButton(_JobButton, template=r"veo:cancel:(?P<job>.*)"):
     action = "cancel"
     button_label = "Cancel"
 
@@ -101,7 +140,8 @@ class CancelButton(_JobButton, template=r"veo:cancel:(?P<job>[0-9]+)"):
             self.job_id, actor_id=interaction.user.id, moderator=moderator
         )
         if result.outcome == "cancelled" and result.job is not None:
-            await bot.services.output.retire(self.job_id)
+            # The service's end of the job already retired it in the output (no progress edit
+            # can land on top of this one) and forgot it; retiring here would leak its state.
             by_moderator = interaction.user.id != result.job.user_id
             await interaction.edit_original_response(
                 content=cancelled_text(result.job.params_model, by_moderator=by_moderator),
@@ -119,7 +159,7 @@ class CancelButton(_JobButton, template=r"veo:cancel:(?P<job>[0-9]+)"):
         await send_ephemeral(interaction, answers.get(result.outcome, NOT_CANCELLABLE))
 
 
-class AgainButton(_JobButton, template=r"veo:again:(?P<job>[0-9]+)"):
+class AgainButton(_JobButton, template=r"veo:again:(?P<job>.*)"):
     action = "again"
     button_label = "Again"
     button_emoji = "🔁"
@@ -170,7 +210,7 @@ def submitted_value(data: Any, custom_id: str) -> str | None:
     return None
 
 
-class EditPromptButton(_JobButton, template=r"veo:edit:(?P<job>[0-9]+)"):
+class EditPromptButton(_JobButton, template=r"veo:edit:(?P<job>.*)"):
     action = "edit"
     button_label = "Edit prompt"
     button_emoji = "✏️"
@@ -188,7 +228,7 @@ class EditPromptButton(_JobButton, template=r"veo:edit:(?P<job>[0-9]+)"):
         )
 
 
-class DeleteButton(_JobButton, template=r"veo:delete:(?P<job>[0-9]+)"):
+class DeleteButton(_JobButton, template=r"veo:delete:(?P<job>.*)"):
     action = "delete"
     button_label = "Delete"
     button_emoji = "🗑️"

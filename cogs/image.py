@@ -35,7 +35,7 @@ from bot.chat.presenter import (
     NOT_ACCEPTING,
     reply_without_image_hint,
 )
-from bot.chat.replies import send_ephemeral, unexpected
+from bot.chat.replies import accepting_work, send_ephemeral, unexpected
 from bot.params import PROMPT_MAX_CHARS, Aspect
 from bot.request import ImageSource, VeoRequest
 
@@ -47,6 +47,9 @@ log = logging.getLogger(__name__)
 MENU_NAME = "Animate with Veo"
 MODAL_ID = "veo-animate"
 FOLLOW_IMAGE = "image"
+# Every mention gets a public reply; one per member per this many seconds, so a member cannot
+# make the bot flood a channel (the placeholder's own edits are throttled elsewhere).
+MENTION_COOLDOWN = 10.0
 DEFAULT_PROMPT = "Bring this image to life with natural, gentle motion and a slow camera move."
 
 
@@ -84,6 +87,10 @@ class AnimateModal(discord.ui.Modal):
         )
         self.add_item(discord.ui.Label(text="Shape of the video", component=self.aspect))
 
+    async def interaction_check(self, interaction: discord.Interaction[VeoBot]) -> bool:  # type: ignore[override]
+        # A form bypasses the tree's check: a submit during shutdown must not queue a job.
+        return await accepting_work(interaction)
+
     async def on_submit(self, interaction: discord.Interaction[VeoBot]) -> None:  # type: ignore[override]
         # Discord allows 3 s for the first answer: acknowledge before any I/O.
         await defer_public(interaction)
@@ -106,6 +113,9 @@ class ImageToVideo(commands.Cog):
             app_commands.ContextMenu(name=MENU_NAME, callback=self.animate)
         )
         self.bot.tree.add_command(self.menu)
+        self.mention_cooldown = commands.CooldownMapping.from_cooldown(
+            1, MENTION_COOLDOWN, commands.BucketType.member
+        )
 
     async def cog_unload(self) -> None:
         self.bot.tree.remove_command(self.menu.name, type=self.menu.type)
@@ -132,6 +142,15 @@ class ImageToVideo(commands.Cog):
         mention = re.compile(rf"<@!?{self.bot.user.id}>")
         # A reply to one of the bot's messages "mentions" it too; only a written mention counts.
         if not mention.search(message.content):
+            return
+        retry_after = self.mention_cooldown.update_rate_limit(message)
+        if retry_after:
+            log.info(
+                "message %s: mention by user %s ignored (cooldown, %.0f s left)",
+                message.id,
+                message.author.id,
+                retry_after,
+            )
             return
         try:
             await self._from_mention(message, mention.sub(" ", message.content).strip())

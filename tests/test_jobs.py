@@ -350,11 +350,6 @@ async def test_discord_failing_every_attempt_refunds_the_job(
     assert not await counts_against_limit(store)
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="bot.jobs._deliver_attempts fails the job with tell_user=False: the placeholder "
-    "keeps saying 'Uploading' although the job ended; see the report to the lead",
-)
 async def test_a_member_whose_video_could_not_be_delivered_is_told(
     services: Services, store: Store, output: RecordingOutput
 ) -> None:
@@ -368,11 +363,6 @@ async def test_a_member_whose_video_could_not_be_delivered_is_told(
     assert told.endswith(NOT_COUNTED)
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="bot.jobs._deliver_attempts gives up (and refunds) without looking whether the "
-    "last attempt landed; see the report to the lead",
-)
 async def test_the_last_attempt_is_looked_for_before_giving_up(
     services: Services, store: Store, output: RecordingOutput
 ) -> None:

@@ -22,7 +22,7 @@ import pytest
 from discord import app_commands
 
 from bot.chat.output import DiscordOutput
-from bot.jobs import Finished, delivery_checkpoint
+from bot.jobs import DeliveryUnclear, Finished, delivery_checkpoint
 from bot.params import VeoParams
 from bot.quota import LimitDefaults
 from bot.segmind.fake.video import VideoSpec, ensure_rendered, probe
@@ -575,12 +575,15 @@ async def test_find_delivery_reports_nothing_when_no_video_of_ours_is_there(
     assert emu.requests(HISTORY)  # it did look through the channel
 
 
-async def test_find_delivery_of_a_deleted_placeholder_is_nothing(
+async def test_find_delivery_of_a_deleted_placeholder_cannot_tell(
     emu: DiscordEmulator, client: OutputClient, store: Store, output: DiscordOutput
 ) -> None:
+    # The placeholder may have carried the video before it was deleted: the bot cannot tell,
+    # so it must not treat the job as undelivered (that would refund a video that landed).
     job = await a_job(emu, client, store)
     await emu.delete_message(emu.channel.id, job.placeholder_message_id or 0)
-    assert await output.find_delivery(replace(job, delivery_method="placeholder")) is None
+    with pytest.raises(DeliveryUnclear):
+        await output.find_delivery(replace(job, delivery_method="placeholder"))
 
 
 async def test_find_delivery_raises_when_discord_cannot_answer(

@@ -114,3 +114,42 @@ def test_ordinals() -> None:
         "101st",
         "111th",
     ]
+
+
+SEGMIND_SAYS = "Blocked: **policy** `x` <@123456789012345678> @everyone _see_ ~~this~~"
+
+
+def test_hardening_13_segmind_error_text_is_escaped_in_the_message() -> None:
+    """Segmind's error text is not ours: it can neither ping nor format the failure message."""
+    text = failure_text(
+        VeoParams(prompt="a cat", seed=7), f"Veo declined this prompt: {SEGMIND_SAYS}"
+    )
+    head = text.split("\n", 1)[0]
+    assert not _would_ping(head)
+    assert "**policy**" not in head and "\\*\\*policy\\*\\*" in head
+    assert "~~this~~" not in head and "`x`" not in head
+
+
+def test_hardening_13_segmind_error_text_is_escaped_in_the_log_channel() -> None:
+    from bot.chat.reports import log_line
+    from bot.store import Job
+
+    fields: dict[str, object] = dict.fromkeys(Job.__dataclass_fields__)
+    fields.update(
+        id=7,
+        guild_id=1,
+        channel_id=2,
+        user_id=3,
+        prompt="a cat",
+        params_json="{}",
+        state="failed",
+        queue_seq=1,
+        created_at=0.0,
+        updated_at=0.0,
+        error=f"Veo declined this prompt: {SEGMIND_SAYS}",
+    )
+    line = log_line(Job(**fields))  # type: ignore[arg-type]
+    error = line.split(" — ", 1)[1]
+    assert not _would_ping(error)
+    assert "**policy**" not in error and "~~this~~" not in error
+    assert line.startswith("❌ `#7` <@3> **failed**")  # our own markup stays

@@ -42,7 +42,12 @@ STORE_DOWN = (
 
 
 class Refused(Exception):
-    """The request cannot go ahead; `str()` is the message for the member."""
+    """The request cannot go ahead; `str()` is the message for the member, `public` the one to
+    show where everyone can read it (the same unless it holds something private)."""
+
+    def __init__(self, text: str, *, public: str | None = None) -> None:
+        super().__init__(text)
+        self.public = text if public is None else public
 
 
 def image_of(attachment: discord.Attachment) -> ImageSource:
@@ -118,14 +123,35 @@ async def reserve(bot: VeoBot, request: ReserveRequest) -> int:
         log.exception("database unavailable; refusing a job from user %s", request.user_id)
         raise Refused(STORE_DOWN) from None
     if isinstance(outcome, Refusal):
-        raise Refused(await _with_link(bot, outcome))
+        raise await _refused(bot, outcome)
     log.info("job %s queued for user %s in guild %s", outcome, request.user_id, request.guild_id)
     return outcome
 
 
-async def _with_link(bot: VeoBot, refusal: Refusal) -> str:
+async def precheck(bot: VeoBot, guild_id: int, user_id: int, role_ids: tuple[int, ...]) -> None:
+    """Refuse (raise `Refused`) a blocked member or one already over a limit, read-only, before
+    anything is fetched for a request that cannot go ahead. `reserve` still decides for real."""
+    try:
+        refusal = await bot.services.jobs.precheck(guild_id, user_id, role_ids)
+    except StoreUnavailable:
+        log.exception("database unavailable; refusing a job from user %s", user_id)
+        raise Refused(STORE_DOWN) from None
+    if refusal is not None:
+        log.info(
+            "user %s in guild %s refused before any fetch (%s)", user_id, guild_id, refusal.kind
+        )
+        raise await _refused(bot, refusal)
+
+
+async def _refused(bot: VeoBot, refusal: Refusal) -> Refused:
+    return Refused(
+        await _with_link(bot, refusal), public=await _with_link(bot, refusal, public=True)
+    )
+
+
+async def _with_link(bot: VeoBot, refusal: Refusal, *, public: bool = False) -> str:
     """The refusal, with a link to the job still in progress when that is the reason."""
-    text = render_refusal(refusal)
+    text = render_refusal(refusal, public=public)
     if refusal.kind != "concurrency" or refusal.in_flight_job_id is None:
         return text
     job = await bot.services.jobs.get(refusal.in_flight_job_id)
@@ -138,12 +164,17 @@ async def _start(
     request: VeoRequest,
     build: Callable[[VeoParams], Awaitable[ReserveRequest]],
     refuse_with: Callable[[str], Awaitable[None]],
+    *,
+    member: tuple[int, int, tuple[int, ...]],
+    public: bool = False,
 ) -> int | None:
+    """`member` is (guild id, user id, role ids); `public`: `refuse_with` shows the channel."""
     try:
+        await precheck(bot, *member)
         params = await prepare_params(bot, request)
         return await reserve(bot, await build(params))
     except Refused as exc:
-        await refuse_with(str(exc))
+        await refuse_with(exc.public if public else str(exc))
         return None
 
 
@@ -187,7 +218,8 @@ async def start_job(
     async def refuse_with(text: str) -> None:
         await refuse(interaction, text)
 
-    return await _start(bot, request, build, refuse_with)
+    member = (guild_id, interaction.user.id, member_role_ids(interaction.user))
+    return await _start(bot, request, build, refuse_with, member=member)
 
 
 async def defer_public(interaction: discord.Interaction[VeoBot]) -> None:
@@ -280,4 +312,5 @@ async def start_job_from_message(
         except discord.HTTPException as exc:
             log.warning("message %s: refusal not shown (%s %s)", message.id, exc.status, exc.code)
 
-    return await _start(bot, request, build, refuse_with)
+    member = (guild.id, message.author.id, member_role_ids(message.author))
+    return await _start(bot, request, build, refuse_with, member=member, public=True)

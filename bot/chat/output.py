@@ -39,6 +39,7 @@ from bot.chat.presenter import (
 from bot.jobs import (
     PLACEHOLDER_ROUTES,
     DeliveryRoute,
+    DeliveryUnclear,
     Finished,
     OutputUnavailable,
     Receipt,
@@ -109,7 +110,9 @@ class DiscordOutput:
     async def finished(self, job: Job) -> None:
         """Post the outcome to the guild's moderator log channel, if it has one, and forget
         the job's throttle and lock (they would otherwise grow with every job)."""
-        self._drop_pending(job.id)
+        # Retired first: a progress edit still in flight lands before whatever the caller
+        # shows next (the Cancel button's "Cancelled"), and nothing is left to re-create state.
+        await self.retire(job.id)
         self._locks.pop(job.id, None)
         self._closed.discard(job.id)
         channel_id = await self.log_channel(job.guild_id)
@@ -200,6 +203,20 @@ class DiscordOutput:
             allowed_mentions=discord.AllowedMentions.none(),
             view=None,  # no Cancel left behind on a failed job
         )
+
+    async def notice(self, job: Job, message: str) -> None:
+        """A new message for the requester (pinged): in the job's channel, else by DM. The
+        placeholder is not touched: it may carry the video."""
+        text = f"<@{job.user_id}> {failure_text(job.params_model, message, job_id=job.id)}"
+        mentions = discord.AllowedMentions(users=[discord.Object(job.user_id)])
+        channel = self.client.get_partial_messageable(job.channel_id, guild_id=job.guild_id)
+        try:
+            await channel.send(text, allowed_mentions=mentions, nonce=f"veo-{job.id}-notice")
+            return
+        except (discord.HTTPException, aiohttp.ClientError, TimeoutError) as exc:
+            log.info("job %s: notice not posted in the channel (%s); sending a DM", job.id, exc)
+        user = await self.client.fetch_user(job.user_id)
+        await user.send(text, allowed_mentions=mentions, nonce=f"veo-{job.id}-notice-dm")
 
     async def deliver(self, job: Job, finished: Finished) -> Receipt:
         # A stale pending edit must not land now; a re-encode may still show its own progress
@@ -356,11 +373,15 @@ class DiscordOutput:
 
         Looks only where the write-ahead route says an attempt may have gone: the placeholder
         (always), the channel's recent messages after a channel post was tried, the DM after a
-        DM was tried. A message that is gone or cannot be seen counts as not delivered there.
-        Raises on anything else (a server error): the caller cannot tell."""
+        DM was tried. A channel or DM that is gone or cannot be seen counts as not delivered
+        there; our own placeholder that cannot be read back (403/404) may still carry the video,
+        so when nothing is found elsewhere that raises `DeliveryUnclear`. Raises on anything
+        else (a server error): the caller cannot tell."""
         tried = job.delivery_method
+        unreadable = False
         if job.placeholder_message_id is not None:
             message = await self._fetch_placeholder(job)
+            unreadable = message is None
             if message is not None and self._carries_video(job, message):
                 # A database from an earlier version may say just "placeholder" (or nothing):
                 # name the route the placeholder can be edited by now.
@@ -378,6 +399,8 @@ class DiscordOutput:
             found = await self._search(user.dm_channel or await user.create_dm(), job)
             if found is not None:
                 return Receipt(message_id=found.id, method="dm")
+        if unreadable:
+            raise DeliveryUnclear(f"placeholder {job.placeholder_message_id} cannot be read back")
         return None
 
     def _token_alive(self, job: Job) -> bool:

@@ -41,6 +41,12 @@ def safe_prompt(prompt: str, limit: int = PROMPT_SHOWN) -> str:
     return "\n".join(f"> {line}" if line else ">" for line in lines)
 
 
+def safe_text(text: str) -> str:
+    """Text from elsewhere (Segmind's error messages) shown inline: it can neither ping nor
+    format the message it is part of."""
+    return discord.utils.escape_markdown(discord.utils.escape_mentions(text))
+
+
 def ordinal(n: int) -> str:
     suffix = "th" if 10 <= n % 100 <= 20 else {1: "st", 2: "nd", 3: "rd"}.get(n % 10, "th")
     return f"{n}{suffix}"
@@ -138,7 +144,8 @@ def final_text(done: Delivered) -> str:
 
 
 def failure_text(params: VeoParams, message: str, *, job_id: int | str | None = None) -> str:
-    lines = ["❌ " + message, safe_prompt(params.prompt, limit=300)]
+    # The message may quote Segmind's error text, which is not ours to render.
+    lines = ["❌ " + safe_text(message), safe_prompt(params.prompt, limit=300)]
     if job_id is not None:
         lines.append(f"-# job {job_id}")
     return _fit("\n".join(lines))

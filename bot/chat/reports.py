@@ -7,6 +7,7 @@ import io
 from collections.abc import Iterable
 from datetime import UTC, datetime
 
+from bot.chat.presenter import safe_text
 from bot.quota import GuildLimits, LimitDefaults, LimitOverride
 from bot.store import AuditEntry, Job, UsageSummary, UserUsage
 
@@ -77,7 +78,8 @@ def log_line(job: Job) -> str:
     if link:
         parts.append(f"[message](<{link}>)")
     if job.error and job.state != "delivered":
-        parts.append("— " + job.error.replace("\n", " ")[:200])
+        # The error may quote Segmind's text: escaped, so it can neither ping nor format.
+        parts.append("— " + safe_text(job.error.replace("\n", " ")[:200]))
     return _clip(" · ".join(parts))
 
 

@@ -171,6 +171,7 @@ class DiscordEmulator:
         self.gateway_log: list[GatewayFrame] = []
         self.messages: dict[int, StoredMessage] = {}
         self.cdn: dict[int, CdnFile] = {}
+        self.cdn_requests: list[str] = []  # "HEAD /attachments/…": what the bot fetched
         self.interactions: dict[str, InteractionHandle] = {}
         self.global_commands: dict[str, dict[str, Any]] = {}
         self.guild_commands: dict[int, dict[str, dict[str, Any]]] = {}
@@ -627,6 +628,7 @@ class DiscordEmulator:
         return cdn
 
     async def _handle_cdn(self, request: web.Request) -> web.StreamResponse:
+        self.cdn_requests.append(f"{request.method} {request.path}")
         cdn = self.cdn.get(int(request.match_info["file_id"]))
         if cdn is None or cdn.filename != request.match_info["filename"]:
             return web.Response(status=404, text="Not Found")
