@@ -31,7 +31,6 @@ import inspect
 import ipaddress
 import json
 import logging
-import math
 import os
 import random
 import re
@@ -59,6 +58,7 @@ from bot.segmind.history import (
     HistoryStatus,
     SortOrder,
     date_windows,
+    finite_float,
     page_rows,
     single_row,
 )
@@ -406,16 +406,6 @@ def _origin(url: str) -> tuple[str, str]:
     return parts.scheme.lower(), parts.netloc.lower()
 
 
-def _as_float(value: Any) -> float | None:
-    if isinstance(value, bool) or value is None:
-        return None
-    try:
-        number = float(value)
-    except (TypeError, ValueError):
-        return None
-    return number if math.isfinite(number) else None
-
-
 def parse_reset(value: str | None, now: float) -> float | None:
     """An absolute epoch time from `x-rate-limit-reset-at-utc` (epoch s/ms, ISO 8601, HTTP date).
 
@@ -424,7 +414,7 @@ def parse_reset(value: str | None, now: float) -> float | None:
     if not value:
         return None
     value = value.strip()
-    number = _as_float(value)
+    number = finite_float(value)
     if number is not None:
         if number > 1e12:  # milliseconds
             return number / 1000.0
@@ -447,7 +437,7 @@ def parse_retry_after(value: str | None, now: float) -> float | None:
     """Seconds to wait from a `Retry-After` header (seconds or HTTP date)."""
     if not value:
         return None
-    number = _as_float(value.strip())
+    number = finite_float(value.strip())
     if number is not None:
         return max(0.0, number)
     try:
@@ -687,8 +677,8 @@ class SegmindClient:
         return JobResult(
             output_urls=output_urls(body.get("output")),
             metrics=metrics,
-            cost=_as_float(metrics.get("cost", body.get("cost"))),
-            inference_time=_as_float(metrics.get("inference_time", body.get("inference_time"))),
+            cost=finite_float(metrics.get("cost", body.get("cost"))),
+            inference_time=finite_float(metrics.get("inference_time", body.get("inference_time"))),
             raw=body,
         )
 
@@ -761,10 +751,10 @@ class SegmindClient:
             priority=RateLimiter.PRIORITY_USER,
             attempts=self.max_attempts,
         )
-        paid = _as_float(body.get("credits"))
+        paid = finite_float(body.get("credits"))
         if paid is None:
             raise Unavailable("the credits answer has no `credits` number")
-        free = _as_float(body.get("free-credits", body.get("free_credits"))) or 0.0
+        free = finite_float(body.get("free-credits", body.get("free_credits"))) or 0.0
         return Credits(credits=paid, free_credits=free)
 
     async def history_row(self, request_id: str) -> HistoryRow | None:

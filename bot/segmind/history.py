@@ -32,12 +32,31 @@ MAX_PER_PAGE = 100  # "per_page: Rows per page, 1-100"
 MAX_WINDOW_DAYS = 31  # "The window may span at most 31 days" — counted inclusively, to be safe
 
 
+def finite_float(value: Any) -> float | None:
+    """A JSON value as a finite number, or None (missing, a bool, text that is no number)."""
+    if value is None or isinstance(value, bool):
+        return None
+    try:
+        number = float(value)
+    except (TypeError, ValueError):
+        return None
+    return number if math.isfinite(number) else None
+
+
 class HistoryStatus(StrEnum):
     """What a history row says about its request (also the `status` filter's values)."""
 
     COMPLETED = "COMPLETED"
     FAILED = "FAILED"
     PENDING = "PENDING"
+
+
+class SortBy(StrEnum):
+    """The `sort_by` values the SDK documents."""
+
+    MODEL_CREATED = "model_created"
+    MODEL_NAME = "model_name"
+    CREDITS_DEDUCTION = "credits_deduction"
 
 
 class SortOrder(StrEnum):
@@ -75,13 +94,7 @@ class HistoryRow(BaseModel):
     @field_validator("credits_deduction", "latency_ms", mode="before")
     @classmethod
     def _number_or_none(cls, value: Any) -> float | None:
-        if value is None or isinstance(value, bool):
-            return None
-        try:
-            number = float(value)
-        except (TypeError, ValueError):
-            return None
-        return number if math.isfinite(number) else None
+        return finite_float(value)
 
     @field_validator("request_id", mode="before")
     @classmethod

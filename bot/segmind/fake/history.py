@@ -25,6 +25,7 @@ from typing import Any, TypeVar
 
 from bot.params import MODEL_SLUG
 from bot.segmind.fake.jobs import Job, JobState
+from bot.segmind.history import HistoryStatus, SortBy
 
 _E = TypeVar("_E", bound=StrEnum)
 
@@ -32,22 +33,6 @@ HISTORY_PATH = "/inference-request/request-history"
 MAX_WINDOW_DAYS = 31  # "The window may span at most 31 days" (counted inclusively here)
 DEFAULT_WINDOW_DAYS = 7  # `from_date` defaults to 7 days ago
 MAX_PER_PAGE = 100
-
-
-class HistoryStatus(StrEnum):
-    """The `status` filter and the `model_status` a row shows."""
-
-    COMPLETED = "COMPLETED"
-    FAILED = "FAILED"
-    PENDING = "PENDING"
-
-
-class SortBy(StrEnum):
-    """The `sort_by` values the SDK documents."""
-
-    MODEL_CREATED = "model_created"
-    MODEL_NAME = "model_name"
-    CREDITS_DEDUCTION = "credits_deduction"
 
 
 class QueryError(ValueError):
