@@ -185,8 +185,9 @@ async def test_hardening_13_the_image_form_is_refused_during_shutdown(
     await opened.wait_for_callback()
     assert opened.callback_type == 9
 
-    # A submit on the wire keeps the bot draining for a few seconds after SIGTERM.
-    fake.inject("submit", Fault(delay=4.0))
+    # A submit on the wire keeps the bot draining after SIGTERM; held past the drain's cap, so
+    # the window lasts the whole cap (SUBMIT_DRAIN_SECONDS) however slow the machine is.
+    fake.inject("submit", Fault(delay=30.0))
     busy = await emu.dispatch_slash_command("veo", {"prompt": "in flight"}, user=emu.owner)
     await busy.wait_for_callback()
     await wait_until(lambda: bool(fake.submits), what="the submit to reach Segmind")
