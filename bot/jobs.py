@@ -206,9 +206,13 @@ class JobService:
         self._dispatcher = asyncio.create_task(self._dispatch_loop(), name="job-dispatcher")
         self.wake()
 
+    def stop_accepting(self) -> None:
+        """From now on every entry point refuses new work (shutdown has begun)."""
+        self._accepting = False
+
     async def stop(self) -> None:
         """Stop taking work; let submits on the wire land; leave the rest for the next start."""
-        self._accepting = False
+        self.stop_accepting()
         if self._dispatcher is not None:
             self._dispatcher.cancel()
             with contextlib.suppress(asyncio.CancelledError):

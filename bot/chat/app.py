@@ -237,10 +237,17 @@ class VeoBot(commands.Bot):
         """No prefix commands: mentions are handled by the image cog's listener. Without this,
         every `@Veo …` would be parsed as a command and logged as CommandNotFound."""
 
+    def stop_accepting(self) -> None:
+        """Refuse new work at once: called from the signal handler, before any await, so a
+        request arriving while shutdown gets under way is told so instead of queued."""
+        if self._services is not None:
+            self._services.jobs.stop_accepting()
+
     async def close(self) -> None:
-        await stop_ops(self.ops, self.metrics)
-        self.ops = None
+        self.stop_accepting()
         if self._services is not None:
             await self._services.jobs.stop()
+        await stop_ops(self.ops, self.metrics)
+        self.ops = None
         await super().close()
         await self._resources.aclose()

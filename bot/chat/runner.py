@@ -57,6 +57,7 @@ async def _serve(settings: Settings, token: str) -> int:
 
     def request_stop(signame: str) -> None:
         if not stopping.is_set():
+            bot.stop_accepting()
             log.info("%s received: finishing up and shutting down", signame)
             stopping.set()
 
