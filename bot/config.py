@@ -9,6 +9,7 @@ from typing import Annotated, Any, Literal, get_args
 from pydantic import Field, SecretStr, ValidationError, field_validator
 from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
 
+from bot.database_url import backend_of, sqlite_url
 from bot.media.images import DEFAULT_IMAGE_HOSTS
 from bot.params import Aspect, Duration, Fps, Resolution
 from bot.segmind.history import DEFAULT_HISTORY_URL
@@ -53,7 +54,9 @@ class Settings(BaseSettings):
     segmind_timeout: float = Field(default=30.0, gt=0)
     veo_demo_seconds: float = Field(default=20.0, ge=0)
 
-    # Storage
+    # Storage. The URL wins; without one the SQLite file at VEO_DB_PATH is the database.
+    # A secret: a postgresql:// URL may carry the password.
+    veo_database_url: SecretStr | None = None
     veo_db_path: Path = Path("data/veo.sqlite3")
     veo_work_dir: Path = Path("data/work")
 
@@ -118,6 +121,13 @@ class Settings(BaseSettings):
             return hosts
         return value
 
+    @field_validator("veo_database_url")
+    @classmethod
+    def _known_database(cls, value: SecretStr | None) -> SecretStr | None:
+        if value is not None:
+            backend_of(value.get_secret_value())  # its ValueError names the schemes
+        return value
+
     @field_validator("veo_default_duration")
     @classmethod
     def _known_duration(cls, value: int) -> int:
@@ -139,6 +149,13 @@ class Settings(BaseSettings):
         if floor is not None and value < floor:
             raise ValueError("must be at least VEO_POLL_FLOOR")
         return value
+
+    @property
+    def database_url(self) -> str:
+        """Where the store lives: VEO_DATABASE_URL, else the SQLite file at VEO_DB_PATH."""
+        if self.veo_database_url is not None:
+            return self.veo_database_url.get_secret_value()
+        return sqlite_url(self.veo_db_path)
 
     @property
     def demo_mode(self) -> bool:

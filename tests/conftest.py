@@ -1,15 +1,17 @@
-"""Fixtures shared by the unit tests: a clock moved by hand, and Segmind fakes started on a
-free loopback port and stopped after the test."""
+"""Fixtures shared by the unit tests: a clock moved by hand, Segmind fakes started on a free
+loopback port and stopped after the test, and one throwaway PostgreSQL server per session."""
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator, Awaitable, Callable
+import os
+from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
 from typing import Any
 
 import pytest
 
 from bot.segmind.fake import FakeSegmind
 from harness.clocks import ManualClock
+from harness.postgres import PostgresServer, PostgresUnavailable
 
 StartFake = Callable[..., Awaitable[FakeSegmind]]
 
@@ -33,3 +35,20 @@ async def start_fake() -> AsyncIterator[StartFake]:
     yield start
     for fake in reversed(started):
         await fake.stop()
+
+
+@pytest.fixture(scope="session")
+def postgres_server() -> Iterator[PostgresServer]:
+    """A PostgreSQL server for the whole session (started on first use, so a run that needs
+    none starts none). Without the server binaries the PostgreSQL cases skip — unless
+    VEO_REQUIRE_POSTGRES=1 (CI), where that is a failure: a skipped backend is an untested one."""
+    try:
+        server = PostgresServer.start()
+    except PostgresUnavailable as exc:
+        if os.environ.get("VEO_REQUIRE_POSTGRES") == "1":
+            pytest.fail(f"VEO_REQUIRE_POSTGRES=1 but no PostgreSQL server can start: {exc}")
+        pytest.skip(f"no PostgreSQL server here ({exc}); set VEO_REQUIRE_POSTGRES=1 to fail")
+    try:
+        yield server
+    finally:
+        server.stop()

@@ -71,6 +71,29 @@ def test_secret_values_never_appear_in_errors(monkeypatch: pytest.MonkeyPatch) -
     assert "sk-very-secret" not in repr(settings)
 
 
+def test_database_url_defaults_to_the_sqlite_file_at_veo_db_path(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    assert load_settings(None).database_url == "sqlite:///data/veo.sqlite3"
+    monkeypatch.setenv("VEO_DB_PATH", "/var/lib/veo/bot.db")  # the older setting keeps working
+    assert load_settings(None).database_url == "sqlite:////var/lib/veo/bot.db"
+    url = "postgresql://veo:pg-secret-pass@db.internal:5432/veo"
+    monkeypatch.setenv("VEO_DATABASE_URL", url)  # the URL wins
+    settings = load_settings(None)
+    assert settings.database_url == url
+    assert "pg-secret-pass" not in repr(settings)
+
+
+def test_an_unknown_database_url_is_named_without_echoing_it(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    monkeypatch.setenv("VEO_DATABASE_URL", "mysql://veo:pg-secret-pass@db/veo")
+    with pytest.raises(SettingsError, match="VEO_DATABASE_URL") as info:
+        load_settings(None)
+    assert "postgresql://" in str(info.value)  # says what would work
+    assert "pg-secret-pass" not in str(info.value)
+
+
 def test_missing_token_is_one_clear_line() -> None:
     with pytest.raises(SettingsError, match="DISCORD_TOKEN is missing"):
         require_discord_token(load_settings(None))

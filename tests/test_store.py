@@ -1,9 +1,11 @@
-"""The store on a real SQLite file: migrations, the job state machine, the ledger, moderation,
-and contention (many truly concurrent reservations, on one connection and on two).
+"""The store on a real SQLite file and a real PostgreSQL server: migrations, the job state
+machine, the ledger, moderation, and contention (many truly concurrent reservations, on one
+connection or pool and on two).
 
-The tests that take the `store` fixture speak only the `Store` protocol: they are the contract
-every backend passes (add its opener to `BACKENDS`). The ones that open a file by path are the
-SQLite backend's own: migrations, PRAGMAs, locking across connections."""
+The tests that take the `store` (or `database_url`) fixture speak only the `Store` protocol:
+they are the contract every backend passes (add its database to `BACKENDS`). The ones that
+open a file by path are the SQLite backend's own: migrations, PRAGMAs, locking across
+connections; `test_store_postgres.py` holds the PostgreSQL backend's own."""
 
 from __future__ import annotations
 
@@ -17,6 +19,7 @@ from pathlib import Path
 import aiosqlite
 import pytest
 
+from bot.database_url import sqlite_url
 from bot.params import VeoParams
 from bot.quota import GuildLimits, LimitDefaults, LimitOverride, Refusal
 from bot.store import (
@@ -39,6 +42,7 @@ from bot.store import (
     open_store,
 )
 from harness.clocks import ManualClock
+from harness.postgres import PostgresServer
 
 NOW = 1_700_000_000.0
 HOUR = 3600.0
@@ -53,17 +57,33 @@ def clock() -> ManualClock:
     return ManualClock(NOW)
 
 
-# How each backend opens an empty store in a test's own directory.
-BACKENDS: dict[str, Callable[[Path, ManualClock], Awaitable[Store]]] = {
-    "sqlite": lambda tmp, clock: SqliteStore.open(tmp / "data" / "veo.sqlite3", clock=clock),
+async def sqlite_database(request: pytest.FixtureRequest) -> str:
+    tmp_path: Path = request.getfixturevalue("tmp_path")
+    return sqlite_url(tmp_path / "data" / "veo.sqlite3")
+
+
+async def postgres_database(request: pytest.FixtureRequest) -> str:
+    # Asked for here, not in a signature: a SQLite-only run never starts (or skips on) it.
+    server: PostgresServer = request.getfixturevalue("postgres_server")
+    return await server.migrated_database()
+
+
+# How each backend makes a new empty database for one test, named by the URL the bot's
+# VEO_DATABASE_URL would hold; stores are opened on it with `open_store`, as the bot does.
+BACKENDS: dict[str, Callable[[pytest.FixtureRequest], Awaitable[str]]] = {
+    "sqlite": sqlite_database,
+    "postgres": postgres_database,
 }
 
 
 @pytest.fixture(params=sorted(BACKENDS))
-async def store(
-    request: pytest.FixtureRequest, tmp_path: Path, clock: ManualClock
-) -> AsyncIterator[Store]:
-    opened = await BACKENDS[request.param](tmp_path, clock)
+async def database_url(request: pytest.FixtureRequest) -> str:
+    return await BACKENDS[request.param](request)
+
+
+@pytest.fixture
+async def store(database_url: str, clock: ManualClock) -> AsyncIterator[Store]:
+    opened = await open_store(database_url, clock=clock)
     try:
         yield opened
     finally:
@@ -130,6 +150,12 @@ async def test_open_creates_parent_dir_and_latest_schema(tmp_path: Path) -> None
         assert raw.execute("PRAGMA journal_mode").fetchone()[0] == "wal"
         tables = {r[0] for r in raw.execute("SELECT name FROM sqlite_master WHERE type='table'")}
     assert {"jobs", "quota_ledger", "guild_settings", "blocks", "audit_log"} <= tables
+
+
+async def test_open_store_refuses_a_url_it_cannot_serve() -> None:
+    with pytest.raises(StoreError, match="postgresql://") as raised:
+        await open_store("mysql://veo@db/veo")  # never guessed to be a file name
+    assert not isinstance(raised.value, StoreUnavailable)  # a setting to fix, not "retry"
 
 
 async def test_every_settable_job_field_is_a_column(tmp_path: Path) -> None:
@@ -686,6 +712,24 @@ async def test_two_hundred_users_against_a_guild_cap_of_twenty(store: Store) -> 
     passed = [o for o in outcomes if isinstance(o, Reserved)]
     assert len(passed) == 20
     assert sorted(o.queue_seq for o in passed) == list(range(1, 21))  # no gaps, no duplicates
+
+
+async def test_forty_reservations_over_two_stores_pass_exactly_three(database_url: str) -> None:
+    """Two stores on one database — two pools or connections, as two bot processes or nodes
+    would hold — racing one user's reservations: the limit holds across them exactly."""
+    first = await open_store(database_url)
+    second = await open_store(database_url)
+    try:
+        per_user = LimitDefaults(user_limit=3, concurrency=100)
+        outcomes = await asyncio.gather(
+            *(s.reserve(request(), per_user) for _ in range(20) for s in (first, second))
+        )
+        assert sum(isinstance(o, Reserved) for o in outcomes) == 3
+        assert {o.kind for o in outcomes if isinstance(o, Refusal)} == {"user_window"}
+        assert len(await second.nonterminal_jobs()) == 3  # no job written beside a refusal
+    finally:
+        await first.close()
+        await second.close()
 
 
 async def test_two_stores_on_one_file_still_hold_the_limit(tmp_path: Path) -> None:

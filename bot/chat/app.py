@@ -143,7 +143,7 @@ class VeoBot(commands.Bot):
         resources = self._resources
         session = aiohttp.ClientSession()
         resources.push_async_callback(session.close)
-        store = await open_store(settings.veo_db_path)
+        store = await open_store(settings.database_url)
         resources.push_async_callback(store.close)
         base_url, key, history_url = await self._segmind_endpoint()
         # The Segmind client's own session, traced for the metrics and the readiness check.

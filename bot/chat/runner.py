@@ -12,6 +12,7 @@ import discord
 import yarl
 
 from bot.config import Settings, SettingsError, load_settings, require_discord_token
+from bot.database_url import password_of
 from bot.logs import setup_logging
 
 log = logging.getLogger("bot")
@@ -40,6 +41,9 @@ def main_run(argv: list[str]) -> int:
     secrets = [token]
     if settings.segmind_api_key is not None:
         secrets.append(settings.segmind_api_key.get_secret_value())
+    database_password = password_of(settings.database_url)
+    if database_password:
+        secrets.append(database_password)
     setup_logging(secrets, log_format=settings.veo_log_format)
     point_discord_at(settings)
     try:
