@@ -167,6 +167,39 @@ def plan_transition(
 # Rows
 
 
+# The `Job` fields in order, as every backend reads them: the job row's columns, then its
+# ledger row's.
+JOB_ROW: tuple[str, ...] = (
+    "id",
+    "guild_id",
+    "channel_id",
+    "user_id",
+    "prompt",
+    "params",
+    "image_url",
+    "request_id",
+    "state",
+    "queue_seq",
+    "created_at",
+    "updated_at",
+    "submitted_at",
+    "completed_at",
+    "delivered_at",
+    "cost",
+    "bytes",
+    "error",
+    "placeholder_channel_id",
+    "placeholder_message_id",
+    "interaction_token",
+    "interaction_created_at",
+    "delivered_message_id",
+    "delivery_method",
+    "upload_limit",
+    "output_url",
+)
+LEDGER_ROW: tuple[str, ...] = ("status", "charged_amount", "reason")
+
+
 @dataclass(frozen=True, slots=True)
 class Job:
     """One `/veo` request and everything the lifecycle and moderators need about it."""

@@ -7,6 +7,8 @@ from typing import Any, Unpack
 
 from bot.store.model import (
     IN_FLIGHT_STATES,
+    JOB_ROW,
+    LEDGER_ROW,
     NONTERMINAL_STATES,
     Job,
     JobFields,
@@ -15,40 +17,10 @@ from bot.store.model import (
 )
 from bot.store.postgres.connection import PostgresBase
 
-# The `Job` fields in order: the job row's columns, then its ledger row's (as on SQLite).
-_JOB_ROW: tuple[str, ...] = (
-    "id",
-    "guild_id",
-    "channel_id",
-    "user_id",
-    "prompt",
-    "params",
-    "image_url",
-    "request_id",
-    "state",
-    "queue_seq",
-    "created_at",
-    "updated_at",
-    "submitted_at",
-    "completed_at",
-    "delivered_at",
-    "cost",
-    "bytes",
-    "error",
-    "placeholder_channel_id",
-    "placeholder_message_id",
-    "interaction_token",
-    "interaction_created_at",
-    "delivered_message_id",
-    "delivery_method",
-    "upload_limit",
-    "output_url",
-)
-_LEDGER_ROW: tuple[str, ...] = ("status", "charged_amount", "reason")
 # `params` is `json`: read as its text (`Job.params_json`), exactly as written.
 _JOB_COLUMNS = ", ".join(
-    [*(f"j.{c}::text" if c == "params" else f"j.{c}" for c in _JOB_ROW)]
-    + [f"l.{c}" for c in _LEDGER_ROW]
+    [*(f"j.{c}::text" if c == "params" else f"j.{c}" for c in JOB_ROW)]
+    + [f"l.{c}" for c in LEDGER_ROW]
 )
 _JOB_FROM = "FROM jobs j LEFT JOIN quota_ledger l ON l.job_id = j.id"
 

@@ -8,6 +8,8 @@ from typing import Any, Unpack
 
 from bot.store.model import (
     IN_FLIGHT_STATES,
+    JOB_ROW,
+    LEDGER_ROW,
     NONTERMINAL_STATES,
     Job,
     JobFields,
@@ -16,43 +18,13 @@ from bot.store.model import (
 )
 from bot.store.sqlite.connection import SqliteBase, _placeholders
 
-# The `Job` fields in order: the job row's columns, then its ledger row's.
-_JOB_ROW: tuple[str, ...] = (
-    "id",
-    "guild_id",
-    "channel_id",
-    "user_id",
-    "prompt",
-    "params",
-    "image_url",
-    "request_id",
-    "state",
-    "queue_seq",
-    "created_at",
-    "updated_at",
-    "submitted_at",
-    "completed_at",
-    "delivered_at",
-    "cost",
-    "bytes",
-    "error",
-    "placeholder_channel_id",
-    "placeholder_message_id",
-    "interaction_token",
-    "interaction_created_at",
-    "delivered_message_id",
-    "delivery_method",
-    "upload_limit",
-    "output_url",
-)
-_LEDGER_ROW: tuple[str, ...] = ("status", "charged_amount", "reason")
-_JOB_COLUMNS = ", ".join([*(f"j.{c}" for c in _JOB_ROW), *(f"l.{c}" for c in _LEDGER_ROW)])
+_JOB_COLUMNS = ", ".join([*(f"j.{c}" for c in JOB_ROW), *(f"l.{c}" for c in LEDGER_ROW)])
 # RETURNING may name only the updated table (no alias, no join), so the ledger's columns come
 # from correlated subqueries: the same `Job` in the same statement as the compare-and-set.
 _JOB_RETURNING = ", ".join(
     [
-        *_JOB_ROW,
-        *(f"(SELECT {c} FROM quota_ledger WHERE job_id = jobs.id)" for c in _LEDGER_ROW),  # noqa: S608  # column names from this module
+        *JOB_ROW,
+        *(f"(SELECT {c} FROM quota_ledger WHERE job_id = jobs.id)" for c in LEDGER_ROW),  # noqa: S608  # column names from this module
     ]
 )
 _JOB_FROM = "FROM jobs j LEFT JOIN quota_ledger l ON l.job_id = j.id"
