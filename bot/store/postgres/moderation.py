@@ -7,6 +7,7 @@ from dataclasses import asdict
 from typing import Any
 
 from bot.quota import GuildLimits, LimitOverride
+from bot.store.overrides import OverrideCalls
 from bot.store.postgres.connection import PostgresBase, affected
 
 _GUILD_LIMITS = (
@@ -15,7 +16,7 @@ _GUILD_LIMITS = (
 )
 
 
-class ModerationQueries(PostgresBase):
+class ModerationQueries(OverrideCalls, PostgresBase):
     """What moderators set, each change written with its audit entry."""
 
     async def get_guild_limits(self, guild_id: int) -> GuildLimits:
@@ -101,42 +102,6 @@ class ModerationQueries(PostgresBase):
                 )
                 detail = {key: target_id, **asdict(override)}
             await self._audit(conn, guild_id, actor_id, action, detail, now)
-
-    async def role_overrides(self, guild_id: int) -> dict[int, LimitOverride]:
-        """Every role override in the guild, by role id."""
-        return await self._overrides("role_overrides", "role_id", guild_id)
-
-    async def set_role_override(
-        self,
-        guild_id: int,
-        role_id: int,
-        override: LimitOverride | None,
-        *,
-        actor_id: int,
-        now: float | None = None,
-    ) -> None:
-        """Set a role's override; `None` (or an all-`None` override) removes it."""
-        await self._set_override(
-            "role_overrides", "role_id", guild_id, role_id, override, actor_id, now
-        )
-
-    async def user_overrides(self, guild_id: int) -> dict[int, LimitOverride]:
-        """Every user override in the guild, by user id."""
-        return await self._overrides("user_overrides", "user_id", guild_id)
-
-    async def set_user_override(
-        self,
-        guild_id: int,
-        user_id: int,
-        override: LimitOverride | None,
-        *,
-        actor_id: int,
-        now: float | None = None,
-    ) -> None:
-        """Set a user's override; `None` (or an all-`None` override) removes it."""
-        await self._set_override(
-            "user_overrides", "user_id", guild_id, user_id, override, actor_id, now
-        )
 
     async def exempt_roles(self, guild_id: int) -> frozenset[int]:
         """Roles whose members have no count limit in the guild."""
