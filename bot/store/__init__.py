@@ -15,10 +15,13 @@ from bot.store.model import (
     LEGAL_TRANSITIONS,
     TERMINAL_STATES,
     AuditEntry,
+    BudgetState,
+    Fenced,
     IllegalTransition,
     Job,
     JobFields,
     JobState,
+    Lease,
     ReleaseReason,
     Reserved,
     ReserveRequest,
@@ -27,7 +30,14 @@ from bot.store.model import (
     UsageSummary,
     UserUsage,
 )
-from bot.store.protocol import JobStore, LedgerStore, ModerationStore, ReportStore, Store
+from bot.store.protocol import (
+    JobStore,
+    LedgerStore,
+    ModerationStore,
+    ReportStore,
+    RunnerStore,
+    Store,
+)
 from bot.store.sqlite import SqliteStore
 from bot.store.sqlite.migrations import MIGRATIONS, SCHEMA_VERSION, Migration, apply_migrations
 
@@ -60,11 +70,14 @@ __all__ = [
     "SCHEMA_VERSION",
     "TERMINAL_STATES",
     "AuditEntry",
+    "BudgetState",
+    "Fenced",
     "IllegalTransition",
     "Job",
     "JobFields",
     "JobState",
     "JobStore",
+    "Lease",
     "LedgerStore",
     "Migration",
     "ModerationStore",
@@ -72,6 +85,7 @@ __all__ = [
     "ReportStore",
     "ReserveRequest",
     "Reserved",
+    "RunnerStore",
     "SqliteStore",
     "Store",
     "StoreError",

@@ -17,9 +17,11 @@ from typing import Any, Protocol, Self, Unpack
 from bot.quota import GuildLimits, LimitDefaults, LimitOverride, Refusal
 from bot.store.model import (
     AuditEntry,
+    BudgetState,
     Job,
     JobFields,
     JobState,
+    Lease,
     QuotaView,
     ReleaseOutcome,
     ReleaseReason,
@@ -268,7 +270,42 @@ class ReportStore(Protocol):
         ...
 
 
-class Store(LedgerStore, JobStore, ModerationStore, ReportStore, Protocol):
+class RunnerStore(Protocol):
+    """The runner lease (one node at a time submits, polls and delivers for a Segmind key),
+    the fencing of that node's writes, and the request budget it hands on."""
+
+    async def acquire_lease(self, name: str, owner: str, seconds: float) -> Lease | None:
+        """Start a new term (the next epoch) for `owner` if the lease is free or lapsed by
+        the DATABASE's clock; None while another term runs."""
+        ...
+
+    async def renew_lease(self, lease: Lease, seconds: float) -> Lease | None:
+        """Extend `lease`'s term by `seconds` from now; None once another term began."""
+        ...
+
+    async def release_lease(self, lease: Lease) -> bool:
+        """End `lease`'s term now (clean shutdown); False if it was no longer the term."""
+        ...
+
+    async def current_lease(self, name: str) -> Lease | None:
+        """The lease row as it stands, lapsed or not."""
+        ...
+
+    def fenced(self, lease: Lease) -> Self:
+        """A view of this store for the runner of `lease`: every write checks, in its own
+        transaction, that `lease.epoch` is still the newest and else raises `Fenced`."""
+        ...
+
+    async def save_budget(self, name: str, state: BudgetState) -> None:
+        """Record the request budget (fenced on a fenced view)."""
+        ...
+
+    async def load_budget(self, name: str) -> BudgetState | None:
+        """The request budget last recorded under `name`."""
+        ...
+
+
+class Store(LedgerStore, JobStore, ModerationStore, ReportStore, RunnerStore, Protocol):
     """The bot's database, whatever the backend. Close it once, on shutdown."""
 
     async def close(self) -> None:

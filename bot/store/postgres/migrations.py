@@ -162,6 +162,30 @@ MIGRATIONS: tuple[Migration, ...] = (
             "CREATE INDEX audit_guild_time ON audit_log (guild_id, created_at)",
         ),
     ),
+    Migration(
+        6,
+        "the runner lease (one runner per Segmind key, fenced by epoch) and the Segmind budget",
+        (
+            # `name` is a fingerprint of the Segmind key, never the key. `expires_at` is epoch
+            # seconds of the SERVER's clock_timestamp(): one clock for every node, whatever
+            # their own clocks say.
+            """
+            CREATE TABLE runner_lease (
+                name TEXT PRIMARY KEY,
+                owner TEXT NOT NULL,
+                epoch BIGINT NOT NULL CHECK (epoch >= 1),
+                expires_at DOUBLE PRECISION NOT NULL
+            )
+            """,
+            """
+            CREATE TABLE segmind_budget (
+                name TEXT PRIMARY KEY,
+                grants JSON NOT NULL DEFAULT '[]',
+                paused_until DOUBLE PRECISION
+            )
+            """,
+        ),
+    ),
 )
 SCHEMA_VERSION = MIGRATIONS[-1].version
 

@@ -26,13 +26,14 @@ import aiosqlite
 from bot.store.model import StoreUnavailable
 from bot.store.sqlite.connection import _UNAVAILABLE_ERRORS, _store_error
 from bot.store.sqlite.jobs import JobQueries
+from bot.store.sqlite.lease import LeaseQueries
 from bot.store.sqlite.ledger import LedgerQueries
 from bot.store.sqlite.migrations import MIGRATIONS, Migration, apply_migrations
 from bot.store.sqlite.moderation import ModerationQueries
 from bot.store.sqlite.reports import ReportQueries
 
 
-class SqliteStore(LedgerQueries, JobQueries, ModerationQueries, ReportQueries):
+class SqliteStore(LedgerQueries, JobQueries, ModerationQueries, ReportQueries, LeaseQueries):
     """`bot.store.protocol.Store` on one SQLite file. Create with `await SqliteStore.open(path)`;
     close with `await close()`. `now` arguments default to the injected clock."""
 
