@@ -4,6 +4,9 @@ from __future__ import annotations
 
 import contextlib
 import logging
+import os
+import secrets
+import socket
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -18,12 +21,13 @@ from bot.chat.output import DiscordOutput
 from bot.chat.replies import accepting_work, send_ephemeral, unexpected
 from bot.config import Settings
 from bot.jobs import JobService
+from bot.lease import BudgetRecorder, RunnerLease, lease_name
 from bot.ops.health import GatewayWatch
 from bot.ops.http import OpsServer
 from bot.ops.metrics import Metrics
 from bot.quota import LimitDefaults
 from bot.segmind import client as sm
-from bot.store import Store, open_store
+from bot.store import Lease, Store, open_store
 
 log = logging.getLogger(__name__)
 
@@ -73,6 +77,7 @@ class Services:
     jobs: JobService
     output: DiscordOutput
     session: aiohttp.ClientSession  # shared by everything that fetches from the web (images)
+    lease: RunnerLease  # whether this node runs jobs or is a standby
 
 
 class VeoBot(commands.Bot):
@@ -121,12 +126,13 @@ class VeoBot(commands.Bot):
         return self._services
 
     async def setup_hook(self) -> None:
-        jobs = (await self.open_services()).jobs
+        await self.open_services()
         for extension in EXTENSIONS:
             await self.load_extension(extension)
         await self._sync_commands()
         self._log_invite()
-        await jobs.start()
+        # Jobs run once this node holds the runner lease: at once when no other node does.
+        self.services.lease.start()
         self.ops = await start_ops(
             self,
             settings=self.settings,
@@ -134,6 +140,7 @@ class VeoBot(commands.Bot):
             watch=self.gateway_watch,
             store=self.services.store,
             segmind=self.services.segmind,
+            runner_role=self._runner_role,
         )
 
     async def open_services(self) -> Services:
@@ -175,8 +182,40 @@ class VeoBot(commands.Bot):
             clock=self.clock,
             events=self.metrics,
         )
-        self._services = Services(store, segmind, jobs, output, session)
+        jobs.queue_poll = settings.veo_queue_poll_seconds
+        name = lease_name(key)
+        budget = BudgetRecorder(segmind.limiter, name)
+
+        async def take_over(lease: Lease) -> None:
+            runs = store.fenced(lease)
+            await budget.resume(runs)
+            await jobs.take_over(runs)
+            self.metrics.runner.set(1)
+
+        async def stand_down() -> None:
+            self.metrics.runner.set(0)
+            budget.detach()
+            await jobs.stand_down()
+
+        lease = RunnerLease(
+            store,
+            name=name,
+            # Unique per process, never reused: a restarted or duplicated process must wait
+            # out (or be fenced from) the term of the one before it.
+            owner=f"{socket.gethostname()}-{os.getpid()}-{secrets.token_hex(4)}",
+            seconds=settings.veo_runner_lease_seconds,
+            on_acquired=take_over,
+            on_lost=stand_down,
+        )
+        jobs.on_fenced = lease.lost
+        self._services = Services(store, segmind, jobs, output, session, lease)
         return self._services
+
+    def _runner_role(self) -> str:
+        lease = self.services.lease.lease
+        if lease is None:
+            return "standby: takes interactions in; another node runs the jobs"
+        return f"runner (lease epoch {lease.epoch})"
 
     async def _segmind_endpoint(self) -> tuple[str, str, str]:
         """Segmind's base URL, the key and the request-history URL: the settings', or in demo
@@ -247,6 +286,8 @@ class VeoBot(commands.Bot):
         self.stop_accepting()
         if self._services is not None:
             await self._services.jobs.stop()
+            # After the jobs stopped writing: hand the lease to a standby at once.
+            await self._services.lease.close()
         await stop_ops(self.ops, self.metrics)
         self.ops = None
         await super().close()
