@@ -88,7 +88,7 @@ class BudgetRecorder:
 
 
 class RunnerLease:
-    """Keeps this node's claim on the runner lease: a standby tries to take it every third of
+    """Keeps this node's claim on the runner lease: a standby tries to take it every sixth of
     a term; the holder renews it as often, and stands down (`on_lost`) when a renewal says
     another node holds a newer term, when it could not renew for two thirds of a term (the
     last third is the margin before the database's expiry, measured from when the last good
@@ -154,7 +154,9 @@ class RunnerLease:
                 log.warning("could not hand the runner lease back (%s); it lapses by itself", exc)
 
     async def _run(self) -> None:
-        interval = self.seconds / 3
+        # A standby looks twice per renewal period: after a runner dies it starts at most a
+        # sixth of a term after the dead one's term lapsed.
+        interval = self.seconds / 6
         while True:
             try:
                 lease = await self.store.acquire_lease(self.name, self.owner, self.seconds)
@@ -177,7 +179,7 @@ class RunnerLease:
         self._taking_over = asyncio.create_task(self._on_acquired(lease), name="runner-takeover")
         self._taking_over.add_done_callback(self._took_over)
         last_good = sent_at
-        reason = "?"
+        reason = "this node is shutting down"
         try:
             while True:
                 stand_down_at = last_good + self.seconds * 2 / 3
