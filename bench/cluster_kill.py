@@ -92,6 +92,7 @@ async def _run(args: argparse.Namespace, rng: random.Random, url: str, root: Pat
             api_key=FAKE_KEY, queue_seconds=0.5, processing_seconds=args.processing
         ) as fake,
     ):
+        fake.credits = 1e9  # thousands of jobs; the default balance buys about 160
         members = [emu.add_user(f"member{n}") for n in range(args.members)]
         for user in members:
             emu.guild.add_member(user)
