@@ -173,6 +173,7 @@ async def _run(args: argparse.Namespace, rng: random.Random, url: str, root: Pat
             await asyncio.sleep(0.5)
         elapsed = time.monotonic() - started
         final = await states(store)
+        _, last_epoch = await lease_holder(store)
         for node in nodes:
             await node.stop()
         await store.close()
@@ -200,7 +201,10 @@ async def _run(args: argparse.Namespace, rng: random.Random, url: str, root: Pat
             f"taken in {taken_in}, not acknowledged {refused}, lease {args.lease:g} s, "
             f"rpm {args.rpm}, seed {args.seed}, {elapsed:.0f} s"
         )
-        print(f"kills {kills} (of the runner: {runner_kills}); end states {dict(by_state)}")
+        print(
+            f"kills {kills} (of the runner: {runner_kills}); lease terms {last_epoch} "
+            f"(1 + runner kills when no runner stood down by itself); end states {dict(by_state)}"
+        )
         print(f"jobs lost:            {lost}")
         print(f"submitted twice:      {twice_submitted}")
         print(f"delivered twice:      {twice_delivered}")

@@ -166,3 +166,31 @@ async def test_a_closed_store_is_unavailable(postgres_server: PostgresServer) ->
         await store.reserve(request(), LimitDefaults())
     with pytest.raises(StoreUnavailable):
         await store.get_job(1)
+
+
+async def test_renewals_never_wait_for_runner_writes_but_a_takeover_does(
+    empty_url: str,
+) -> None:
+    """A runner write holds its epoch's fence row FOR SHARE until it commits: the runner's
+    renewal must pass beside it (or a busy runner would lose its own lease), while a takeover
+    waits for it, so no write of the old epoch can land after the new one began."""
+    async with await open_store(empty_url) as store:
+        lease = await store.acquire_lease("segmind-x", "node-a", 60)
+        assert lease is not None
+        writer = await asyncpg.connect(empty_url)
+        try:
+            in_flight = writer.transaction()
+            await in_flight.start()
+            await writer.execute(
+                "SELECT epoch FROM runner_fence WHERE name = $1 FOR SHARE", "segmind-x"
+            )
+            # Renewed at once despite the open write (with a 0 s term: lapsed for the test).
+            assert await asyncio.wait_for(store.renew_lease(lease, 0), 2) is not None
+            takeover = asyncio.create_task(store.acquire_lease("segmind-x", "node-b", 60))
+            await asyncio.sleep(0.3)  # long enough to have finished, were it not waiting
+            assert not takeover.done()
+            await in_flight.commit()
+            taken = await asyncio.wait_for(takeover, 5)
+            assert taken is not None and taken.epoch == lease.epoch + 1
+        finally:
+            await writer.close()

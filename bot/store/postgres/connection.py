@@ -59,7 +59,7 @@ def lock_key(*parts: object) -> int:
 async def check_fence(conn: Connection, fence: Lease) -> None:
     """Inside a transaction: refuse it unless `fence` is still the newest runner term."""
     epoch = await conn.fetchval(
-        "SELECT epoch FROM runner_lease WHERE name = $1 FOR SHARE", fence.name
+        "SELECT epoch FROM runner_fence WHERE name = $1 FOR SHARE", fence.name
     )
     if epoch is None or int(epoch) != fence.epoch:
         raise Fenced(f"runner epoch {fence.epoch} of {fence.name} was superseded")
@@ -77,9 +77,9 @@ class PostgresBase:
     def fenced(self, lease: Lease) -> Self:
         """This store as the runner of `lease` writes to it: the same pool, but every write
         (transitions, charge, release, the budget) runs in a transaction that first checks,
-        holding the lease row FOR SHARE, that the lease's epoch is still the newest, else
-        raises `Fenced`. A takeover's UPDATE of that row waits for such transactions to end,
-        and every one after it sees the new epoch. Reads are not fenced. Close the store,
+        holding the lease's `runner_fence` row FOR SHARE, that its epoch is still the newest,
+        else raises `Fenced`. A takeover's UPDATE of that row waits for such transactions to
+        end, and every one after it sees the new epoch. Reads are not fenced. Close the store,
         never the view."""
         view = copy.copy(self)
         view._fence = lease

@@ -26,18 +26,31 @@ class LeaseQueries(PostgresBase):
     async def acquire_lease(self, name: str, owner: str, seconds: float) -> Lease | None:
         """Take the lease if nobody holds it or its holder's term lapsed (by the database's
         clock), starting a new term with the next epoch; None while someone else holds it.
-        Two nodes racing: ON CONFLICT makes one wait for the other's row and re-check it."""
-        row = await self._fetchrow(
-            "INSERT INTO runner_lease (name, owner, epoch, expires_at) "  # noqa: S608
-            f"VALUES ($1, $2, 1, {_DB_NOW} + $3) "
-            "ON CONFLICT (name) DO UPDATE SET owner = EXCLUDED.owner, "
-            "epoch = runner_lease.epoch + 1, expires_at = EXCLUDED.expires_at "
-            f"WHERE runner_lease.expires_at <= {_DB_NOW} {_RETURNING}",
-            name,
-            owner,
-            float(seconds),
-        )
-        return _lease(row) if row is not None else None
+        Two nodes racing: ON CONFLICT makes one wait for the other's row and re-check it.
+        The new epoch is written to `runner_fence` in the same transaction, which waits for
+        every runner write still checking the old one to end."""
+        async with self._transaction() as conn:
+            row = await conn.fetchrow(
+                "INSERT INTO runner_lease (name, owner, epoch, expires_at) "  # noqa: S608
+                f"VALUES ($1, $2, 1, {_DB_NOW} + $3) "
+                "ON CONFLICT (name) DO UPDATE SET owner = EXCLUDED.owner, "
+                "epoch = runner_lease.epoch + 1, expires_at = EXCLUDED.expires_at "
+                f"WHERE runner_lease.expires_at <= {_DB_NOW} {_RETURNING}",
+                name,
+                owner,
+                float(seconds),
+            )
+            if row is None:
+                return None
+            await conn.execute(
+                "INSERT INTO runner_fence (name, epoch) VALUES ($1, $2) "
+                "ON CONFLICT (name) DO UPDATE SET epoch = EXCLUDED.epoch",
+                name,
+                row[2],
+            )
+        # The term was counted from the INSERT; waiting for the fence shortened it, never
+        # lengthened it, so the holder renews in time either way.
+        return _lease(row)
 
     async def renew_lease(self, lease: Lease, seconds: float) -> Lease | None:
         """Extend this term by `seconds` from now; None if another term began (stand down)."""

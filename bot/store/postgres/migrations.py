@@ -177,6 +177,15 @@ MIGRATIONS: tuple[Migration, ...] = (
                 expires_at DOUBLE PRECISION NOT NULL
             )
             """,
+            # The epoch runner writes check, FOR SHARE, on a row of its own: renewals update
+            # `runner_lease` every few seconds and must never queue behind (or be starved by)
+            # those share locks; only a takeover, which bumps this row, waits for them.
+            """
+            CREATE TABLE runner_fence (
+                name TEXT PRIMARY KEY,
+                epoch BIGINT NOT NULL CHECK (epoch >= 1)
+            )
+            """,
             """
             CREATE TABLE segmind_budget (
                 name TEXT PRIMARY KEY,
