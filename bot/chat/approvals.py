@@ -174,7 +174,13 @@ class DiscordCards:
             return
         public = f"{DENIED_PUBLIC} {NOT_COUNTED}"
         if approval.reason:
-            if await self._tell_privately(job, denied_private(job, approval.reason)):
+            try:
+                told = await self._tell_privately(job, denied_private(job, approval.reason))
+            except Exception:
+                # The placeholder below must still say what happened, reason included.
+                log.exception("job %s: the denial's reason could not be sent privately", job.id)
+                told = False
+            if told:
                 public = f"{DENIED_PUBLIC} The reason was sent to you privately. {NOT_COUNTED}"
             else:
                 public = f"{DENIED_PUBLIC} Reason: {approval.reason}. {NOT_COUNTED}"
@@ -187,6 +193,9 @@ class DiscordCards:
             webhook = discord.Webhook.partial(
                 self.client.application_id or 0, job.interaction_token, client=self.client
             )
+            # The interaction's own webhook (what `Interaction.followup` is): discord.py sends
+            # ephemeral messages only through one typed as an application's.
+            webhook.type = discord.WebhookType.application
             try:
                 await webhook.send(text, ephemeral=True, allowed_mentions=NO_MENTIONS)
                 return True
