@@ -16,16 +16,18 @@ from pathlib import Path
 import pytest
 
 from bot.approvals import BOT_ACTOR, ApprovalLane, Card, needs_approval
+from bot.chat.approvals import already_decided_text, card_embed, card_head, decision_line
 from bot.pricing import PriceBook
 from bot.quota import Refusal
 from bot.segmind.client import SegmindClient
 from bot.segmind.fake import FakeSegmind
-from bot.store import Approval, ApprovalSettings, Job, Store, open_store
+from bot.store import Approval, ApprovalHold, ApprovalSettings, Job, Store, open_store
 from harness.clocks import ManualClock
 from tests.lifecycle_support import (
     GUILD,
     MEMBER,
     MODERATOR,
+    ONE_A_DAY,
     OTHER_MEMBER,
     SEGMIND_KEY,
     RecordingOutput,
@@ -269,3 +271,29 @@ async def test_a_card_that_cannot_be_posted_releases_the_request(
     assert await state(store, job_id) == "expired"
     assert not await counts_against_limit(store)
     assert len(world.cards.told) == 1 and fake.submits == []
+
+
+async def test_the_card_pings_nobody_and_shows_what_moderators_decide_on(store: Store) -> None:
+    request = new_job("@everyone <@1> look **here**", image_url="https://cdn.example/x.png")
+    outcome = await store.reserve(
+        replace(request, approval=ApprovalHold(quote=1.2, expires_at=3600.0)), ONE_A_DAY
+    )
+    assert not isinstance(outcome, Refusal)
+    job, approval = await store.get_job(outcome.job_id), await store.get_approval(outcome.job_id)
+    assert job is not None and approval is not None
+    card = Card(job, approval, channel_id=MODS_CHANNEL, used=2, limit=3, window_hours=24)
+    embed = card_embed(card).to_dict()
+    assert "@\u200beveryone" in embed["description"] and "\\*\\*here" in embed["description"]
+    assert embed["thumbnail"]["url"] == "https://cdn.example/x.png"
+    fields = {f["name"]: f["value"] for f in embed["fields"]}
+    assert fields["Quoted price"] == "$1.20"
+    assert fields["Requester"] == f"<@{MEMBER}> · 2 of 3 videos in the last 24 h"
+    assert fields["Request"].endswith(f"/{GUILD}/200/400)")  # a link to the member's request
+    assert "$1.20" in card_head(card)
+    denied = replace(approval, decision="denied", decided_by=MODERATOR, decided_at=60.0)
+    assert decision_line(replace(denied, reason="@here no")).endswith(": @\u200bhere no Refunded.")
+    assert (
+        already_decided_text(denied)
+        == f"This request was already denied by <@{MODERATOR}> <t:60:f>."
+    )
+    assert "withdrew" in already_decided_text(approval)

@@ -164,6 +164,25 @@ async def test_nothing_reaches_segmind_until_approve_then_it_is_delivered(world:
     assert ledger(world.workdir)[job_id] == "charged"
     assert "Approved" in card.content and f"<@{emu.moderator.id}>" in card.content
     assert card.components == []  # decided: no buttons left
+    shown = await emu.dispatch_slash_command("veo-admin limits show", user=emu.moderator)
+    assert f"**Approvals**: on, for every request, in <#{world.mods.id}>" in await private_text(
+        emu, shown
+    )
+
+
+async def test_a_held_request_and_its_buttons_survive_a_restart(world: World) -> None:
+    emu = world.emu
+    handle, job_id = await held_request(world, world.member("patient"), "a slow sunrise")
+    card = await card_of(world, job_id)
+    await world.proc.kill()  # a new process answers the press
+    await world.proc.start()
+    assert state(world, job_id) == "awaiting_approval"
+    press = await emu.dispatch_component(f"veo:approve:{job_id}", card, user=emu.moderator)
+    assert "Approved" in await private_text(emu, press)
+    final = await final_for(emu, handle.token, timeout=JOB_TIMEOUT)  # the member's placeholder
+    assert "ready" in str((final.json or {}).get("content", ""))
+    assert submitted_prompts(world).count("a slow sunrise") == 1
+    assert "Approved" in card.content
 
 
 async def test_deny_with_a_reason_refunds_and_tells_the_member_privately(world: World) -> None:
