@@ -187,8 +187,21 @@ class ApprovalLane:
         if hold is not None and not isinstance(outcome, Refusal):
             with _job_logs(outcome):
                 log.info("job %s held for a moderator (quoted $%.2f)", outcome, hold.quote)
-                await self._announce(outcome, request.role_ids)
+                await self._announce_or_release(outcome, request.role_ids)
         return outcome
+
+    async def _announce_or_release(self, job_id: int, role_ids: Iterable[int]) -> None:
+        """The job is reserved: whatever goes wrong now, the member hears of it and the
+        request either reaches the moderators or ends released — never a silent hold."""
+        try:
+            await self._announce(job_id, role_ids)
+        except Exception:
+            log.exception("job %s: could not put the request before the moderators", job_id)
+            try:
+                await self._end(job_id, "expired", actor_id=BOT_ACTOR, reason=CARD_UNREACHABLE)
+            except Exception:
+                # The store is down too: the expiry sweep releases it once it is back.
+                log.exception("job %s: left for the expiry sweep to release", job_id)
 
     async def _announce(self, job_id: int, role_ids: Iterable[int]) -> None:
         """Tell the member it waits, and the moderators what for. A card that cannot be
@@ -229,6 +242,13 @@ class ApprovalLane:
             await self._end(job_id, "expired", actor_id=BOT_ACTOR, reason=CARD_UNREACHABLE)
             return
         await self.store.set_approval_card(job_id, *where)
+
+    async def withdrawn(self, job: Job) -> None:
+        """The requester (or a moderator) cancelled a job: if it was still held, its card
+        says so and loses its buttons. Nothing else to do: the cancel refunded it."""
+        approval = await self.store.get_approval(job.id)
+        if approval is not None and approval.decision is None:
+            await _safely(self.cards.close_card(job, approval), job.id)
 
     # ------------------------------------------------------------------------ decisions
 
@@ -312,7 +332,7 @@ class ApprovalLane:
             await _safely(self.cards.ended(job, approval), job_id)
             ended = await self.store.get_job(job_id)
             if ended is not None:
-                await _safely(self.member_output.finished(ended), job_id)
+                await self.jobs.ended(ended)
         return Decided("decided", approval, job)
 
 

@@ -704,6 +704,11 @@ class JobService:
             raise LookupError(f"job {job_id} vanished from the database")
         return job
 
+    async def ended(self, job: Job) -> None:
+        """A job ended outside this service's own flow (a moderator denied it, or it lapsed
+        in the approval lane): counted and shown like any other ending."""
+        await self._finished(job)
+
     async def _finished(self, job: Job | None) -> None:
         if job is not None:
             self.events.finished(job)

@@ -21,7 +21,7 @@ from bot.approvals import Decided
 from bot.chat import approvals as texts
 from bot.chat.intake import member_role_ids
 from bot.chat.replies import send_ephemeral, unexpected
-from bot.store import Job
+from bot.store import Job, StoreUnavailable
 from cogs.buttons import _JobButton, submitted_value
 
 if TYPE_CHECKING:
@@ -50,6 +50,15 @@ async def _answer(interaction: discord.Interaction[VeoBot], decided: Decided) ->
     await send_ephemeral(interaction, text)
 
 
+async def _failed(interaction: discord.Interaction[VeoBot], what: str, exc: Exception) -> None:
+    """A decision that could not be made: the moderator is told, the log has the job id."""
+    if isinstance(exc, StoreUnavailable):
+        log.warning("%s: the database is unavailable (%s)", what, exc)
+        await send_ephemeral(interaction, f"{exc.user_message} Nothing was decided.")
+        return
+    await send_ephemeral(interaction, unexpected(what, exc))
+
+
 class ApproveButton(_JobButton, template=r"veo:approve:(?P<job>.*)"):
     action = "approve"
     button_label = "Approve"
@@ -59,12 +68,16 @@ class ApproveButton(_JobButton, template=r"veo:approve:(?P<job>.*)"):
 
     async def callback(self, interaction: discord.Interaction[VeoBot]) -> None:  # type: ignore[override]
         await interaction.response.defer()  # the card itself is edited by the decision
-        decided = await interaction.client.services.approvals.approve(
-            self.job_id,
-            actor_id=interaction.user.id,
-            role_ids=member_role_ids(interaction.user),
-            manage_guild=_manage_guild(interaction),
-        )
+        try:
+            decided = await interaction.client.services.approvals.approve(
+                self.job_id,
+                actor_id=interaction.user.id,
+                role_ids=member_role_ids(interaction.user),
+                manage_guild=_manage_guild(interaction),
+            )
+        except Exception as exc:
+            await _failed(interaction, f"approving job {self.job_id}", exc)
+            return
         await _answer(interaction, decided)
 
 
@@ -95,16 +108,20 @@ class DenyButton(_JobButton, template=r"veo:deny:(?P<job>.*)"):
         services = interaction.client.services
         # The form must be the first answer: these reads come before it (indexed, far inside
         # the 3 s), so nobody types a reason that cannot count.
-        refused = await services.approvals.may_decide(
-            self.job_id,
-            role_ids=member_role_ids(interaction.user),
-            manage_guild=_manage_guild(interaction),
-        )
+        try:
+            refused = await services.approvals.may_decide(
+                self.job_id,
+                role_ids=member_role_ids(interaction.user),
+                manage_guild=_manage_guild(interaction),
+            )
+            approval = await services.store.get_approval(self.job_id)
+            job = await services.store.get_job(self.job_id)
+        except Exception as exc:
+            await _failed(interaction, f"opening the deny form of job {self.job_id}", exc)
+            return
         if refused is not None:
             await _answer(interaction, Decided(refused))
             return
-        approval = await services.store.get_approval(self.job_id)
-        job = await services.store.get_job(self.job_id)
         if approval is None or job is None or job.state != "awaiting_approval":
             await send_ephemeral(interaction, texts.already_decided_text(approval))
             return
@@ -160,7 +177,7 @@ class Approvals(commands.Cog):
             )
             await _answer(interaction, decided)
         except Exception as exc:
-            await send_ephemeral(interaction, unexpected(f"the deny form of job {job_id}", exc))
+            await _failed(interaction, f"denying job {job_id}", exc)
 
 
 async def setup(bot: VeoBot) -> None:

@@ -297,3 +297,20 @@ async def test_the_card_pings_nobody_and_shows_what_moderators_decide_on(store: 
         == f"This request was already denied by <@{MODERATOR}> <t:60:f>."
     )
     assert "withdrew" in already_decided_text(approval)
+
+
+async def test_a_withdrawn_request_closes_its_card_and_cannot_be_approved(
+    world: Lane, store: Store, fake: FakeSegmind
+) -> None:
+    job_id = await held(world)
+    result = await world.lane.jobs.cancel(job_id, actor_id=MEMBER, moderator=False)
+    assert result.outcome == "cancelled" and result.job is not None
+    await world.lane.withdrawn(result.job)
+    (closed,) = world.cards.closed
+    assert closed.decision is None
+    assert not await counts_against_limit(store)
+    late = await world.lane.approve(job_id, actor_id=MODERATOR, role_ids=(), manage_guild=True)
+    assert late.outcome == "already_decided"
+    assert late.approval is not None and late.approval.decision is None
+    assert await store.due_approvals(time.time() + 10**6) == []  # the sweep leaves it alone
+    assert fake.submits == []

@@ -72,6 +72,8 @@ def decision_line(approval: Approval) -> str:
     if approval.decision == "denied":
         why = f": {safe_text(approval.reason)}" if approval.reason else "."
         return f"🚫 **Denied** by <@{approval.decided_by}> {at}{why} Refunded."
+    if approval.decision is None:  # cancelled while it waited
+        return "↩️ **Withdrawn** before anyone decided; released."
     why = safe_text(approval.reason) if approval.reason else "nobody decided in time"
     return f"⌛ **Expired** {at} — {why}; released."
 
