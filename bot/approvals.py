@@ -44,7 +44,6 @@ from bot.store import (
 
 log = logging.getLogger(__name__)
 
-DEFAULT_EXPIRY_SECONDS = 24 * 3600.0
 BOT_ACTOR = 0  # the audit log's actor for what nobody did (an expiry)
 RELEASE_REASONS: dict[ApprovalDecision, ReleaseReason] = {"denied": "denied", "expired": "expired"}
 
@@ -118,8 +117,8 @@ class ApprovalLane:
         cards: ApprovalOutput,
         *,
         quote: Callable[[VeoParams], Quote],
-        default_expiry: float = DEFAULT_EXPIRY_SECONDS,
-        sweep_interval: float = 30.0,
+        default_expiry: float,  # seconds, for a guild that set none (the settings' default)
+        sweep_interval: float,
         clock: Callable[[], float] = time.time,
     ) -> None:
         self.store = store

@@ -112,7 +112,14 @@ async def world(
     output, cards = RecordingOutput(), Cards()
     jobs = make_service(store, segmind, output, tmp_path / "work")
     lane = ApprovalLane(
-        store, jobs, output, cards, quote=PriceBook().quote, sweep_interval=3600, clock=clock
+        store,
+        jobs,
+        output,
+        cards,
+        quote=PriceBook().quote,
+        default_expiry=86400,
+        sweep_interval=3600,
+        clock=clock,
     )
     await jobs.start()
     await lane.start()
@@ -233,6 +240,7 @@ async def test_an_undecided_request_expires_and_is_released_after_a_restart(
         world.output,
         cards,
         quote=PriceBook().quote,
+        default_expiry=86400,
         sweep_interval=3600,
         clock=clock,
     )
