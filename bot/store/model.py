@@ -6,6 +6,7 @@ nothing here imports a database driver, Discord or HTTP.
 
 Job lifecycle (see `LEGAL_TRANSITIONS`)::
 
+    (awaiting_approval ──▶ queued, or ─▶ cancelled / expired: a held request, `bot.approvals`)
     queued ──▶ submitting ──▶ submitted ──▶ completed ──▶ delivering ──▶ delivered
       │            │  │            │             │              │
       │            │  └─▶ unknown  └─▶ failed / expired        └─▶ failed
