@@ -13,6 +13,8 @@ import discord
 from discord import app_commands
 from discord.ext import commands
 
+from bot.approvals import ApprovalLane
+from bot.chat.approvals import DiscordCards
 from bot.chat.ops import start_ops, stop_ops
 from bot.chat.output import DiscordOutput
 from bot.chat.replies import accepting_work, send_ephemeral, unexpected
@@ -21,13 +23,14 @@ from bot.jobs import JobService
 from bot.ops.health import GatewayWatch
 from bot.ops.http import OpsServer
 from bot.ops.metrics import Metrics
+from bot.pricing import PriceBook
 from bot.quota import LimitDefaults
 from bot.segmind import client as sm
 from bot.store import Store, open_store
 
 log = logging.getLogger(__name__)
 
-EXTENSIONS = ("cogs.veo", "cogs.admin", "cogs.image", "cogs.buttons")
+EXTENSIONS = ("cogs.veo", "cogs.admin", "cogs.image", "cogs.buttons", "cogs.approvals")
 
 # Exactly what the bot uses: reading the channel it answers in, posting and editing its own
 # messages with a video attached, and reading the message a member replied to.
@@ -73,6 +76,8 @@ class Services:
     jobs: JobService
     output: DiscordOutput
     session: aiohttp.ClientSession  # shared by everything that fetches from the web (images)
+    approvals: ApprovalLane  # holds the requests a guild wants a moderator to approve
+    cards: DiscordCards  # the approval cards in the moderators' channel
 
 
 class VeoBot(commands.Bot):
@@ -127,6 +132,7 @@ class VeoBot(commands.Bot):
         await self._sync_commands()
         self._log_invite()
         await jobs.start()
+        await self.services.approvals.start()
         self.ops = await start_ops(
             self,
             settings=self.settings,
@@ -175,7 +181,22 @@ class VeoBot(commands.Bot):
             clock=self.clock,
             events=self.metrics,
         )
-        self._services = Services(store, segmind, jobs, output, session)
+        cards = DiscordCards(self, output)
+        # The quote of the approval lane. Its one seam: point `quote` at the bot's shared
+        # PriceBook (fed with observed costs) once there is one; a fresh book quotes the top
+        # of Segmind's published range, which errs toward asking a moderator.
+        price_book = PriceBook()
+        approvals = ApprovalLane(
+            store,
+            jobs,
+            output,
+            cards,
+            quote=price_book.quote,
+            default_expiry=settings.veo_approval_expiry_hours * 3600,
+            sweep_interval=settings.veo_approval_sweep_seconds,
+            clock=self.clock,
+        )
+        self._services = Services(store, segmind, jobs, output, session, approvals, cards)
         return self._services
 
     async def _segmind_endpoint(self) -> tuple[str, str, str]:
@@ -246,6 +267,7 @@ class VeoBot(commands.Bot):
     async def close(self) -> None:
         self.stop_accepting()
         if self._services is not None:
+            await self._services.approvals.stop()
             await self._services.jobs.stop()
         await stop_ops(self.ops, self.metrics)
         self.ops = None

@@ -14,7 +14,12 @@ from bot.store.model import (
     JOB_FIELDS,
     LEGAL_TRANSITIONS,
     TERMINAL_STATES,
+    Approval,
+    ApprovalDecision,
+    ApprovalHold,
+    ApprovalSettings,
     AuditEntry,
+    DecisionResult,
     IllegalTransition,
     Job,
     JobFields,
@@ -27,7 +32,14 @@ from bot.store.model import (
     UsageSummary,
     UserUsage,
 )
-from bot.store.protocol import JobStore, LedgerStore, ModerationStore, ReportStore, Store
+from bot.store.protocol import (
+    ApprovalStore,
+    JobStore,
+    LedgerStore,
+    ModerationStore,
+    ReportStore,
+    Store,
+)
 from bot.store.sqlite import SqliteStore
 from bot.store.sqlite.migrations import MIGRATIONS, SCHEMA_VERSION, Migration, apply_migrations
 
@@ -59,7 +71,13 @@ __all__ = [
     "MIGRATIONS",
     "SCHEMA_VERSION",
     "TERMINAL_STATES",
+    "Approval",
+    "ApprovalDecision",
+    "ApprovalHold",
+    "ApprovalSettings",
+    "ApprovalStore",
     "AuditEntry",
+    "DecisionResult",
     "IllegalTransition",
     "Job",
     "JobFields",

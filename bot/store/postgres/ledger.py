@@ -36,6 +36,7 @@ from bot.store.model import (
     ReleaseReason,
     Reserved,
     ReserveRequest,
+    initial_state,
 )
 from bot.store.postgres.connection import Connection, PostgresBase, affected, lock_key
 
@@ -252,7 +253,7 @@ class LedgerQueries(PostgresBase):
                                   state, created_at, updated_at,
                                   interaction_token, interaction_created_at,
                                   placeholder_channel_id, placeholder_message_id, upload_limit)
-                VALUES ($1, $2, $3, $4, $5, $6, 'queued', $7, $7, $8, $9, $10, $11, $12)
+                VALUES ($1, $2, $3, $4, $5, $6, $13, $7, $7, $8, $9, $10, $11, $12)
                 RETURNING id, queue_seq
                 """,
                 guild_id,
@@ -267,6 +268,7 @@ class LedgerQueries(PostgresBase):
                 request.placeholder_channel_id,
                 request.placeholder_message_id,
                 request.upload_limit,
+                initial_state(request),
             )
             assert row is not None  # INSERT … RETURNING yields the row it inserted
             job_id, queue_seq = row
@@ -279,6 +281,17 @@ class LedgerQueries(PostgresBase):
                 limits.price_per_job,
                 now,
             )
+            if request.approval is not None:
+                # In the same transaction: a held job never exists without its expiry.
+                await conn.execute(
+                    "INSERT INTO approvals (job_id, guild_id, quote, created_at, expires_at)"
+                    " VALUES ($1, $2, $3, $4, $5)",
+                    job_id,
+                    guild_id,
+                    request.approval.quote,
+                    now,
+                    request.approval.expires_at,
+                )
         return Reserved(
             job_id=int(job_id), queue_seq=int(queue_seq), used=decision.used, limit=decision.limit
         )

@@ -24,6 +24,7 @@ from typing import Literal
 import aiosqlite
 
 from bot.store.model import StoreUnavailable
+from bot.store.sqlite.approvals import ApprovalQueries
 from bot.store.sqlite.connection import _UNAVAILABLE_ERRORS, _store_error
 from bot.store.sqlite.jobs import JobQueries
 from bot.store.sqlite.ledger import LedgerQueries
@@ -32,7 +33,7 @@ from bot.store.sqlite.moderation import ModerationQueries
 from bot.store.sqlite.reports import ReportQueries
 
 
-class SqliteStore(LedgerQueries, JobQueries, ModerationQueries, ReportQueries):
+class SqliteStore(LedgerQueries, JobQueries, ModerationQueries, ReportQueries, ApprovalQueries):
     """`bot.store.protocol.Store` on one SQLite file. Create with `await SqliteStore.open(path)`;
     close with `await close()`. `now` arguments default to the injected clock."""
 
