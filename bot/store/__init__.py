@@ -10,15 +10,19 @@ from pathlib import Path
 from bot.database_url import DatabaseUrlError, backend_of, sqlite_path
 from bot.store.model import (
     ALL_STATES,
+    DISCREPANCY_KINDS,
     IN_FLIGHT_STATES,
     JOB_FIELDS,
     LEGAL_TRANSITIONS,
     TERMINAL_STATES,
     AuditEntry,
+    Discrepancy,
+    DiscrepancyKind,
     IllegalTransition,
     Job,
     JobFields,
     JobState,
+    NewDiscrepancy,
     ReleaseReason,
     Reserved,
     ReserveRequest,
@@ -27,7 +31,14 @@ from bot.store.model import (
     UsageSummary,
     UserUsage,
 )
-from bot.store.protocol import JobStore, LedgerStore, ModerationStore, ReportStore, Store
+from bot.store.protocol import (
+    JobStore,
+    LedgerStore,
+    ModerationStore,
+    ReconcileStore,
+    ReportStore,
+    Store,
+)
 from bot.store.sqlite import SqliteStore
 from bot.store.sqlite.migrations import MIGRATIONS, SCHEMA_VERSION, Migration, apply_migrations
 
@@ -53,6 +64,7 @@ async def open_store(where: str | Path, *, clock: Callable[[], float] = time.tim
 
 __all__ = [
     "ALL_STATES",
+    "DISCREPANCY_KINDS",
     "IN_FLIGHT_STATES",
     "JOB_FIELDS",
     "LEGAL_TRANSITIONS",
@@ -60,6 +72,8 @@ __all__ = [
     "SCHEMA_VERSION",
     "TERMINAL_STATES",
     "AuditEntry",
+    "Discrepancy",
+    "DiscrepancyKind",
     "IllegalTransition",
     "Job",
     "JobFields",
@@ -68,6 +82,8 @@ __all__ = [
     "LedgerStore",
     "Migration",
     "ModerationStore",
+    "NewDiscrepancy",
+    "ReconcileStore",
     "ReleaseReason",
     "ReportStore",
     "ReserveRequest",

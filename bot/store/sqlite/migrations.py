@@ -7,7 +7,7 @@ from dataclasses import dataclass
 
 import aiosqlite
 
-from bot.store.model import ALL_STATES, StoreError
+from bot.store.model import ALL_STATES, DISCREPANCY_KINDS, StoreError
 
 
 @dataclass(frozen=True, slots=True)
@@ -18,6 +18,7 @@ class Migration:
 
 
 _STATE_CHECK = ", ".join(f"'{s}'" for s in ALL_STATES)
+_DISCREPANCY_CHECK = ", ".join(f"'{k}'" for k in DISCREPANCY_KINDS)
 
 MIGRATIONS: tuple[Migration, ...] = (
     Migration(
@@ -163,6 +164,39 @@ MIGRATIONS: tuple[Migration, ...] = (
             )
             """,
             "CREATE INDEX audit_guild_time ON audit_log (guild_id, created_at)",
+        ),
+    ),
+    Migration(
+        5,
+        "money truth: submit start times, discrepancies with Segmind's record, task cursors",
+        (
+            "ALTER TABLE jobs ADD COLUMN submit_started_at REAL",
+            # A job already in `submitting` from before this version: the last write is the
+            # best guess at when its POST began (it moved there, and nothing wrote it since).
+            "UPDATE jobs SET submit_started_at = updated_at WHERE state = 'submitting'",
+            f"""
+            CREATE TABLE discrepancies (
+                id INTEGER PRIMARY KEY AUTOINCREMENT,
+                kind TEXT NOT NULL CHECK (kind IN ({_DISCREPANCY_CHECK})),
+                request_id TEXT NOT NULL,
+                job_id INTEGER REFERENCES jobs (id),
+                guild_id INTEGER,
+                billed REAL,
+                expected REAL,
+                detail TEXT NOT NULL DEFAULT '',
+                created_at REAL NOT NULL,
+                posted_at REAL,
+                UNIQUE (kind, request_id)
+            )
+            """,
+            "CREATE INDEX discrepancies_guild_time ON discrepancies (guild_id, created_at)",
+            "CREATE INDEX discrepancies_unposted ON discrepancies (id) WHERE posted_at IS NULL",
+            """
+            CREATE TABLE task_cursors (
+                name TEXT PRIMARY KEY,
+                value TEXT NOT NULL
+            )
+            """,
         ),
     ),
 )
