@@ -13,6 +13,7 @@ import discord
 from discord import app_commands
 from discord.ext import commands
 
+from bot.chat.alerts import DiscordAlerts
 from bot.chat.ops import start_ops, stop_ops
 from bot.chat.output import DiscordOutput
 from bot.chat.replies import accepting_work, send_ephemeral, unexpected
@@ -163,6 +164,7 @@ class VeoBot(commands.Bot):
             demo=self.demo,
             clock=self.clock,
         )
+        alerts = DiscordAlerts(self, log_channel=store.get_log_channel)
         jobs = JobService(
             store,
             segmind,
@@ -174,6 +176,9 @@ class VeoBot(commands.Bot):
             deadline=settings.veo_job_deadline,
             clock=self.clock,
             events=self.metrics,
+            recovery_window=settings.veo_recovery_window_seconds,
+            recovery_interval=settings.veo_recovery_interval_seconds,
+            alerts=alerts,
         )
         self._services = Services(store, segmind, jobs, output, session)
         return self._services
