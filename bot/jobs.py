@@ -771,7 +771,7 @@ class JobService:
     async def _ambiguous(self, job: Job, matches: list[HistoryRow]) -> None:
         ids = ", ".join(row.request_id for row in matches)
         log.error(
-            "job %s: the lost submit matches %d Segmind requests (%s); not guessing — "
+            "job %s unknown: the lost submit matches %d Segmind requests (%s); not guessing — "
             "refunding the member, a moderator should check them",
             job.id,
             len(matches),

@@ -5,6 +5,8 @@ emulator and the Segmind fake.
   Segmind's history: delivered once, one submit, charged once.
 - A job resumed after Segmind's one-hour retention (the bot was down; the fake's clock moved)
   is delivered from its history row's `generation_url`, not refunded.
+- A lost answer that matches several requests is not guessed: refunded, and each candidate
+  posted once to the log channel and listed by `/veo-admin discrepancies`.
 """
 
 from __future__ import annotations
@@ -14,16 +16,19 @@ from pathlib import Path
 
 import pytest
 
+from bot.params import VeoParams
+from bot.segmind.client import SegmindClient
 from bot.segmind.fake import FakeSegmind, Fault
 from harness.bot_process import (
+    FAKE_KEY,
     BotProcess,
     job_states,
     ledger,
     messages_with_video,
     video_uploads,
 )
-from harness.discord_emulator import DiscordEmulator
-from tests.e2e.helpers import edits_for, final_for
+from harness.discord_emulator import DiscordEmulator, RequestRecord
+from tests.e2e.helpers import content_of, edits_for, final_for, private_answer
 
 JOB_TIMEOUT = 40.0
 
@@ -91,3 +96,51 @@ async def test_a_job_resumed_past_the_retention_is_delivered_from_the_history(
     delivered_once(emu, fake, tmp_path)
     assert any(r.route == "history-row" for r in fake.requests)
     assert "delivering from the history's video" in "\n".join(proc.lines)
+
+
+async def _admin(emu: DiscordEmulator, command: str, options: dict[str, object]) -> str:
+    handle = await emu.dispatch_slash_command(command, options, user=emu.moderator)
+    callback = await handle.wait_for_callback()
+    data = (callback.json or {}).get("data", {})
+    if data.get("content"):  # answered directly
+        return str(data["content"])
+    return (await private_answer(emu, handle.token)).content
+
+
+async def test_a_lost_answer_matching_several_requests_is_refunded_and_told_to_moderators(
+    emu: DiscordEmulator, fake: FakeSegmind, proc: BotProcess, tmp_path: Path
+) -> None:
+    log_channel = emu.guild.add_text_channel("veo-log")
+    await emu.announce_channel_create(log_channel.id)
+    await _admin(emu, "veo-admin limits log-channel", {"channel": log_channel})
+    # The same prompt and seed, sent by another app on the same account a moment before.
+    async with SegmindClient(FAKE_KEY, fake.base_url) as other:
+        twin = await other.submit(VeoParams(prompt="twins", seed=4242, generate_audio=True))
+    fake.inject("submit", Fault(drop=True))
+    handle = await emu.dispatch_slash_command(
+        "veo", {"prompt": "twins", "seed": 4242}, user=emu.member
+    )
+    await handle.wait_for_callback()
+    final = await final_for(emu, handle.token, timeout=JOB_TIMEOUT)
+    await proc.settled(1)
+
+    assert "did not guess which is yours" in content_of(final) and not final.files
+    assert job_states(tmp_path) == {1: "unknown"} and ledger(tmp_path) == {1: "released"}
+    assert sum(r.route == "submit" for r in fake.requests) == 2  # the twin's and ours, once
+    ours = next(rid for rid in fake.jobs if rid != twin.request_id)
+
+    def to_moderators(r: RequestRecord) -> bool:
+        return r.params.get("channel_id") == str(log_channel.id) and "several" in content_of(r)
+
+    await emu.wait_for(lambda r: to_moderators(r) and ours in content_of(r))
+    await emu.wait_for(lambda r: to_moderators(r) and twin.request_id in content_of(r))
+    posted = [
+        content_of(r)
+        for r in emu.requests("POST /channels/{channel_id}/messages")
+        if to_moderators(r)
+    ]
+    assert len(posted) == 2  # one per candidate request, each posted once
+    assert any(twin.request_id in text for text in posted)
+    assert any(ours in text for text in posted)
+    listing = await _admin(emu, "veo-admin discrepancies", {})
+    assert twin.request_id in listing and ours in listing and "job 1" in listing
