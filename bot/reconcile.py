@@ -44,6 +44,7 @@ log = logging.getLogger(__name__)
 
 CURSOR = "reconcile.history"
 DEFAULT_INTERVAL = 900.0
+STUCK_PENDING = 86_400.0
 COST_TOLERANCE = 0.25  # a bill more than 25 % away from the quote is worth a moderator's look
 BilledSource = Literal["metrics", "history"]
 
@@ -149,7 +150,9 @@ class Reconciler:
         for row in requests.values():
             created = row.created_at.timestamp() if row.created_at else None
             if row.status is HistoryStatus.PENDING:
-                if created is not None:
+                # A request stuck in flight for a day would otherwise pin the cursor for good
+                # (and every pass would page further back); past that it is left behind.
+                if created is not None and created >= now - STUCK_PENDING:
                     next_cursor = min(next_cursor, created)
                 continue
             recent = created is None or created >= settled_before
