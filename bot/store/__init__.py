@@ -16,6 +16,8 @@ from bot.store.model import (
     LEGAL_TRANSITIONS,
     TERMINAL_STATES,
     AuditEntry,
+    BilledSource,
+    DaySpend,
     Discrepancy,
     DiscrepancyKind,
     IllegalTransition,
@@ -37,6 +39,7 @@ from bot.store.protocol import (
     ModerationStore,
     ReconcileStore,
     ReportStore,
+    SpendStore,
     Store,
 )
 from bot.store.sqlite import SqliteStore
@@ -72,6 +75,8 @@ __all__ = [
     "SCHEMA_VERSION",
     "TERMINAL_STATES",
     "AuditEntry",
+    "BilledSource",
+    "DaySpend",
     "Discrepancy",
     "DiscrepancyKind",
     "IllegalTransition",
@@ -88,6 +93,7 @@ __all__ = [
     "ReportStore",
     "ReserveRequest",
     "Reserved",
+    "SpendStore",
     "SqliteStore",
     "Store",
     "StoreError",
