@@ -31,14 +31,14 @@ import time
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from datetime import UTC, date, datetime, timedelta
-from typing import Literal, Protocol
+from typing import Protocol
 
 from bot.discrepancies import Alerts, post_pending
 from bot.params import MODEL_SLUG
 from bot.recovery import CLOCK_SKEW
 from bot.segmind import client as sm
 from bot.segmind.history import HistoryRow, HistoryStatus, dedupe
-from bot.store import Job, NewDiscrepancy, Store
+from bot.store import BilledSource, Job, NewDiscrepancy, Store
 
 log = logging.getLogger(__name__)
 
@@ -46,7 +46,6 @@ CURSOR = "reconcile.history"
 DEFAULT_INTERVAL = 900.0
 STUCK_PENDING = 86_400.0
 COST_TOLERANCE = 0.25  # a bill more than 25 % away from the quote is worth a moderator's look
-BilledSource = Literal["metrics", "history"]
 
 
 class RecordBilled(Protocol):
@@ -70,8 +69,9 @@ class ReconcilePass:
 
 class Reconciler:
     """Pages Segmind's history and records its truth. `quote` gives the price the bot held for
-    a job (None: unknown, no cost comparison); `record_billed` is the spend ledger's writer
-    (None: bills are not recorded, discrepancies still are)."""
+    a job against the spend caps (None: unknown, no cost comparison); `record_billed` is the
+    spend ledger's writer, `Store.record_billed` in the bot (None: bills are not recorded,
+    discrepancies still are)."""
 
     def __init__(
         self,
@@ -82,7 +82,7 @@ class Reconciler:
         alerts: Alerts | None,
         interval: float = DEFAULT_INTERVAL,
         settle_lag: float = 300.0 + 2 * CLOCK_SKEW,
-        quote: Callable[[Job], float | None] | None = None,
+        quote: Callable[[Job], Awaitable[float | None]] | None = None,
         cost_tolerance: float = COST_TOLERANCE,
         clock: Callable[[], float] = time.time,
     ) -> None:
@@ -209,7 +209,7 @@ class Reconciler:
                     detail=f"job {job.state}, member refunded ({job.ledger_reason})",
                 )
             )
-        quoted = self.quote(job) if self.quote is not None else None
+        quoted = await self.quote(job) if self.quote is not None else None
         if quoted and abs(billed - quoted) > self.cost_tolerance * quoted:
             found += await self._record(
                 NewDiscrepancy(

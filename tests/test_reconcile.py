@@ -147,8 +147,11 @@ async def test_a_bill_far_from_the_quote_is_flagged(store: Store, segmind: Segmi
     quotes = {close.id: 0.55, far.id: 0.40}  # billed 0.60: +9 %, +50 %
     alerts = Alerts()
 
+    async def quote(job: Job) -> float | None:
+        return quotes.get(job.id)
+
     done = await reconciler(
-        store, segmind, record_billed=None, alerts=alerts, quote=lambda job: quotes.get(job.id)
+        store, segmind, record_billed=None, alerts=alerts, quote=quote
     ).run_once()
 
     assert done.recorded == 0  # no spend ledger wired: nothing recorded, still judged
@@ -184,3 +187,25 @@ async def test_the_task_runs_a_pass_and_stops(store: Store, segmind: SegmindClie
         await asyncio.sleep(0.02)
     await task.stop()
     assert len(ledger.billed) == 1
+
+
+async def test_the_spend_ledger_learns_what_segmind_billed_for_a_refunded_job(
+    store: Store, segmind: SegmindClient
+) -> None:
+    """The member got no video and was refunded; the owner still paid, and the spend caps
+    must count it: Segmind's record says so and the reconciler writes it down."""
+    delivered = await made(store, segmind, "a delivered fox")
+    refunded = await made(store, segmind, "a fox Discord never showed", refunded=True)
+    before = await store.spend_by_day(GUILD, since=0)
+    assert sum(day.billed for day in before) == pytest.approx(0.6)  # only metrics.cost so far
+
+    done = await reconciler(
+        store, segmind, record_billed=store.record_billed, alerts=None
+    ).run_once()
+
+    after = await store.spend_by_day(GUILD, since=0)
+    assert sum(day.billed for day in after) == pytest.approx(1.2)
+    assert sum(day.held_jobs for day in after) == 0  # no quote left standing in for a bill
+    assert done.recorded == 2  # Segmind's own record replaces the delivered job's metrics.cost
+    assert {d.job_id for d in await store.discrepancies(GUILD)} == {refunded.id}
+    assert delivered.ledger_status == "charged"

@@ -936,6 +936,11 @@ async def test_the_submit_start_is_stamped_and_the_job_found_by_its_request_id(
     assert found.submit_started_at == NOW + 5 and found.submitted_at == NOW + 8
     assert await store.job_by_request_id("rq-other") is None
     assert await store.earliest_submit_at() == NOW + 5
+    # The quote held against the spend caps, for comparing with what Segmind billed.
+    quoted = await reserved(store, request(now=NOW + 9, quote=0.55), LimitDefaults(concurrency=5))
+    assert await store.job_quote(quoted) == 0.55
+    assert await store.job_quote(job_id) == DEFAULTS.price_per_job
+    assert await store.job_quote(10_000) is None
 
 
 async def test_a_discrepancy_is_recorded_once_and_posted_once(

@@ -186,9 +186,8 @@ class VeoBot(commands.Bot):
         reconciler = Reconciler(
             store,
             segmind,
-            # UNWIRED SEAM: the spend ledger's `store.record_billed` (branch `spend`) goes
-            # here once merged; until then bills are not recorded, discrepancies still are.
-            record_billed=None,
+            record_billed=store.record_billed,
+            quote=lambda job: store.job_quote(job.id),
             alerts=alerts,
             interval=settings.veo_reconcile_interval_seconds,
             settle_lag=settings.veo_recovery_window_seconds + 120.0,

@@ -318,6 +318,10 @@ class ReconcileStore(Protocol):
         """The job Segmind knows as `request_id`, if the bot has one."""
         ...
 
+    async def job_quote(self, job_id: int) -> float | None:
+        """The quote the job's reservation held against the spend caps (None: no such job)."""
+        ...
+
     async def earliest_submit_at(self) -> float | None:
         """When the first job left the queue (None: none ever did): where a first pass over
         Segmind's history starts, so requests from before the bot are not flagged."""

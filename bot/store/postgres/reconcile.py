@@ -30,6 +30,10 @@ class ReconcileQueries(PostgresBase):
         )
         return Job(*row) if row is not None else None
 
+    async def job_quote(self, job_id: int) -> float | None:
+        value = await self._fetchval("SELECT quoted FROM spend_ledger WHERE job_id = $1", job_id)
+        return float(value) if value is not None else None
+
     async def earliest_submit_at(self) -> float | None:
         value = await self._fetchval(
             "SELECT MIN(COALESCE(submit_started_at, submitted_at)) FROM jobs"

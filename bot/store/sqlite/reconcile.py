@@ -27,6 +27,10 @@ class ReconcileQueries(SqliteBase):
         )
         return Job(*row) if row is not None else None
 
+    async def job_quote(self, job_id: int) -> float | None:
+        row = await self._fetchone("SELECT quoted FROM spend_ledger WHERE job_id = ?", (job_id,))
+        return float(row[0]) if row is not None else None
+
     async def earliest_submit_at(self) -> float | None:
         row = await self._fetchone(
             "SELECT MIN(COALESCE(submit_started_at, submitted_at)) FROM jobs "
