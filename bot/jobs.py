@@ -733,8 +733,10 @@ class JobService:
             type(exc).__name__ if exc else "crash during submit",
             self.recovery_window,
         )
+        looked = False
         while True:
             matches = await self._history_matches(job, fingerprint)
+            looked = looked or matches is not None
             if matches is not None and len(matches) == 1:
                 (row,) = matches
                 log.info("job %s: found as Segmind request %s; adopting it", job.id, row.request_id)
@@ -748,7 +750,7 @@ class JobService:
             if self.clock() >= until:
                 break
             await asyncio.sleep(min(self.recovery_interval, max(until - self.clock(), 0.0)))
-        await self._unknown(job, exc)
+        await self._unknown(job, exc, looked=looked)
 
     async def _history_matches(self, job: Job, fingerprint: Fingerprint) -> list[HistoryRow] | None:
         """The history rows that fit the job, those another job adopted left out; None when
@@ -797,17 +799,16 @@ class JobService:
         if moved:
             await self._finished(await self.store.get_job(job.id))
 
-    async def _unknown(self, job: Job, exc: BaseException | None) -> None:
-        message = (
-            "Segmind did not answer in time, so this request may or may not have started. "
-            "It was not sent again (that could bill twice) and it does not count against your "
-            "limit. A moderator can check the job in the logs."
-        )
+    async def _unknown(self, job: Job, exc: BaseException | None, *, looked: bool) -> None:
+        """No request found for a lost submit: refunded. `looked`: Segmind's history was read
+        and had none (so nothing was made); otherwise it could not be read at all."""
+        message = NOT_FOUND if looked else UNCERTAIN
         log.error(
-            "job %s unknown: the submit's outcome is unknown (%s); not resubmitting — a "
-            "moderator should check Segmind's dashboard for a request made at this time",
+            "job %s unknown: the submit's outcome is unknown (%s) and %s; not resubmitting — "
+            "a moderator should check Segmind's dashboard for a request made at this time",
             job.id,
             type(exc).__name__ if exc else "crash during submit",
+            "Segmind's history shows no such request" if looked else "the history was unreadable",
         )
         moved = await self.store.transition(job.id, ("submitting",), "unknown", error=message)
         if moved:
@@ -885,6 +886,16 @@ async def _check_playable(job_id: int, video: Path) -> None:
 
 
 NOT_COUNTED = "This does not count against your limit."
+UNCERTAIN = (
+    "Segmind did not answer in time, so this request may or may not have started. "
+    "It was not sent again (that could bill twice) and it does not count against your "
+    "limit. A moderator can check the job in the logs."
+)
+NOT_FOUND = (
+    "Segmind's answer to this request was lost, and its record shows no such request: nothing "
+    "was made. It was not sent again (that could bill twice) and it does not count against "
+    "your limit."
+)
 AMBIGUOUS = (
     "Segmind's answer to this request was lost, and its record shows more than one request "
     "exactly like it, so the bot did not guess which is yours. It does not count against your "

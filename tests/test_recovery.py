@@ -18,7 +18,7 @@ from typing import Any
 import pytest
 
 import bot.jobs
-from bot.jobs import AMBIGUOUS, NOT_COUNTED, JobService
+from bot.jobs import AMBIGUOUS, NOT_COUNTED, NOT_FOUND, UNCERTAIN, JobService
 from bot.params import VeoParams
 from bot.recovery import CLOCK_SKEW, Fingerprint, same_body
 from bot.segmind.client import SegmindClient
@@ -177,8 +177,21 @@ async def test_a_lost_answer_with_no_request_at_segmind_is_refunded_after_the_wi
     assert Stage.RECOVERING in output.stages(job_id)
     # Looked for until the window closed (3 s in tests), not given up at the first miss.
     assert done.updated_at - (done.submit_started_at or 0) >= service.recovery_window
-    (told,) = [c.detail for c in output.of("failed", job_id)]
-    assert "does not count against your limit" in told
+    assert [c.detail for c in output.of("failed", job_id)] == [NOT_FOUND]
+
+
+async def test_a_lost_answer_while_the_history_is_down_is_refunded_as_uncertain(
+    service: JobService, store: Store, output: RecordingOutput, fake: FakeSegmind
+) -> None:
+    fake.inject("submit", Fault(drop=True))  # Segmind made it, but the bot cannot find out
+    fake.inject("history", Fault(status=503), times=10_000)
+    job_id = await enqueue(service)
+    done = await settled(store, output, job_id)
+
+    assert done.state == "unknown"
+    assert (done.ledger_status, done.ledger_reason) == ("released", "unknown")
+    assert [c.detail for c in output.of("failed", job_id)] == [UNCERTAIN]
+    assert posts(fake) == 1  # never re-sent, even though nothing could be confirmed
 
 
 async def test_several_matching_requests_are_not_guessed_between(
