@@ -7,8 +7,13 @@ tell what already happened:
     queued → submitting → submitted → completed → delivering → delivered
                     ↘ unknown            ↘ failed / expired        (cancelled from queued)
 
-- `submitting` without a request id after a crash means the POST may or may not have reached
-  Segmind: it is never re-sent (a second POST is a second bill); the job becomes `unknown`.
+- `submitting` without a request id (a lost answer, or a crash while the POST was on the wire)
+  means the POST may or may not have reached Segmind: it is never re-sent (a second POST is a
+  second bill). Its request is looked for in Segmind's history by fingerprint (`_recover`):
+  found, it is adopted and delivered; not found in time, or found several times, the job
+  becomes `unknown` and the member is refunded.
+- A job Segmind's status route no longer knows (results are kept an hour) is settled from its
+  history row, which is kept for good (`_from_history`).
 - Delivery is exactly once. Before each delivery route is tried, its name is written to the
   job (`delivery_method`, still in `delivering`): a write-ahead note of where the video may have
   landed. Every attempt — the first, a retry after a transient error, or the resume of a
