@@ -14,6 +14,7 @@ from pathlib import Path
 from typing import Any, Literal
 
 from bot.chat.output import DiscordOutput
+from bot.discrepancies import Alerts
 from bot.jobs import (
     Finished,
     JobOutput,
@@ -74,6 +75,7 @@ def make_segmind(fake: FakeSegmind) -> SegmindClient:
     return SegmindClient(
         SEGMIND_KEY,
         fake.base_url,
+        history_url=fake.history_url,
         max_rpm=60_000,
         poll_floor=0.02,
         poll_ceiling=0.05,
@@ -93,8 +95,12 @@ def make_service(
     deadline: float = 60.0,
     max_video_bytes: int = 50 * MIB,
     clock: Callable[[], float] = time.time,
+    recovery_window: float = 3.0,
+    recovery_interval: float = 0.05,
+    alerts: Alerts | None = None,
 ) -> JobService:
-    """The one place a test builds a `JobService`."""
+    """The one place a test builds a `JobService`. A lost submit is looked for in the history
+    for a few seconds (the fake's rows land one second after the request)."""
     return JobService(
         store,
         segmind,
@@ -105,6 +111,9 @@ def make_service(
         max_video_bytes=max_video_bytes,
         deadline=deadline,
         clock=clock,
+        recovery_window=recovery_window,
+        recovery_interval=recovery_interval,
+        alerts=alerts,
     )
 
 

@@ -21,6 +21,9 @@ DISCORD_FREE = (
     "bot.quota",
     "bot.request",
     "bot.cli",
+    "bot.recovery",
+    "bot.reconcile",
+    "bot.discrepancies",
 )
 
 

@@ -14,6 +14,7 @@ from discord import app_commands
 from discord.ext import commands
 
 from bot.approvals import ApprovalLane
+from bot.chat.alerts import DiscordAlerts
 from bot.chat.approvals import DiscordCards
 from bot.chat.ops import start_ops, stop_ops
 from bot.chat.output import DiscordOutput
@@ -25,6 +26,7 @@ from bot.ops.http import OpsServer
 from bot.ops.metrics import Metrics
 from bot.pricing import PriceBook
 from bot.quota import LimitDefaults
+from bot.reconcile import Reconciler
 from bot.segmind import client as sm
 from bot.store import Store, open_store
 
@@ -78,6 +80,7 @@ class Services:
     session: aiohttp.ClientSession  # shared by everything that fetches from the web (images)
     approvals: ApprovalLane  # holds the requests a guild wants a moderator to approve
     cards: DiscordCards  # the approval cards in the moderators' channel
+    reconciler: Reconciler  # pages Segmind's history in the background
 
 
 class VeoBot(commands.Bot):
@@ -133,6 +136,7 @@ class VeoBot(commands.Bot):
         self._log_invite()
         await jobs.start()
         await self.services.approvals.start()
+        self.services.reconciler.start()
         self.ops = await start_ops(
             self,
             settings=self.settings,
@@ -169,6 +173,7 @@ class VeoBot(commands.Bot):
             demo=self.demo,
             clock=self.clock,
         )
+        alerts = DiscordAlerts(self, log_channel=store.get_log_channel)
         jobs = JobService(
             store,
             segmind,
@@ -180,6 +185,9 @@ class VeoBot(commands.Bot):
             deadline=settings.veo_job_deadline,
             clock=self.clock,
             events=self.metrics,
+            recovery_window=settings.veo_recovery_window_seconds,
+            recovery_interval=settings.veo_recovery_interval_seconds,
+            alerts=alerts,
         )
         cards = DiscordCards(self, output)
         # The quote of the approval lane. Its one seam: point `quote` at the bot's shared
@@ -196,7 +204,19 @@ class VeoBot(commands.Bot):
             sweep_interval=settings.veo_approval_sweep_seconds,
             clock=self.clock,
         )
-        self._services = Services(store, segmind, jobs, output, session, approvals, cards)
+        reconciler = Reconciler(
+            store,
+            segmind,
+            record_billed=store.record_billed,
+            quote=lambda job: store.job_quote(job.id),
+            alerts=alerts,
+            interval=settings.veo_reconcile_interval_seconds,
+            settle_lag=settings.veo_recovery_window_seconds + 120.0,
+            clock=self.clock,
+        )
+        self._services = Services(
+            store, segmind, jobs, output, session, approvals, cards, reconciler
+        )
         return self._services
 
     async def _segmind_endpoint(self) -> tuple[str, str, str]:
@@ -268,6 +288,7 @@ class VeoBot(commands.Bot):
         self.stop_accepting()
         if self._services is not None:
             await self._services.approvals.stop()
+            await self._services.reconciler.stop()
             await self._services.jobs.stop()
         await stop_ops(self.ops, self.metrics)
         self.ops = None

@@ -20,8 +20,10 @@ after a crash it knows which side effects may have happened and never repeats a 
 from __future__ import annotations
 
 import json
+import math
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
+from datetime import date
 from functools import lru_cache
 from typing import Any, Literal, TypedDict, cast, get_args
 
@@ -85,6 +87,10 @@ ReleaseReason = Literal[
     "denied",  # a moderator declined it in the approval lane: nothing was sent
 ]
 ReleaseOutcome = Literal["released", "charged", "already_settled", "no_such_job"]
+# Who told the owner's spend ledger what Segmind billed: the result's `metrics.cost` (or the
+# lifecycle knowing nothing was billed), or Segmind's own request history, which wins.
+BilledSource = Literal["metrics", "history"]
+BILLED_SOURCES: tuple[BilledSource, ...] = get_args(BilledSource)
 
 
 class JobFields(TypedDict, total=False):
@@ -106,12 +112,16 @@ class JobFields(TypedDict, total=False):
     interaction_created_at: float | None
     delivered_message_id: int | None
     delivery_method: str | None
+    submit_started_at: float
 
 
 # Column names cannot be SQL parameters, so only these names are ever formatted into a statement.
 JOB_FIELDS: frozenset[str] = JobFields.__optional_keys__
 # Entering these states stamps the matching timestamp unless the caller passes one.
 ENTRY_STAMPS: dict[JobState, str] = {
+    # When the POST may first have left: the start of the window in which a lost answer's
+    # request is looked for in Segmind's history.
+    "submitting": "submit_started_at",
     "submitted": "submitted_at",
     "completed": "completed_at",
     "delivered": "delivered_at",
@@ -207,6 +217,7 @@ JOB_ROW: tuple[str, ...] = (
     "delivery_method",
     "upload_limit",
     "output_url",
+    "submit_started_at",
 )
 LEDGER_ROW: tuple[str, ...] = ("status", "charged_amount", "reason")
 
@@ -241,6 +252,7 @@ class Job:
     delivery_method: str | None
     upload_limit: int | None  # bytes the requester's channel accepts as an attachment
     output_url: str | None  # Segmind's result URL, kept so delivery can resume after a crash
+    submit_started_at: float | None  # when the job entered `submitting` (None before schema 5)
     ledger_status: LedgerStatus | None  # None only for rows that predate the ledger
     charged_amount: float | None
     ledger_reason: str | None
@@ -281,6 +293,9 @@ class ReserveRequest:
     upload_limit: int | None = None
     # Set: the job is created `awaiting_approval` (held for a moderator), not `queued`.
     approval: ApprovalHold | None = None
+    # Dollars held against the owner's spend caps until Segmind's bill replaces it (the bot's
+    # `PriceBook` quote). None: `LimitDefaults.price_per_job`.
+    quote: float | None = None
 
 
 def initial_state(request: ReserveRequest) -> JobState:
@@ -460,3 +475,80 @@ def approval_settings_row(settings: ApprovalSettings) -> tuple[Any, ...]:
 def approval_of(row: tuple[Any, ...]) -> Approval:
     """An `Approval` from its `APPROVAL_ROW` columns."""
     return Approval(*row)
+
+
+@dataclass(frozen=True, slots=True)
+class DaySpend:
+    """The owner's spend on one UTC day, by the day each job was reserved (so a job never
+    moves between days when its bill arrives).
+
+    `billed`: what Segmind billed (known). `held`: the quotes of jobs whose bill is not known
+    yet (`held_jobs` of them), counted against the caps until it is. `quoted`: the quotes of
+    the `billed_jobs` jobs Segmind billed (more than 0), beside `billed` for "quoted vs
+    billed"."""
+
+    day: date
+    billed: float
+    held: float
+    quoted: float
+    billed_jobs: int
+    held_jobs: int
+
+
+def check_billed(amount: float) -> float:
+    """A billed amount as the spend ledger stores it: a finite number of dollars ≥ 0."""
+    if not math.isfinite(amount) or amount < 0:
+        raise ValueError(f"a billed amount is a finite number of dollars >= 0, not {amount!r}")
+    return float(amount)
+
+
+def utc_day(day_number: int) -> date:
+    """The UTC date of `floor(epoch / 86400)`, as the backends group spend by day."""
+    return date.fromordinal(_EPOCH_ORDINAL + int(day_number))
+
+
+_EPOCH_ORDINAL = date(1970, 1, 1).toordinal()
+
+
+# --------------------------------------------------------------------------------------------
+# Money truth: where Segmind's record and the bot's disagree
+
+DiscrepancyKind = Literal[
+    "billed_but_refunded",  # the bot counts the job failed/refunded, Segmind billed it
+    "unknown_request",  # Segmind billed a request (for our model) the bot has no job for
+    "cost_off_quote",  # Segmind billed far from the quote the bot held for the job
+    "ambiguous_recovery",  # a lost submit matched several requests: none was adopted
+]
+DISCREPANCY_KINDS: tuple[DiscrepancyKind, ...] = get_args(DiscrepancyKind)
+
+
+@dataclass(frozen=True, slots=True)
+class NewDiscrepancy:
+    """A disagreement to record; one per (kind, request id), however often it is seen."""
+
+    kind: DiscrepancyKind
+    request_id: str
+    job_id: int | None = None
+    guild_id: int | None = None  # None: no known job, so no guild
+    billed: float | None = None  # what Segmind's record says it charged, USD
+    expected: float | None = None  # what the bot expected (its quote; 0 for a refunded job)
+    detail: str = ""
+
+
+@dataclass(frozen=True, slots=True)
+class Discrepancy:
+    """A recorded disagreement, as moderators list it. `posted_at` None: not yet posted."""
+
+    id: int
+    kind: DiscrepancyKind
+    request_id: str
+    job_id: int | None
+    guild_id: int | None
+    billed: float | None
+    expected: float | None
+    detail: str
+    created_at: float
+    posted_at: float | None
+
+
+DISCREPANCY_ROW: tuple[str, ...] = tuple(Discrepancy.__slots__)

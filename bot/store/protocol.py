@@ -20,10 +20,14 @@ from bot.store.model import (
     ApprovalDecision,
     ApprovalSettings,
     AuditEntry,
+    BilledSource,
+    DaySpend,
     DecisionResult,
+    Discrepancy,
     Job,
     JobFields,
     JobState,
+    NewDiscrepancy,
     QuotaView,
     ReleaseOutcome,
     ReleaseReason,
@@ -50,8 +54,11 @@ class LedgerStore(Protocol):
         role_ids: Iterable[int],
         defaults: LimitDefaults,
         now: float | None = None,
+        *,
+        quote: float | None = None,
     ) -> QuotaView:
-        """A member's effective limits, usage and what `reserve` would answer now."""
+        """A member's effective limits, usage and what `reserve` would answer now for a job
+        quoted at `quote` (None: `defaults.price_per_job`)."""
         ...
 
     async def charge(
@@ -79,6 +86,41 @@ class LedgerStore(Protocol):
     ) -> int:
         """Crash net for start-up: settle every reservation whose job already ended (charge
         the delivered, release the rest); returns how many were settled."""
+        ...
+
+
+class SpendStore(Protocol):
+    """The owner's spend ledger, kept apart from the member's quota: every job holds its quote
+    from reservation until Segmind's bill replaces it. Spend caps count this ledger; a member's
+    refund never touches it."""
+
+    async def record_billed(
+        self,
+        job_id: int,
+        amount: float,
+        *,
+        source: BilledSource,
+        now: float | None = None,
+    ) -> bool:
+        """What Segmind billed for this job (dollars; 0: nothing, e.g. FAILED at Segmind or a
+        submit refused before a job existed), replacing its held quote. A `history` figure
+        (Segmind's `credits_deduction`) overrides a `metrics` one (the result's
+        `metrics.cost`); a `metrics` figure never overrides a `history` one. Idempotent:
+        returns whether anything changed (False for a job it does not know). `ValueError` for
+        a negative or non-finite amount."""
+        ...
+
+    async def spend_by_day(
+        self, guild_id: int | None, since: float, until: float | None = None
+    ) -> list[DaySpend]:
+        """The owner's spend per UTC day for jobs reserved in `[since, until)` (`until` None:
+        no upper bound), oldest day first, days without jobs left out; `guild_id` None: every
+        guild."""
+        ...
+
+    async def observed_bills(self, limit: int = 2000) -> list[tuple[str, float]]:
+        """`(params_json, billed)` of the latest `limit` jobs Segmind billed more than 0,
+        newest first: what the price book learns from at start-up."""
         ...
 
 
@@ -323,7 +365,61 @@ class ApprovalStore(Protocol):
         ...
 
 
-class Store(LedgerStore, JobStore, ModerationStore, ReportStore, ApprovalStore, Protocol):
+class ReconcileStore(Protocol):
+    """What checking the bot's record against Segmind's needs: jobs by request id, the
+    discrepancies found (each recorded and posted once), and where the last pass stopped."""
+
+    async def job_by_request_id(self, request_id: str) -> Job | None:
+        """The job Segmind knows as `request_id`, if the bot has one."""
+        ...
+
+    async def job_quote(self, job_id: int) -> float | None:
+        """The quote the job's reservation held against the spend caps (None: no such job)."""
+        ...
+
+    async def earliest_submit_at(self) -> float | None:
+        """When the first job left the queue (None: none ever did): where a first pass over
+        Segmind's history starts, so requests from before the bot are not flagged."""
+        ...
+
+    async def record_discrepancy(self, found: NewDiscrepancy, now: float | None = None) -> bool:
+        """Record one disagreement; False when its (kind, request id) is already recorded."""
+        ...
+
+    async def discrepancies(
+        self, guild_id: int | None, since: float | None = None, limit: int = 50
+    ) -> list[Discrepancy]:
+        """Recorded disagreements, newest first: one guild's (those with no guild — a request
+        the bot does not know — are listed for every guild too), or with None all of them."""
+        ...
+
+    async def unposted_discrepancies(self, limit: int = 50) -> list[Discrepancy]:
+        """Disagreements not yet posted to a log channel, oldest first."""
+        ...
+
+    async def mark_discrepancy_posted(self, discrepancy_id: int, now: float | None = None) -> None:
+        """The disagreement was posted: never post it again."""
+        ...
+
+    async def get_cursor(self, name: str) -> str | None:
+        """A background task's saved position (None: it never saved one)."""
+        ...
+
+    async def set_cursor(self, name: str, value: str) -> None:
+        """Save a background task's position."""
+        ...
+
+
+class Store(
+    LedgerStore,
+    SpendStore,
+    JobStore,
+    ModerationStore,
+    ReportStore,
+    ReconcileStore,
+    ApprovalStore,
+    Protocol,
+):
     """The bot's database, whatever the backend. Close it once, on shutdown."""
 
     async def close(self) -> None:

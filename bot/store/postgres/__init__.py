@@ -7,8 +7,9 @@ by themselves; multi-statement ones run in a transaction. `reserve` takes transa
 advisory locks — only for the scopes whose limits apply — before it counts anything, so the
 check and the insert are exact across tasks, pools and nodes (see `ledger`).
 
-The queries are grouped by concern as on SQLite, one mixin each: `ledger`, `jobs`,
-`moderation`, `reports`; `connection` holds the plumbing and `migrations` the schema.
+The queries are grouped by concern as on SQLite, one mixin each: `ledger`, `spend`, `jobs`,
+`moderation`, `reports`, `reconcile`; `connection` holds the plumbing and `migrations` the
+schema.
 """
 
 from __future__ import annotations
@@ -25,14 +26,24 @@ from bot.store.postgres.jobs import JobQueries
 from bot.store.postgres.ledger import LedgerQueries
 from bot.store.postgres.migrations import MIGRATIONS, SCHEMA_VERSION, apply_migrations
 from bot.store.postgres.moderation import ModerationQueries
+from bot.store.postgres.reconcile import ReconcileQueries
 from bot.store.postgres.reports import ReportQueries
+from bot.store.postgres.spend import SpendQueries
 from bot.store.sqlite.migrations import Migration
 
 # A malformed URL is a ValueError (asyncpg's ClientConfigurationError): the bot cannot start.
 _OPEN_ERRORS: tuple[type[BaseException], ...] = (*DRIVER_ERRORS, ValueError)
 
 
-class PostgresStore(LedgerQueries, JobQueries, ModerationQueries, ReportQueries, ApprovalQueries):
+class PostgresStore(
+    LedgerQueries,
+    SpendQueries,
+    JobQueries,
+    ModerationQueries,
+    ReportQueries,
+    ReconcileQueries,
+    ApprovalQueries,
+):
     """`bot.store.protocol.Store` on a PostgreSQL database. Create with
     `await PostgresStore.open(url)`; close with `await close()`. `now` arguments default to
     the injected clock."""
