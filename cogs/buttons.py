@@ -167,7 +167,8 @@ class AgainButton(_JobButton, template=r"veo:again:(?P<job>.*)"):
 
     async def callback(self, interaction: discord.Interaction[VeoBot]) -> None:  # type: ignore[override]
         # A new public placeholder, before any I/O (the 3-second rule).
-        await defer_public(interaction)
+        if not await defer_public(interaction):
+            return  # another gateway session answered it and runs it
         await _start_again(interaction, self.job_id, prompt=None)
 
 
@@ -306,7 +307,8 @@ class Buttons(commands.Cog):
         try:
             if not await accepting_work(interaction):
                 return
-            await defer_public(interaction)
+            if not await defer_public(interaction):
+                return  # another gateway session answered it and runs it
             prompt = submitted_value(data.get("components"), "prompt") or ""
             await _start_again(interaction, int(match["job"]), prompt=prompt)
         except Exception as exc:

@@ -93,7 +93,8 @@ class AnimateModal(discord.ui.Modal):
 
     async def on_submit(self, interaction: discord.Interaction[VeoBot]) -> None:  # type: ignore[override]
         # Discord allows 3 s for the first answer: acknowledge before any I/O.
-        await defer_public(interaction)
+        if not await defer_public(interaction):
+            return  # another gateway session answered it and runs it
         choice = self.aspect.values[0] if self.aspect.values else FOLLOW_IMAGE
         aspect = None if choice == FOLLOW_IMAGE else Aspect(choice)
         request = VeoRequest(prompt=self.prompt.value, aspect=aspect, image=self.image)

@@ -12,6 +12,28 @@ from bot.chat.presenter import NOT_ACCEPTING
 
 log = logging.getLogger(__name__)
 
+# Discord's answer to a second response to one interaction. With two gateway sessions on one
+# shard (a deploy's overlap) both processes get the interaction and race to answer it: the
+# loser's acknowledgement fails with this, and it must stay quiet — the winner answers.
+ALREADY_ACKNOWLEDGED = 40060
+
+
+def acknowledged_elsewhere(error: BaseException) -> bool:
+    """True when `error` (or what it wraps, as a command error does) is Discord's 40060."""
+    seen: BaseException | None = error
+    while seen is not None:
+        if isinstance(seen, discord.HTTPException) and seen.code == ALREADY_ACKNOWLEDGED:
+            return True
+        seen = seen.__cause__ or getattr(seen, "original", None)
+    return False
+
+
+def note_acknowledged_elsewhere(interaction: discord.Interaction[Any]) -> None:
+    log.info(
+        "interaction %s was answered by another gateway session (40060); leaving it to that one",
+        interaction.id,
+    )
+
 
 def unexpected(where: str, error: BaseException) -> str:
     """Log an error nobody handled under a short reference; the sentence to show the member

@@ -27,7 +27,14 @@ from bot.store.model import (
     UsageSummary,
     UserUsage,
 )
-from bot.store.protocol import JobStore, LedgerStore, ModerationStore, ReportStore, Store
+from bot.store.protocol import (
+    GatewayStore,
+    JobStore,
+    LedgerStore,
+    ModerationStore,
+    ReportStore,
+    Store,
+)
 from bot.store.sqlite import SqliteStore
 from bot.store.sqlite.migrations import MIGRATIONS, SCHEMA_VERSION, Migration, apply_migrations
 
@@ -60,6 +67,7 @@ __all__ = [
     "SCHEMA_VERSION",
     "TERMINAL_STATES",
     "AuditEntry",
+    "GatewayStore",
     "IllegalTransition",
     "Job",
     "JobFields",

@@ -196,6 +196,7 @@ JOB_ROW: tuple[str, ...] = (
     "delivery_method",
     "upload_limit",
     "output_url",
+    "event_id",
 )
 LEDGER_ROW: tuple[str, ...] = ("status", "charged_amount", "reason")
 
@@ -230,6 +231,7 @@ class Job:
     delivery_method: str | None
     upload_limit: int | None  # bytes the requester's channel accepts as an attachment
     output_url: str | None  # Segmind's result URL, kept so delivery can resume after a crash
+    event_id: int | None  # the interaction or message that asked for it (unique per job)
     ledger_status: LedgerStatus | None  # None only for rows that predate the ledger
     charged_amount: float | None
     ledger_reason: str | None
@@ -268,18 +270,25 @@ class ReserveRequest:
     placeholder_channel_id: int | None = None
     placeholder_message_id: int | None = None  # the public "thinking…" message
     upload_limit: int | None = None
+    # The Discord interaction (slash command, menu, button, form) or message (a mention) that
+    # asked: at most one job per event, however many gateway sessions delivered it.
+    event_id: int | None = None
 
 
 @dataclass(frozen=True, slots=True)
 class Reserved:
     """The job exists (state `queued`) and its quota is held.
 
-    `used`/`limit` describe the member's window including this job (`limit` None: exempt)."""
+    `used`/`limit` describe the member's window including this job (`limit` None: exempt).
+    `existing`: the request's `event_id` had already made this job (another gateway session
+    got the same event first); nothing was reserved or charged now, and `used`/`limit` are
+    not read (0 and None)."""
 
     job_id: int
     queue_seq: int
     used: int
     limit: int | None
+    existing: bool = False
 
 
 @dataclass(frozen=True, slots=True)

@@ -101,6 +101,10 @@ class JobStore(Protocol):
         """One job by id."""
         ...
 
+    async def job_for_event(self, event_id: int) -> Job | None:
+        """The job a Discord interaction or message (`ReserveRequest.event_id`) made, if any."""
+        ...
+
     async def nonterminal_jobs(self) -> list[Job]:
         """Every unfinished job, in queue order: what to resume at start-up."""
         ...
@@ -268,7 +272,18 @@ class ReportStore(Protocol):
         ...
 
 
-class Store(LedgerStore, JobStore, ModerationStore, ReportStore, Protocol):
+class GatewayStore(Protocol):
+    """What the nodes of one bot share about the Discord gateway."""
+
+    async def claim_identify_slot(self, bucket: int, spacing: float) -> float:
+        """Claim the right to start a gateway session (IDENTIFY) in this `max_concurrency`
+        bucket: 0.0 when claimed — no other claim of the bucket for `spacing` seconds — else
+        the seconds until it may be claimed. Timed on the database's clock, so every node
+        sharing the database agrees whatever its own clock says."""
+        ...
+
+
+class Store(LedgerStore, JobStore, ModerationStore, ReportStore, GatewayStore, Protocol):
     """The bot's database, whatever the backend. Close it once, on shutdown."""
 
     async def close(self) -> None:

@@ -20,6 +20,7 @@ import asyncpg
 
 from bot.store.model import StoreError
 from bot.store.postgres.connection import DRIVER_ERRORS, store_error
+from bot.store.postgres.gateway import GatewayQueries
 from bot.store.postgres.jobs import JobQueries
 from bot.store.postgres.ledger import LedgerQueries
 from bot.store.postgres.migrations import MIGRATIONS, SCHEMA_VERSION, apply_migrations
@@ -31,7 +32,7 @@ from bot.store.sqlite.migrations import Migration
 _OPEN_ERRORS: tuple[type[BaseException], ...] = (*DRIVER_ERRORS, ValueError)
 
 
-class PostgresStore(LedgerQueries, JobQueries, ModerationQueries, ReportQueries):
+class PostgresStore(LedgerQueries, JobQueries, ModerationQueries, ReportQueries, GatewayQueries):
     """`bot.store.protocol.Store` on a PostgreSQL database. Create with
     `await PostgresStore.open(url)`; close with `await close()`. `now` arguments default to
     the injected clock."""

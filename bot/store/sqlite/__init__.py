@@ -25,6 +25,7 @@ import aiosqlite
 
 from bot.store.model import StoreUnavailable
 from bot.store.sqlite.connection import _UNAVAILABLE_ERRORS, _store_error
+from bot.store.sqlite.gateway import GatewayQueries
 from bot.store.sqlite.jobs import JobQueries
 from bot.store.sqlite.ledger import LedgerQueries
 from bot.store.sqlite.migrations import MIGRATIONS, Migration, apply_migrations
@@ -32,7 +33,7 @@ from bot.store.sqlite.moderation import ModerationQueries
 from bot.store.sqlite.reports import ReportQueries
 
 
-class SqliteStore(LedgerQueries, JobQueries, ModerationQueries, ReportQueries):
+class SqliteStore(LedgerQueries, JobQueries, ModerationQueries, ReportQueries, GatewayQueries):
     """`bot.store.protocol.Store` on one SQLite file. Create with `await SqliteStore.open(path)`;
     close with `await close()`. `now` arguments default to the injected clock."""
 

@@ -1,0 +1,87 @@
+"""Sharding settings and Discord's sharding rules: which shards a node runs, where a guild's
+events arrive, the IDENTIFY buckets, and the client the bot builds from them."""
+
+from __future__ import annotations
+
+import os
+
+import discord
+import pytest
+
+from bot.chat.app import ShardedVeoBot, VeoBot, make_bot
+from bot.config import SettingsError, load_settings
+from bot.shards import ShardPlan, identify_bucket, parse_shard_ids, shard_for_guild
+
+
+@pytest.fixture(autouse=True)
+def clean_env(monkeypatch: pytest.MonkeyPatch) -> None:
+    for name in list(os.environ):
+        if name.startswith(("DISCORD_", "SEGMIND_", "VEO_")):
+            monkeypatch.delenv(name)
+
+
+@pytest.mark.parametrize(
+    ("text", "ids"),
+    [("0", (0,)), ("0-3", (0, 1, 2, 3)), ("0,2", (0, 2)), (" 4 , 0-1 ", (0, 1, 4))],
+)
+def test_shard_ids_are_read_as_lists_and_ranges(text: str, ids: tuple[int, ...]) -> None:
+    assert parse_shard_ids(text) == ids
+
+
+@pytest.mark.parametrize(
+    ("count", "ids", "named"),
+    [
+        ("2", "2", "shard 2 is not below the shard count 2"),
+        ("4", "0,x", "'x' is not a shard id"),
+        ("4", "3-1", "runs backwards"),
+        ("4", "0,,1", "'' is not a shard id"),
+        ("4", "-1", "'-1' is not a shard id"),
+        ("4", "1,0-2", "shard 1 is listed twice"),
+        (None, "0", "DISCORD_SHARD_IDS needs DISCORD_SHARD_COUNT"),
+        ("0", None, "DISCORD_SHARD_COUNT"),
+    ],
+)
+def test_a_bad_shard_setting_stops_start_up_in_one_line(
+    monkeypatch: pytest.MonkeyPatch, count: str | None, ids: str | None, named: str
+) -> None:
+    if count is not None:
+        monkeypatch.setenv("DISCORD_SHARD_COUNT", count)
+    if ids is not None:
+        monkeypatch.setenv("DISCORD_SHARD_IDS", ids)
+    with pytest.raises(SettingsError) as info:
+        load_settings(None)
+    assert named in str(info.value)
+    assert "\n" not in str(info.value)
+
+
+def test_a_count_alone_runs_every_shard_and_nothing_set_runs_one_connection(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    assert load_settings(None).shard_plan is None
+    monkeypatch.setenv("DISCORD_SHARD_COUNT", "3")
+    assert load_settings(None).shard_plan == ShardPlan(3, (0, 1, 2))
+    monkeypatch.setenv("DISCORD_SHARD_IDS", "1-2")
+    plan = load_settings(None).shard_plan
+    assert plan == ShardPlan(3, (1, 2)) and not plan.syncs_commands
+    assert ShardPlan(3, (0,)).syncs_commands
+
+
+def test_guilds_and_dms_land_on_discords_shard() -> None:
+    # Discord's formula: (guild_id >> 22) % shard_count; DMs on shard 0.
+    guild = (123_456 << 22) | 0x3FFFFF
+    assert shard_for_guild(guild, 4) == 123_456 % 4
+    assert shard_for_guild(None, 4) == 0
+    assert [identify_bucket(s, 16) for s in (0, 15, 16, 17)] == [0, 15, 0, 1]
+    assert identify_bucket(5, 1) == 0
+
+
+def test_the_bot_shards_only_when_asked(monkeypatch: pytest.MonkeyPatch) -> None:
+    plain = make_bot(load_settings(None))
+    assert type(plain) is VeoBot and not isinstance(plain, discord.AutoShardedClient)
+    assert plain.shard_count is None
+    monkeypatch.setenv("DISCORD_SHARD_COUNT", "4")
+    monkeypatch.setenv("DISCORD_SHARD_IDS", "1,3")
+    sharded = make_bot(load_settings(None))
+    assert isinstance(sharded, ShardedVeoBot) and isinstance(sharded, VeoBot)
+    assert isinstance(sharded, discord.AutoShardedClient)
+    assert (sharded.shard_count, sharded.shard_ids) == (4, [1, 3])
