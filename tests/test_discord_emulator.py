@@ -24,7 +24,6 @@ from discord.ext import commands
 
 from harness.discord_emulator import (
     DiscordEmulator,
-    Guild,
     Intents,
     SpecMissingError,
     StoredMessage,
@@ -484,18 +483,6 @@ def _set_on_event(event: asyncio.Event) -> Any:
 # ------------------------------------------------------------------------------------- shards
 
 
-def guild_on_shard(emu: DiscordEmulator, shard: int, count: int, name: str) -> Guild:
-    """A new guild (with #general) whose id routes to `shard` of `count`: guild ids are
-    snowflakes of the emulator clock, so the clock steps a millisecond until one does."""
-    while True:
-        guild = emu.add_guild(name, owner=emu.owner)
-        if (guild.id >> 22) % count == shard:
-            guild.add_text_channel("general")
-            return guild
-        del emu.world.guilds[guild.id]
-        emu.advance(0.001)
-
-
 @pytest.fixture
 async def sharded_emu() -> AsyncIterator[DiscordEmulator]:
     saved = discord.http.Route.BASE, discord.gateway.DiscordWebSocket.DEFAULT_GATEWAY
@@ -520,8 +507,8 @@ async def test_each_shard_session_gets_only_its_guilds_events_and_dms_go_to_shar
     sharded_emu: DiscordEmulator,
 ) -> None:
     emu = sharded_emu
-    first = guild_on_shard(emu, 0, 2, "Shard Zero Guild")
-    second = guild_on_shard(emu, 1, 2, "Shard One Guild")
+    first = emu.add_guild_on_shard("Shard Zero Guild", shard=0, owner=emu.owner)
+    second = emu.add_guild_on_shard("Shard One Guild", shard=1, owner=emu.owner)
     zero, one = await start_shard_bots(emu, (0, 2), (1, 2))
     try:
         await emu.wait_for_command("veo")
@@ -611,7 +598,7 @@ async def test_two_sessions_on_one_shard_both_get_the_interaction_and_one_answer
     """A deploy's overlap: the old and the new process both run shard 1. Both receive the
     interaction; Discord takes the first callback and answers the second 400 40060."""
     emu = sharded_emu
-    guild = guild_on_shard(emu, 1, 2, "Shard One Guild")
+    guild = emu.add_guild_on_shard("Shard One Guild", shard=1, owner=emu.owner)
     old, new = await start_shard_bots(emu, (1, 2), (1, 2))
     try:
         await emu.wait_for_command("veo")

@@ -223,6 +223,19 @@ class DiscordEmulator:
         Add it before the bot logs in, or it will not be in the bot's cache."""
         return self.world.add_guild(name, owner, premium_tier=premium_tier, bot_user=self.bot_user)
 
+    def add_guild_on_shard(self, name: str, *, shard: int, owner: User) -> Guild:
+        """`add_guild` (with #general) whose id routes to `shard` of `shard_count`. Guild ids
+        are snowflakes of the emulator clock, so the clock steps a millisecond until one does."""
+        if not 0 <= shard < self.shard_count:
+            raise ValueError(f"shard {shard} is not below shard_count {self.shard_count}")
+        while True:
+            guild = self.add_guild(name, owner=owner)
+            if self.shard_of(guild.id) == shard:
+                guild.add_text_channel("general")
+                return guild
+            del self.world.guilds[guild.id]
+            self.advance(0.001)
+
     async def join_guild(self, name: str, *, owner: User, premium_tier: int = 0) -> Guild:
         """Add a guild while the bot is online: it receives GUILD_CREATE, as on an invite."""
         guild = self.add_guild(name, owner=owner, premium_tier=premium_tier)
