@@ -23,7 +23,7 @@ from discord.ext import commands
 
 from bot.chat.intake import defer_public, refuse, start_job
 from bot.chat.presenter import NOT_CANCELLABLE, cancelled_text
-from bot.chat.replies import accepting_work, send_ephemeral, unexpected
+from bot.chat.replies import accepting_work, first_response, send_ephemeral, unexpected
 from bot.jobs import may_act_on
 from bot.params import PROMPT_MAX_CHARS
 from bot.request import VeoRequest
@@ -134,7 +134,8 @@ class CancelButton(_JobButton, template=r"veo:cancel:(?P<job>.*)"):
 
     async def callback(self, interaction: discord.Interaction[VeoBot]) -> None:  # type: ignore[override]
         bot = interaction.client
-        await interaction.response.defer()
+        if not await first_response(interaction, interaction.response.defer()):
+            return  # another gateway session answered the press and acts on it
         moderator = _is_moderator(interaction)
         result = await bot.services.jobs.cancel(
             self.job_id, actor_id=interaction.user.id, moderator=moderator
@@ -224,9 +225,9 @@ class EditPromptButton(_JobButton, template=r"veo:edit:(?P<job>.*)"):
         if job is None:
             await send_ephemeral(interaction, "That video is no longer in the bot's records.")
             return
-        await interaction.response.send_modal(
-            edit_prompt_modal(self.job_id, job.params_model.prompt)
-        )
+        modal = edit_prompt_modal(self.job_id, job.params_model.prompt)
+        # False: another gateway session opened the form; nothing more to do here.
+        await first_response(interaction, interaction.response.send_modal(modal))
 
 
 class DeleteButton(_JobButton, template=r"veo:delete:(?P<job>.*)"):
@@ -238,7 +239,9 @@ class DeleteButton(_JobButton, template=r"veo:delete:(?P<job>.*)"):
 
     async def callback(self, interaction: discord.Interaction[VeoBot]) -> None:  # type: ignore[override]
         jobs = interaction.client.services.jobs
-        await interaction.response.defer(ephemeral=True, thinking=True)
+        thinking = interaction.response.defer(ephemeral=True, thinking=True)
+        if not await first_response(interaction, thinking):
+            return  # another gateway session answered the press and acts on it
         job = await jobs.get(self.job_id)
         if not may_act_on(job, interaction.user.id, moderator=_is_moderator(interaction)):
             await send_ephemeral(

@@ -3,12 +3,17 @@ events arrive, the IDENTIFY buckets, and the client the bot builds from them."""
 
 from __future__ import annotations
 
+import logging
 import os
+from types import SimpleNamespace
+from typing import Any
 
 import discord
 import pytest
+from discord import app_commands
 
 from bot.chat.app import ShardedVeoBot, VeoBot, make_bot
+from bot.chat.replies import acknowledged_elsewhere, first_response
 from bot.config import SettingsError, load_settings
 from bot.shards import ShardPlan, identify_bucket, parse_shard_ids, shard_for_guild
 
@@ -85,3 +90,56 @@ def test_the_bot_shards_only_when_asked(monkeypatch: pytest.MonkeyPatch) -> None
     assert isinstance(sharded, ShardedVeoBot) and isinstance(sharded, VeoBot)
     assert isinstance(sharded, discord.AutoShardedClient)
     assert (sharded.shard_count, sharded.shard_ids) == (4, [1, 3])
+
+
+def already_acknowledged() -> discord.HTTPException:
+    response = SimpleNamespace(status=400, reason="Bad Request")
+    return discord.HTTPException(
+        response,  # type: ignore[arg-type]
+        {"code": 40060, "message": "Interaction has already been acknowledged."},
+    )
+
+
+def test_a_second_acknowledgement_is_recognised_however_it_is_wrapped() -> None:
+    error = already_acknowledged()
+    assert acknowledged_elsewhere(error)
+    assert acknowledged_elsewhere(app_commands.CommandInvokeError(_command(), error))
+    other = discord.HTTPException(
+        SimpleNamespace(status=404, reason="Not Found"),  # type: ignore[arg-type]
+        {"code": 10062, "message": "Unknown interaction"},
+    )
+    assert not acknowledged_elsewhere(other)
+    assert not acknowledged_elsewhere(ValueError("40060"))
+
+
+async def test_the_loser_of_a_race_to_answer_stops_with_one_info_line(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    interaction = SimpleNamespace(id=4242)
+
+    async def refused() -> None:
+        raise already_acknowledged()
+
+    async def accepted() -> None:
+        return None
+
+    with caplog.at_level(logging.INFO, logger="bot.chat.replies"):
+        assert not await first_response(interaction, refused())  # type: ignore[arg-type]
+        assert await first_response(interaction, accepted())  # type: ignore[arg-type]
+    assert [(r.levelno, r.exc_info) for r in caplog.records] == [(logging.INFO, None)]
+    assert "4242" in caplog.records[0].getMessage()
+
+    async def broken() -> None:
+        raise discord.HTTPException(
+            SimpleNamespace(status=500, reason="Server Error"),  # type: ignore[arg-type]
+            {"code": 0, "message": "boom"},
+        )
+
+    with pytest.raises(discord.HTTPException):  # anything else is still an error
+        await first_response(interaction, broken())  # type: ignore[arg-type]
+
+
+def _command() -> app_commands.Command[Any, Any, None]:
+    async def veo(interaction: discord.Interaction) -> None: ...
+
+    return app_commands.Command(name="veo", description="x", callback=veo)

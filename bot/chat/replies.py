@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import logging
 import uuid
+from collections.abc import Awaitable
 from typing import Any
 
 import discord
@@ -33,6 +34,19 @@ def note_acknowledged_elsewhere(interaction: discord.Interaction[Any]) -> None:
         "interaction %s was answered by another gateway session (40060); leaving it to that one",
         interaction.id,
     )
+
+
+async def first_response(interaction: discord.Interaction[Any], answer: Awaitable[Any]) -> bool:
+    """Await the interaction's first response (a defer, a modal); False, quietly, when
+    another gateway session answered the interaction first — the caller then stops."""
+    try:
+        await answer
+    except discord.HTTPException as exc:
+        if not acknowledged_elsewhere(exc):
+            raise
+        note_acknowledged_elsewhere(interaction)
+        return False
+    return True
 
 
 def unexpected(where: str, error: BaseException) -> str:
