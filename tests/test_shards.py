@@ -3,12 +3,17 @@ events arrive, the IDENTIFY buckets, and the client the bot builds from them."""
 
 from __future__ import annotations
 
+import asyncio
 import logging
 import os
+from collections.abc import AsyncIterator
+from pathlib import Path
 from types import SimpleNamespace
 from typing import Any
 
 import discord
+import discord.gateway
+import discord.http
 import pytest
 from discord import app_commands
 
@@ -16,6 +21,8 @@ from bot.chat.app import ShardedVeoBot, VeoBot, make_bot
 from bot.chat.replies import acknowledged_elsewhere, first_response
 from bot.config import SettingsError, load_settings
 from bot.shards import ShardPlan, identify_bucket, parse_shard_ids, shard_for_guild
+from harness.bot_process import wait_until
+from harness.discord_emulator import DiscordEmulator, point_discord_py_at
 
 
 @pytest.fixture(autouse=True)
@@ -143,3 +150,51 @@ def _command() -> app_commands.Command[Any, Any, None]:
     async def veo(interaction: discord.Interaction) -> None: ...
 
     return app_commands.Command(name="veo", description="x", callback=veo)
+
+
+@pytest.fixture
+async def emu() -> AsyncIterator[DiscordEmulator]:
+    saved = discord.http.Route.BASE, discord.gateway.DiscordWebSocket.DEFAULT_GATEWAY
+    async with DiscordEmulator() as emulator:
+        point_discord_py_at(emulator.api_base, emulator.gateway_url)
+        yield emulator
+    discord.http.Route.BASE, discord.gateway.DiscordWebSocket.DEFAULT_GATEWAY = saved
+
+
+async def test_a_stopping_node_leaves_the_gateway_before_it_drains(
+    emu: DiscordEmulator, tmp_path: Path
+) -> None:
+    """In a deploy the new node runs the same shard: the old one's sessions must be gone
+    while it still drains, so the shard's next /veo reaches the new node rather than being
+    answered "restarting" by the old."""
+    settings = load_settings(
+        None,
+        discord_shard_count=1,
+        veo_db_path=tmp_path / "veo.sqlite3",
+        veo_work_dir=tmp_path / "work",
+    )
+    bot = make_bot(settings)
+    await bot.login(emu.token)
+    running = asyncio.create_task(bot.connect())
+    await emu.wait_for_shards([(0, 1)])
+    await emu.wait_for_command("veo")
+
+    jobs = bot.services.jobs
+    drain = jobs.stop
+    draining, released = asyncio.Event(), asyncio.Event()
+
+    async def held_drain() -> None:
+        draining.set()
+        await released.wait()
+        await drain()
+
+    jobs.stop = held_drain  # type: ignore[method-assign]
+    closing = asyncio.create_task(bot.close())
+    try:
+        await asyncio.wait_for(draining.wait(), 5)
+        await wait_until(lambda: not emu.connected_shards(), timeout=5, what="no session left")
+        assert not released.is_set()  # still draining
+    finally:
+        released.set()
+        await asyncio.wait_for(closing, 10)
+        await asyncio.wait_for(running, 10)

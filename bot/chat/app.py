@@ -323,6 +323,21 @@ class ShardedVeoBot(VeoBot, commands.AutoShardedBot):
     auto-sharded client (one gateway connection per shard, one cache) with everything else
     VeoBot's. A subclass of VeoBot, so every `Interaction[VeoBot]` holds either."""
 
+    async def close(self) -> None:
+        self.stop_accepting()
+        await self._leave_gateway()
+        await super().close()
+
+    async def _leave_gateway(self) -> None:
+        """Close this node's gateway sessions before the drain. In a deploy the new node runs
+        the same shards: once these sessions are gone Discord sends their events only there,
+        instead of this stopping node winning a member's /veo just to answer "restarting".
+        The drain needs only REST, which stays open until the end."""
+        for shard_id, shard in self.shards.items():
+            if not shard.is_closed():
+                await shard.disconnect()
+                log.info("shard %s: left the gateway for the shutdown", shard_id)
+
 
 def make_bot(settings: Settings, *, clock: Callable[[], float] = time.time) -> VeoBot:
     """The bot the settings ask for: sharded when a shard count is set, else one connection."""
