@@ -822,11 +822,12 @@ async def test_identify_slots_space_sessions_per_bucket_across_stores(database_u
             *(s.claim_identify_slot(2, 5.0) for _ in range(4) for s in (first, second))
         )
         assert sorted(c == 0.0 for c in claims) == [False] * 7 + [True]
-        assert await first.claim_identify_slot(3, 0.2) == 0.0
-        wait = await second.claim_identify_slot(3, 0.2)
-        assert 0 < wait <= 0.2
+        # A short spacing, long enough that the second claim surely comes within it.
+        assert await first.claim_identify_slot(3, 1.0) == 0.0
+        wait = await second.claim_identify_slot(3, 1.0)
+        assert 0 < wait <= 1.0
         await asyncio.sleep(wait + 0.01)  # the database's clock moves on its own
-        assert await second.claim_identify_slot(3, 0.2) == 0.0
+        assert await second.claim_identify_slot(3, 1.0) == 0.0
     finally:
         await first.close()
         await second.close()
