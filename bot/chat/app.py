@@ -240,7 +240,14 @@ class VeoBot(commands.Bot):
         try:
             _, _, limits = await self.http.get_bot_gateway()
             return max(1, int(limits["max_concurrency"]))
-        except (discord.DiscordException, KeyError, TypeError, ValueError) as exc:
+        except (
+            discord.DiscordException,
+            aiohttp.ClientError,
+            OSError,
+            LookupError,
+            TypeError,
+            ValueError,
+        ) as exc:
             log.warning("cannot read max_concurrency from /gateway/bot (%s); using 1", exc)
             return 1
 
