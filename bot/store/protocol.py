@@ -36,7 +36,10 @@ class LedgerStore(Protocol):
     async def reserve(self, request: ReserveRequest, defaults: LimitDefaults) -> Reserved | Refusal:
         """Check every limit and, if allowed, create the job (`queued`) and hold its quota in
         one transaction, so concurrent callers (tasks, connections or processes) can never
-        pass more than a limit allows. Raises `StoreUnavailable`: refuse, never proceed."""
+        pass more than a limit allows. A request whose `event_id` already made a job gets
+        that job back (`Reserved.existing`) before any limit is checked, and nothing is
+        reserved: one job per Discord event, however many processes received it.
+        Raises `StoreUnavailable`: refuse, never proceed."""
         ...
 
     async def quota_view(
