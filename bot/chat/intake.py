@@ -300,8 +300,10 @@ async def refuse(interaction: discord.Interaction[VeoBot], text: str) -> None:
 # -------------------------------------------------------------------------------- messages
 
 
-def placeholder_nonce(message: discord.Message) -> str:
-    """The nonce of the bot's placeholder reply to a member's message (≤ 25 characters)."""
+def reply_nonce(message: discord.Message) -> str:
+    """The nonce of the bot's one reply to a member's message (≤ 25 characters): a second
+    gateway session with the same message gets Discord's copy of the first reply back
+    (nonce + enforce_nonce) instead of posting it again."""
     return f"veo-m{message.id}"
 
 
@@ -341,11 +343,13 @@ async def start_job_from_message(
     channel with the bot token, and the upload limit is the guild's."""
     guild = message.guild
     if guild is None:
-        await reply_quietly(message, "Mention me in a server channel to animate an image.")
+        await reply_quietly(
+            message,
+            "Mention me in a server channel to animate an image.",
+            nonce=reply_nonce(message),
+        )
         return None
-    # Keyed to the member's message: a second gateway session with the same message gets
-    # Discord's copy of this very reply back (nonce + enforce_nonce), not a second one.
-    placeholder = await reply_quietly(message, CHECKING_TEXT, nonce=placeholder_nonce(message))
+    placeholder = await reply_quietly(message, CHECKING_TEXT, nonce=reply_nonce(message))
     if placeholder is None:
         return None
 
