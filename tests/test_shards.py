@@ -18,11 +18,17 @@ import pytest
 from discord import app_commands
 
 from bot.chat.app import ShardedVeoBot, VeoBot, make_bot
+from bot.chat.intake import _start
 from bot.chat.replies import acknowledged_elsewhere, first_response
 from bot.config import SettingsError, load_settings
+from bot.params import VeoParams
+from bot.quota import LimitDefaults, LimitOverride
+from bot.request import VeoRequest
 from bot.shards import ShardPlan, identify_bucket, parse_shard_ids, shard_for_guild
+from bot.store import ReserveRequest, open_store
 from harness.bot_process import wait_until
 from harness.discord_emulator import DiscordEmulator, point_discord_py_at
+from tests.lifecycle_support import CHANNEL, GUILD, MEMBER, MODERATOR, make_service
 
 
 @pytest.fixture(autouse=True)
@@ -198,3 +204,59 @@ async def test_a_stopping_node_leaves_the_gateway_before_it_drains(
         released.set()
         await asyncio.wait_for(closing, 10)
         await asyncio.wait_for(running, 10)
+
+
+# ------------------------------------------------------------------- one job per Discord event
+
+
+async def test_the_twin_of_an_event_stays_quiet_whichever_check_sees_the_first_job(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    """Intake on the second session of a shard: its twin's job either holds the member's
+    slot already (the read-only precheck refuses — not to be told, the member has their job)
+    or is found by the reservation itself. Either way nothing is said and nothing charged;
+    a different event of the same member is refused as ever."""
+    store = await open_store(tmp_path / "veo.sqlite3")
+    jobs = make_service(store, None, None, tmp_path / "work", defaults=LimitDefaults())  # type: ignore[arg-type]
+    bot = SimpleNamespace(services=SimpleNamespace(jobs=jobs), settings=load_settings(None))
+    told: list[str] = []
+
+    async def refuse_with(text: str) -> None:
+        told.append(text)
+
+    async def start(event_id: int) -> int | None:
+        async def build(params: VeoParams) -> ReserveRequest:
+            return ReserveRequest(GUILD, CHANNEL, MEMBER, (), params, event_id=event_id)
+
+        return await _start(
+            bot,  # type: ignore[arg-type]
+            VeoRequest(prompt="a heron at dawn"),
+            build,
+            refuse_with,
+            member=(GUILD, MEMBER, ()),
+            event_id=event_id,
+        )
+
+    try:
+        with caplog.at_level(logging.INFO, logger="bot.chat.intake"):
+            first = await start(55)
+            assert first is not None and told == []
+            # One at a time: the precheck refuses the twin, which then finds its job.
+            assert await start(55) is None
+            assert told == []
+            assert f"event 55 already made job {first}" in caplog.text
+            # Another request of the same member is refused and told, as ever.
+            assert await start(56) is None
+            assert len(told) == 1 and "One video at a time" in told[0]
+            # With room for more, the reservation itself finds the twin's job.
+            await store.set_user_override(
+                GUILD, MEMBER, LimitOverride(concurrency=5), actor_id=MODERATOR
+            )
+            second = await start(77)
+            assert second is not None
+            assert await start(77) is None
+            assert f"event 77 already made job {second}" in caplog.text
+            assert len(told) == 1
+        assert [j.id for j in await store.nonterminal_jobs()] == [first, second]
+    finally:
+        await store.close()
