@@ -6,7 +6,7 @@ import ipaddress
 from pathlib import Path
 from typing import Annotated, Any, Literal, get_args
 
-from pydantic import Field, SecretStr, ValidationError, field_validator
+from pydantic import Field, SecretStr, ValidationError, field_validator, model_validator
 from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
 
 from bot.database_url import backend_of, sqlite_url
@@ -14,6 +14,7 @@ from bot.media.images import DEFAULT_IMAGE_HOSTS
 from bot.params import Aspect, Duration, Fps, Resolution
 from bot.pricing import PUBLISHED_MAX
 from bot.segmind.history import DEFAULT_HISTORY_URL
+from bot.shards import MAX_SHARDS, ShardPlan, ShardSpecError, parse_shard_ids
 
 DISCORD_API_BASE_URL = "https://discord.com/api/v10"
 DISCORD_GATEWAY_URL = "wss://gateway.discord.gg/"
@@ -45,6 +46,11 @@ class Settings(BaseSettings):
     discord_gateway_url: str = DISCORD_GATEWAY_URL
     discord_dev_guild_id: int | None = None
     discord_message_content_intent: bool = False
+    # Sharding (unset: one gateway connection, as a bot in fewer than 2,500 guilds needs).
+    # DISCORD_SHARD_IDS (`0-3`, `0,2`) splits DISCORD_SHARD_COUNT shards between nodes; without
+    # it a node with a count runs all of them.
+    discord_shard_count: int | None = Field(default=None, ge=1, le=MAX_SHARDS)
+    discord_shard_ids: Annotated[tuple[int, ...] | None, NoDecode] = None
 
     # Segmind
     segmind_api_key: SecretStr | None = None
@@ -141,6 +147,26 @@ class Settings(BaseSettings):
             return hosts
         return value
 
+    @field_validator("discord_shard_ids", mode="before")
+    @classmethod
+    def _shard_ids(cls, value: Any) -> Any:
+        if isinstance(value, str):
+            try:
+                return parse_shard_ids(value)
+            except ShardSpecError as exc:
+                raise ValueError(str(exc)) from None
+        return value
+
+    @model_validator(mode="after")
+    def _shards_fit_the_count(self) -> Settings:
+        if self.discord_shard_ids is not None and self.discord_shard_count is None:
+            raise ValueError("DISCORD_SHARD_IDS needs DISCORD_SHARD_COUNT (the total shards)")
+        try:
+            self.shard_plan  # noqa: B018  # built here so a bad pair stops start-up
+        except ShardSpecError as exc:
+            raise ValueError(f"DISCORD_SHARD_IDS: {exc}") from None
+        return self
+
     @field_validator("veo_database_url")
     @classmethod
     def _known_database(cls, value: SecretStr | None) -> SecretStr | None:
@@ -178,6 +204,14 @@ class Settings(BaseSettings):
         return sqlite_url(self.veo_db_path)
 
     @property
+    def shard_plan(self) -> ShardPlan | None:
+        """The shards this node runs; None when sharding is not configured (one connection)."""
+        if self.discord_shard_count is None:
+            return None
+        ids = self.discord_shard_ids or tuple(range(self.discord_shard_count))
+        return ShardPlan(self.discord_shard_count, ids)
+
+    @property
     def demo_mode(self) -> bool:
         """No Segmind key: the built-in fake serves test clips and nothing is billed."""
         return self.segmind_api_key is None or not self.segmind_api_key.get_secret_value()
@@ -202,10 +236,12 @@ def load_settings(env_file: str | Path | None = ".env", **overrides: Any) -> Set
         return Settings(_env_file=env_file, **overrides)  # type: ignore[call-arg]
     except ValidationError as exc:
         first = exc.errors()[0]
-        name = str(first["loc"][0]).upper() if first.get("loc") else "settings"
         reason = first.get("msg", "invalid value")
         count = exc.error_count()
         more = f" (and {count - 1} more)" if count > 1 else ""
+        if not first.get("loc"):  # a rule across settings: the reason names them
+            raise SettingsError(f"settings are invalid: {reason}{more}") from None
+        name = str(first["loc"][0]).upper()
         raise SettingsError(f"setting {name} is invalid: {reason}{more}") from None
 
 

@@ -157,6 +157,16 @@ class DeliveryUnclear(Exception):
     own placeholder, say): the video may be in front of the member."""
 
 
+class AlreadyQueued(Exception):
+    """The request's Discord event had already made job `job_id`: another gateway session of
+    the same shard (a deploy's overlap) got it first. Nothing was reserved; the caller says
+    nothing more, the other session answers the member."""
+
+    def __init__(self, job_id: int) -> None:
+        super().__init__(f"the event already made job {job_id}")
+        self.job_id = job_id
+
+
 CancelOutcome = Literal["cancelled", "not_allowed", "too_late", "finished", "missing"]
 
 
@@ -249,12 +259,19 @@ class JobService:
     async def enqueue(self, request: ReserveRequest) -> int | Refusal:
         """Check the limits and queue the job in one transaction; returns its id or why not.
 
-        Raises `StoreUnavailable` when the database cannot be used (the caller refuses)."""
+        Raises `StoreUnavailable` when the database cannot be used (the caller refuses), and
+        `AlreadyQueued` when the request's event made a job before (the caller stays quiet)."""
         outcome = await self.store.reserve(replace(request, now=self.clock()), self.limit_defaults)
         if isinstance(outcome, Refusal):
             return outcome
+        if outcome.existing:
+            raise AlreadyQueued(outcome.job_id)
         self.wake()
         return outcome.job_id
+
+    async def job_for_event(self, event_id: int) -> Job | None:
+        """The job a Discord interaction or message already made, if any."""
+        return await self.store.job_for_event(event_id)
 
     async def precheck(
         self, guild_id: int, user_id: int, role_ids: tuple[int, ...]

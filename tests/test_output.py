@@ -493,6 +493,34 @@ async def test_a_video_over_the_limit_is_re_encoded_to_fit(
     assert kept.read_bytes() == attachment.data
 
 
+async def test_a_guild_on_another_nodes_shard_gets_the_limit_stored_with_its_job(
+    emu: DiscordEmulator,
+    client: OutputClient,
+    store: Store,
+    output: DiscordOutput,
+    tmp_path: Path,
+) -> None:
+    """The runner may not hold the guild in its cache (another node runs that guild's shard)
+    and the interaction token may be past use: the upload limit recorded when the job was
+    accepted decides, not a default the runner would guess."""
+    job = await a_job(
+        emu,
+        client,
+        store,
+        upload_limit=MIB,
+        guild_id=emu.new_id(),  # a guild this client never received
+        interaction_created_at=time.time() - 3600,  # the token is of no use any more
+    )
+    assert client.get_guild(job.guild_id) is None
+    done = finished(tmp_path, job, noise_mb=2)
+    assert done.size > MIB
+    receipt, _ = await deliver_recording_routes(output, job, done)
+
+    assert receipt.method != "interaction"  # delivered with the bot token
+    attachment = emu.message(receipt.message_id).attachment(f"veo-{job.id}.mp4")
+    assert attachment.size <= MIB  # fitted to the stored limit, not Discord's 10 MiB default
+
+
 async def test_a_job_without_a_placeholder_is_posted_in_its_channel(
     emu: DiscordEmulator,
     client: OutputClient,

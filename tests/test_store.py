@@ -1166,3 +1166,75 @@ async def test_a_task_cursor_is_saved_and_replaced(store: Store) -> None:
     await store.set_cursor("reconcile", "1700000500.0")
     await store.set_cursor("other", "x")
     assert await store.get_cursor("reconcile") == "1700000500.0"
+
+
+# --------------------------------------------------------------------- one job per Discord event
+
+
+async def test_the_same_event_twice_makes_one_job_and_one_reservation(store: Store) -> None:
+    """Two gateway sessions on one shard (a deploy's overlap) deliver one interaction to two
+    processes: the second reservation finds the first's job instead of being refused for it
+    (the member's one-at-a-time slot is that very job) or charged again."""
+    first = await store.reserve(request(event_id=9001), DEFAULTS)
+    again = await store.reserve(request(now=NOW + 1, event_id=9001), DEFAULTS)
+    assert isinstance(first, Reserved) and not first.existing
+    assert isinstance(again, Reserved) and again.existing
+    assert (again.job_id, again.queue_seq) == (first.job_id, first.queue_seq)
+    view = await store.quota_view(GUILD, 1, (), DEFAULTS, NOW + 2)
+    assert view.usage.user_window.count == 1  # one reservation held, not two
+    assert [j.id for j in await store.nonterminal_jobs()] == [first.job_id]
+    found = await store.job_for_event(9001)
+    assert found is not None and (found.id, found.event_id) == (first.job_id, 9001)
+    assert await store.job_for_event(9002) is None
+    # Another event of the same member is a new request, judged by the limits as ever.
+    other = await store.reserve(request(now=NOW + 3, event_id=9002), DEFAULTS)
+    assert isinstance(other, Refusal) and other.kind == "concurrency"
+
+
+async def test_an_event_twice_over_two_stores_at_once_makes_one_job(database_url: str) -> None:
+    """The twins race from two processes (two pools or connections): exactly one job, one
+    reservation, and both processes learn its id."""
+    first = await open_store(database_url)
+    second = await open_store(database_url)
+    try:
+        outcomes = await asyncio.gather(
+            *(s.reserve(request(event_id=77), DEFAULTS) for _ in range(5) for s in (first, second))
+        )
+        assert all(isinstance(o, Reserved) for o in outcomes), outcomes
+        reserved_now = [o for o in outcomes if isinstance(o, Reserved) and not o.existing]
+        assert len(reserved_now) == 1
+        assert {o.job_id for o in outcomes if isinstance(o, Reserved)} == {reserved_now[0].job_id}
+        assert len(await second.nonterminal_jobs()) == 1
+    finally:
+        await first.close()
+        await second.close()
+
+
+# ---------------------------------------------------------------------------- gateway IDENTIFY
+
+
+async def test_identify_slots_space_sessions_per_bucket_across_stores(database_url: str) -> None:
+    """One IDENTIFY per max_concurrency bucket per spacing, whichever node asks: the second
+    claim of a bucket is told how long to wait; another bucket is free; once the wait is over
+    the slot can be claimed again."""
+    first = await open_store(database_url)
+    second = await open_store(database_url)
+    try:
+        assert await first.claim_identify_slot(0, 5.0) == 0.0
+        wait = await second.claim_identify_slot(0, 5.0)
+        assert 4.0 < wait <= 5.0
+        assert await second.claim_identify_slot(1, 5.0) == 0.0
+        # Racing claims of a fresh bucket: exactly one wins.
+        claims = await asyncio.gather(
+            *(s.claim_identify_slot(2, 5.0) for _ in range(4) for s in (first, second))
+        )
+        assert sorted(c == 0.0 for c in claims) == [False] * 7 + [True]
+        # A short spacing, long enough that the second claim surely comes within it.
+        assert await first.claim_identify_slot(3, 1.0) == 0.0
+        wait = await second.claim_identify_slot(3, 1.0)
+        assert 0 < wait <= 1.0
+        await asyncio.sleep(wait + 0.01)  # the database's clock moves on its own
+        assert await second.claim_identify_slot(3, 1.0) == 0.0
+    finally:
+        await first.close()
+        await second.close()

@@ -2,11 +2,13 @@
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
 import logging
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
+from typing import Any
 
 import aiohttp
 import discord
@@ -18,7 +20,13 @@ from bot.chat.alerts import DiscordAlerts
 from bot.chat.approvals import DiscordCards
 from bot.chat.ops import start_ops, stop_ops
 from bot.chat.output import DiscordOutput
-from bot.chat.replies import accepting_work, send_ephemeral, unexpected
+from bot.chat.replies import (
+    accepting_work,
+    acknowledged_elsewhere,
+    note_acknowledged_elsewhere,
+    send_ephemeral,
+    unexpected,
+)
 from bot.config import Settings
 from bot.jobs import JobService
 from bot.ops.health import GatewayWatch
@@ -28,7 +36,8 @@ from bot.pricing import PriceBook
 from bot.quota import LimitDefaults
 from bot.reconcile import Reconciler
 from bot.segmind import client as sm
-from bot.store import Store, open_store
+from bot.shards import IDENTIFY_SPACING, ShardPlan, identify_bucket
+from bot.store import Store, StoreUnavailable, open_store
 
 log = logging.getLogger(__name__)
 
@@ -55,6 +64,10 @@ class VeoTree(app_commands.CommandTree["VeoBot"]):
     async def on_error(
         self, interaction: discord.Interaction[VeoBot], error: app_commands.AppCommandError
     ) -> None:
+        if acknowledged_elsewhere(error):
+            # Another gateway session of this shard answered first (a deploy's overlap).
+            note_acknowledged_elsewhere(interaction)
+            return
         if isinstance(error, app_commands.CheckFailure):
             text = str(error) or "You cannot use this command here."
         elif isinstance(error, app_commands.TransformerError):
@@ -67,6 +80,13 @@ class VeoTree(app_commands.CommandTree["VeoBot"]):
             command = interaction.command.qualified_name if interaction.command else "?"
             text = unexpected(f"/{command} (interaction {interaction.id})", error)
         await send_ephemeral(interaction, text)
+
+
+def shard_options(plan: ShardPlan | None) -> dict[str, Any]:
+    """The client options for a shard plan: none when unsharded (one plain connection)."""
+    if plan is None:
+        return {}
+    return {"shard_count": plan.count, "shard_ids": list(plan.ids)}
 
 
 @dataclass(frozen=True)
@@ -105,6 +125,7 @@ class VeoBot(commands.Bot):
             max_messages=None,
             chunk_guilds_at_startup=False,
             http_trace=metrics.discord_trace(),  # counts edits and 429s
+            **shard_options(settings.shard_plan),
         )
         self.metrics = metrics
         self.gateway_watch = GatewayWatch()
@@ -112,6 +133,8 @@ class VeoBot(commands.Bot):
         self.settings = settings
         self.clock = clock
         self._services: Services | None = None
+        # Discord's session-start buckets (`GET /gateway/bot`); read in setup_hook when sharded.
+        self.max_concurrency = 1
         # Whatever setup_hook opened, closed by close() in reverse order, even after a failed
         # start-up.
         self._resources = contextlib.AsyncExitStack()
@@ -132,7 +155,14 @@ class VeoBot(commands.Bot):
         jobs = (await self.open_services()).jobs
         for extension in EXTENSIONS:
             await self.load_extension(extension)
-        await self._sync_commands()
+        plan = self.settings.shard_plan
+        if plan is not None:
+            self.max_concurrency = await self._max_concurrency()
+            log.info("running %s (max_concurrency %d)", plan.describe(), self.max_concurrency)
+        if plan is None or plan.syncs_commands:
+            await self._sync_commands()
+        else:
+            log.info("not syncing commands: the node running shard 0 does")
         self._log_invite()
         await jobs.start()
         await self.services.approvals.start()
@@ -245,6 +275,48 @@ class VeoBot(commands.Bot):
         )
         return fake.base_url, DEMO_KEY, fake.history_url
 
+    async def _max_concurrency(self) -> int:
+        """How many sessions Discord lets the bot start at once; 1 (the strictest) if
+        `GET /gateway/bot` cannot be read — slower to start, never refused."""
+        try:
+            _, _, limits = await self.http.get_bot_gateway()
+            return max(1, int(limits["max_concurrency"]))
+        except (
+            discord.DiscordException,
+            aiohttp.ClientError,
+            OSError,
+            LookupError,
+            TypeError,
+            ValueError,
+        ) as exc:
+            log.warning("cannot read max_concurrency from /gateway/bot (%s); using 1", exc)
+            return 1
+
+    async def before_identify_hook(self, shard_id: int | None, *, initial: bool = False) -> None:
+        """Wait for this shard's IDENTIFY slot, claimed in the shared database: one session
+        start per `max_concurrency` bucket per 5 s across every node of the bot, as Discord
+        requires (too soon is answered with Invalid Session). Unsharded, discord.py's own
+        spacing (5 s before any re-IDENTIFY) is enough for the one connection."""
+        if self.settings.shard_plan is None or self._services is None:
+            await super().before_identify_hook(shard_id, initial=initial)
+            return
+        bucket = identify_bucket(shard_id or 0, self.max_concurrency)
+        store = self._services.store
+        while True:
+            try:
+                wait = await store.claim_identify_slot(bucket, IDENTIFY_SPACING)
+            except StoreUnavailable as exc:
+                # Not a money path: wait out a full slot locally and go (at worst Discord
+                # answers op 9 and discord.py identifies again).
+                log.warning("IDENTIFY slot not claimed (%s); waiting %.0f s", exc, IDENTIFY_SPACING)
+                await asyncio.sleep(IDENTIFY_SPACING)
+                return
+            if wait <= 0:
+                log.info("shard %s: IDENTIFY (bucket %d)", shard_id, bucket)
+                return
+            log.info("shard %s: IDENTIFY bucket %d busy for %.1f s", shard_id, bucket, wait)
+            await asyncio.sleep(wait)
+
     async def _sync_commands(self) -> None:
         guild_id = self.settings.discord_dev_guild_id
         if guild_id:
@@ -294,3 +366,31 @@ class VeoBot(commands.Bot):
         self.ops = None
         await super().close()
         await self._resources.aclose()
+
+
+class ShardedVeoBot(VeoBot, commands.AutoShardedBot):
+    """The bot over `DISCORD_SHARD_IDS` of `DISCORD_SHARD_COUNT` shards: discord.py's
+    auto-sharded client (one gateway connection per shard, one cache) with everything else
+    VeoBot's. A subclass of VeoBot, so every `Interaction[VeoBot]` holds either."""
+
+    async def close(self) -> None:
+        self.stop_accepting()
+        await self._leave_gateway()
+        await super().close()
+
+    async def _leave_gateway(self) -> None:
+        """Close this node's gateway sessions before the drain. In a deploy the new node runs
+        the same shards: once these sessions are gone Discord sends their events only there,
+        instead of this stopping node winning a member's /veo just to answer "restarting".
+        The drain needs only REST, which stays open until the end."""
+        for shard_id, shard in self.shards.items():
+            if not shard.is_closed():
+                await shard.disconnect()
+                log.info("shard %s: left the gateway for the shutdown", shard_id)
+
+
+def make_bot(settings: Settings, *, clock: Callable[[], float] = time.time) -> VeoBot:
+    """The bot the settings ask for: sharded when a shard count is set, else one connection."""
+    if settings.shard_plan is None:
+        return VeoBot(settings, clock=clock)
+    return ShardedVeoBot(settings, clock=clock)

@@ -15,12 +15,15 @@ sent to Segmind:
 from __future__ import annotations
 
 import logging
+import secrets
 from collections.abc import Awaitable, Callable
 from typing import TYPE_CHECKING
 
 import discord
 
+from bot.chat.replies import acknowledged_elsewhere, note_acknowledged_elsewhere
 from bot.chat.reports import message_url
+from bot.jobs import AlreadyQueued
 from bot.media.images import ImageRejected, inspect_image
 from bot.params import InvalidParams, VeoParams
 from bot.quota import Refusal, render_refusal
@@ -167,16 +170,43 @@ async def _start(
     refuse_with: Callable[[str], Awaitable[None]],
     *,
     member: tuple[int, int, tuple[int, ...]],
+    event_id: int,
     public: bool = False,
 ) -> int | None:
-    """`member` is (guild id, user id, role ids); `public`: `refuse_with` shows the channel."""
+    """`member` is (guild id, user id, role ids); `event_id` the interaction or message that
+    asked (one job per event); `public`: `refuse_with` shows the channel."""
     try:
         await precheck(bot, *member)
         params = await prepare_params(bot, request)
         return await reserve(bot, await build(params))
+    except AlreadyQueued as known:
+        _leave_to_twin(event_id, known.job_id)
+        return None
     except Refused as exc:
+        # The twin of this event on another session may have queued it meanwhile, and be the
+        # very job that now holds the member's slot: then the member has their answer.
+        twin = await _job_made_by(bot, event_id)
+        if twin is not None:
+            _leave_to_twin(event_id, twin)
+            return None
         await refuse_with(exc.public if public else str(exc))
         return None
+
+
+def _leave_to_twin(event_id: int, job_id: int) -> None:
+    log.info(
+        "event %s already made job %s through another gateway session; leaving it to that one",
+        event_id,
+        job_id,
+    )
+
+
+async def _job_made_by(bot: VeoBot, event_id: int) -> int | None:
+    try:
+        job = await bot.services.jobs.job_for_event(event_id)
+    except StoreUnavailable:
+        return None  # the refusal stands (it is what the member would be told anyway)
+    return job.id if job is not None else None
 
 
 def member_role_ids(member: discord.abc.User) -> tuple[int, ...]:
@@ -214,23 +244,33 @@ async def start_job(
             placeholder_channel_id=channel_id,
             placeholder_message_id=await placeholder_id(interaction),
             upload_limit=interaction.filesize_limit,
+            event_id=interaction.id,
         )
 
     async def refuse_with(text: str) -> None:
         await refuse(interaction, text)
 
     member = (guild_id, interaction.user.id, member_role_ids(interaction.user))
-    return await _start(bot, request, build, refuse_with, member=member)
+    return await _start(bot, request, build, refuse_with, member=member, event_id=interaction.id)
 
 
-async def defer_public(interaction: discord.Interaction[VeoBot]) -> None:
-    """Acknowledge at once with a public "thinking…" placeholder (Discord allows 3 s).
+async def defer_public(interaction: discord.Interaction[VeoBot]) -> bool:
+    """Acknowledge at once with a public "thinking…" placeholder (Discord allows 3 s). False
+    when another gateway session acknowledged this interaction first: the caller then does
+    nothing more (that session runs the request).
 
     The callback's answer names the placeholder message, so it is kept for `placeholder_id`
     and no extra request is needed to learn it — it matters when many arrive at once."""
-    callback = await interaction.response.defer(thinking=True)
+    try:
+        callback = await interaction.response.defer(thinking=True)
+    except discord.HTTPException as exc:
+        if not acknowledged_elsewhere(exc):
+            raise
+        note_acknowledged_elsewhere(interaction)
+        return False
     if callback is not None and callback.message_id is not None:
         interaction.extras[PLACEHOLDER_KEY] = callback.message_id
+    return True
 
 
 async def placeholder_id(interaction: discord.Interaction[VeoBot]) -> int | None:
@@ -261,11 +301,26 @@ async def refuse(interaction: discord.Interaction[VeoBot], text: str) -> None:
 # -------------------------------------------------------------------------------- messages
 
 
-async def reply_quietly(message: discord.Message, text: str) -> discord.Message | None:
-    """A reply that pings nobody, not even the author; None when it cannot be posted."""
+def reply_nonce(message: discord.Message) -> str:
+    """The nonce of the bot's one reply to a member's message (≤ 25 characters): a second
+    gateway session with the same message gets Discord's copy of the first reply back
+    (nonce + enforce_nonce) instead of posting it again."""
+    return f"veo-m{message.id}"
+
+
+async def reply_quietly(
+    message: discord.Message, text: str, *, nonce: str | int | None = None
+) -> discord.Message | None:
+    """A reply that pings nobody, not even the author; None when it cannot be posted.
+    With a `nonce`, Discord returns an earlier reply of the bot with the same one instead of
+    posting again."""
     try:
         return await message.reply(
-            text, mention_author=False, allowed_mentions=discord.AllowedMentions.none()
+            text,
+            mention_author=False,
+            allowed_mentions=discord.AllowedMentions.none(),
+            # Without one, a random nonce, as discord.py draws itself.
+            nonce=nonce if nonce is not None else secrets.randbits(64),
         )
     except discord.HTTPException as exc:
         log.warning(
@@ -289,9 +344,13 @@ async def start_job_from_message(
     channel with the bot token, and the upload limit is the guild's."""
     guild = message.guild
     if guild is None:
-        await reply_quietly(message, "Mention me in a server channel to animate an image.")
+        await reply_quietly(
+            message,
+            "Mention me in a server channel to animate an image.",
+            nonce=reply_nonce(message),
+        )
         return None
-    placeholder = await reply_quietly(message, CHECKING_TEXT)
+    placeholder = await reply_quietly(message, CHECKING_TEXT, nonce=reply_nonce(message))
     if placeholder is None:
         return None
 
@@ -305,6 +364,7 @@ async def start_job_from_message(
             placeholder_channel_id=message.channel.id,
             placeholder_message_id=placeholder.id,
             upload_limit=guild.filesize_limit,
+            event_id=message.id,
         )
 
     async def refuse_with(text: str) -> None:
@@ -314,4 +374,6 @@ async def start_job_from_message(
             log.warning("message %s: refusal not shown (%s %s)", message.id, exc.status, exc.code)
 
     member = (guild.id, message.author.id, member_role_ids(message.author))
-    return await _start(bot, request, build, refuse_with, member=member, public=True)
+    return await _start(
+        bot, request, build, refuse_with, member=member, event_id=message.id, public=True
+    )

@@ -224,7 +224,8 @@ class DiscordOutput:
         # (`_final` then retires the job for good).
         self._drop_pending(job.id)
         # The live interaction's limit (boosts included); with no usable token the upload goes
-        # with the bot token, so the guild's own limit applies.
+        # with the bot token, so the guild's own limit applies — as cached here, else as
+        # stored with the job (this node may not hold the guild: another runs its shard).
         token_alive = self._token_alive(job)
         guild = self.client.get_guild(job.guild_id)
         limit = (

@@ -40,6 +40,7 @@ from bot.store.model import (
 )
 from bot.store.protocol import (
     ApprovalStore,
+    GatewayStore,
     JobStore,
     LedgerStore,
     ModerationStore,
@@ -91,6 +92,7 @@ __all__ = [
     "DecisionResult",
     "Discrepancy",
     "DiscrepancyKind",
+    "GatewayStore",
     "IllegalTransition",
     "Job",
     "JobFields",

@@ -218,6 +218,7 @@ JOB_ROW: tuple[str, ...] = (
     "upload_limit",
     "output_url",
     "submit_started_at",
+    "event_id",
 )
 LEDGER_ROW: tuple[str, ...] = ("status", "charged_amount", "reason")
 
@@ -253,6 +254,7 @@ class Job:
     upload_limit: int | None  # bytes the requester's channel accepts as an attachment
     output_url: str | None  # Segmind's result URL, kept so delivery can resume after a crash
     submit_started_at: float | None  # when the job entered `submitting` (None before schema 5)
+    event_id: int | None  # the interaction or message that asked for it (unique per job)
     ledger_status: LedgerStatus | None  # None only for rows that predate the ledger
     charged_amount: float | None
     ledger_reason: str | None
@@ -296,6 +298,9 @@ class ReserveRequest:
     # Dollars held against the owner's spend caps until Segmind's bill replaces it (the bot's
     # `PriceBook` quote). None: `LimitDefaults.price_per_job`.
     quote: float | None = None
+    # The Discord interaction (slash command, menu, button, form) or message (a mention) that
+    # asked: at most one job per event, however many gateway sessions delivered it.
+    event_id: int | None = None
 
 
 def initial_state(request: ReserveRequest) -> JobState:
@@ -307,12 +312,16 @@ def initial_state(request: ReserveRequest) -> JobState:
 class Reserved:
     """The job exists (`queued`, or `awaiting_approval` when held) and its quota is held.
 
-    `used`/`limit` describe the member's window including this job (`limit` None: exempt)."""
+    `used`/`limit` describe the member's window including this job (`limit` None: exempt).
+    `existing`: the request's `event_id` had already made this job (another gateway session
+    got the same event first); nothing was reserved or charged now, and `used`/`limit` are
+    not read (0 and None)."""
 
     job_id: int
     queue_seq: int
     used: int
     limit: int | None
+    existing: bool = False
 
 
 @dataclass(frozen=True, slots=True)

@@ -44,7 +44,10 @@ class LedgerStore(Protocol):
     async def reserve(self, request: ReserveRequest, defaults: LimitDefaults) -> Reserved | Refusal:
         """Check every limit and, if allowed, create the job (`queued`) and hold its quota in
         one transaction, so concurrent callers (tasks, connections or processes) can never
-        pass more than a limit allows. Raises `StoreUnavailable`: refuse, never proceed."""
+        pass more than a limit allows. A request whose `event_id` already made a job gets
+        that job back (`Reserved.existing`) before any limit is checked, and nothing is
+        reserved: one job per Discord event, however many processes received it.
+        Raises `StoreUnavailable`: refuse, never proceed."""
         ...
 
     async def quota_view(
@@ -145,6 +148,10 @@ class JobStore(Protocol):
 
     async def get_job(self, job_id: int) -> Job | None:
         """One job by id."""
+        ...
+
+    async def job_for_event(self, event_id: int) -> Job | None:
+        """The job a Discord interaction or message (`ReserveRequest.event_id`) made, if any."""
         ...
 
     async def nonterminal_jobs(self) -> list[Job]:
@@ -410,6 +417,17 @@ class ReconcileStore(Protocol):
         ...
 
 
+class GatewayStore(Protocol):
+    """What the nodes of one bot share about the Discord gateway."""
+
+    async def claim_identify_slot(self, bucket: int, spacing: float) -> float:
+        """Claim the right to start a gateway session (IDENTIFY) in this `max_concurrency`
+        bucket: 0.0 when claimed — no other claim of the bucket for `spacing` seconds — else
+        the seconds until it may be claimed. Timed on the database's clock, so every node
+        sharing the database agrees whatever its own clock says."""
+        ...
+
+
 class Store(
     LedgerStore,
     SpendStore,
@@ -418,6 +436,7 @@ class Store(
     ReportStore,
     ReconcileStore,
     ApprovalStore,
+    GatewayStore,
     Protocol,
 ):
     """The bot's database, whatever the backend. Close it once, on shutdown."""

@@ -22,6 +22,7 @@ import asyncpg
 from bot.store.model import StoreError
 from bot.store.postgres.approvals import ApprovalQueries
 from bot.store.postgres.connection import DRIVER_ERRORS, store_error
+from bot.store.postgres.gateway import GatewayQueries
 from bot.store.postgres.jobs import JobQueries
 from bot.store.postgres.ledger import LedgerQueries
 from bot.store.postgres.migrations import MIGRATIONS, SCHEMA_VERSION, apply_migrations
@@ -43,6 +44,7 @@ class PostgresStore(
     ReportQueries,
     ReconcileQueries,
     ApprovalQueries,
+    GatewayQueries,
 ):
     """`bot.store.protocol.Store` on a PostgreSQL database. Create with
     `await PostgresStore.open(url)`; close with `await close()`. `now` arguments default to

@@ -286,6 +286,21 @@ class LedgerQueries(PostgresBase):
                 conn, guild_id, user_id, request.role_ids, defaults
             )
             await self._lock(conn, reserve_locks(limits, guild_id, user_id))
+            if request.event_id is not None:
+                # Under the user's lock (every reservation takes it), before any limit: the
+                # first delivery of this event holds the member's slot, and its twin must
+                # find that job, not be refused for it.
+                known = await conn.fetchrow(
+                    "SELECT id, queue_seq FROM jobs WHERE event_id = $1", request.event_id
+                )
+                if known is not None:
+                    return Reserved(
+                        job_id=int(known[0]),
+                        queue_seq=int(known[1]),
+                        used=0,
+                        limit=None,
+                        existing=True,
+                    )
             usage = await _snapshot(conn, guild_id, user_id, limits, block, reset_at, now)
             quote = limits.price_per_job if request.quote is None else request.quote
             decision = decide(limits, usage, now, quote)
@@ -296,8 +311,9 @@ class LedgerQueries(PostgresBase):
                 INSERT INTO jobs (guild_id, channel_id, user_id, prompt, params, image_url,
                                   state, created_at, updated_at,
                                   interaction_token, interaction_created_at,
-                                  placeholder_channel_id, placeholder_message_id, upload_limit)
-                VALUES ($1, $2, $3, $4, $5, $6, $13, $7, $7, $8, $9, $10, $11, $12)
+                                  placeholder_channel_id, placeholder_message_id, upload_limit,
+                                  event_id)
+                VALUES ($1, $2, $3, $4, $5, $6, $13, $7, $7, $8, $9, $10, $11, $12, $14)
                 RETURNING id, queue_seq
                 """,
                 guild_id,
@@ -313,6 +329,7 @@ class LedgerQueries(PostgresBase):
                 request.placeholder_message_id,
                 request.upload_limit,
                 initial_state(request),
+                request.event_id,
             )
             assert row is not None  # INSERT … RETURNING yields the row it inserted
             job_id, queue_seq = row

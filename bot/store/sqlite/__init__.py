@@ -26,6 +26,7 @@ import aiosqlite
 from bot.store.model import StoreUnavailable
 from bot.store.sqlite.approvals import ApprovalQueries
 from bot.store.sqlite.connection import _UNAVAILABLE_ERRORS, _store_error
+from bot.store.sqlite.gateway import GatewayQueries
 from bot.store.sqlite.jobs import JobQueries
 from bot.store.sqlite.ledger import LedgerQueries
 from bot.store.sqlite.migrations import MIGRATIONS, Migration, apply_migrations
@@ -43,6 +44,7 @@ class SqliteStore(
     ReportQueries,
     ReconcileQueries,
     ApprovalQueries,
+    GatewayQueries,
 ):
     """`bot.store.protocol.Store` on one SQLite file. Create with `await SqliteStore.open(path)`;
     close with `await close()`. `now` arguments default to the injected clock."""

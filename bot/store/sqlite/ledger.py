@@ -229,6 +229,16 @@ def _snapshot(
 def _reserve(
     conn: sqlite3.Connection, request: ReserveRequest, defaults: LimitDefaults, now: float
 ) -> Reserved | Refusal:
+    if request.event_id is not None:
+        # Before any limit: the first delivery of this event holds the member's slot, and its
+        # twin must find that job, not be refused for it.
+        known = conn.execute(
+            "SELECT id, queue_seq FROM jobs WHERE event_id = ?", (request.event_id,)
+        ).fetchone()
+        if known is not None:
+            return Reserved(
+                job_id=int(known[0]), queue_seq=int(known[1]), used=0, limit=None, existing=True
+            )
     limits, block, reset_at = _load_limits(
         conn, request.guild_id, request.user_id, request.role_ids, defaults
     )
@@ -242,9 +252,10 @@ def _reserve(
         INSERT INTO jobs (guild_id, channel_id, user_id, prompt, params, image_url,
                           state, created_at, updated_at, queue_seq,
                           interaction_token, interaction_created_at,
-                          placeholder_channel_id, placeholder_message_id, upload_limit)
+                          placeholder_channel_id, placeholder_message_id, upload_limit,
+                          event_id)
         VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?,
-                (SELECT COALESCE(MAX(queue_seq), 0) + 1 FROM jobs), ?, ?, ?, ?, ?)
+                (SELECT COALESCE(MAX(queue_seq), 0) + 1 FROM jobs), ?, ?, ?, ?, ?, ?)
         RETURNING id, queue_seq
         """,
         (
@@ -262,6 +273,7 @@ def _reserve(
             request.placeholder_channel_id,
             request.placeholder_message_id,
             request.upload_limit,
+            request.event_id,
         ),
     ).fetchone()
     conn.execute(

@@ -253,6 +253,23 @@ MIGRATIONS: tuple[Migration, ...] = (
         ),
     ),
     Migration(
+        7,
+        "one job per Discord event; the IDENTIFY slots shared by every node",
+        (
+            # The interaction or message that asked for the job: two gateway sessions on one
+            # shard (a deploy's overlap) deliver the same event, and it must make one job.
+            "ALTER TABLE jobs ADD COLUMN event_id INTEGER",
+            "CREATE UNIQUE INDEX jobs_event_id ON jobs (event_id) WHERE event_id IS NOT NULL",
+            # Per max_concurrency bucket, when the next session may start (database clock).
+            """
+            CREATE TABLE identify_slots (
+                bucket INTEGER PRIMARY KEY CHECK (bucket >= 0),
+                next_at REAL NOT NULL
+            )
+            """,
+        ),
+    ),
+    Migration(
         8,  # numbers 4-7 belong to other branches (gaps are fine)
         "approval lane: the awaiting_approval state, guild lane settings, held requests",
         (
