@@ -20,6 +20,8 @@ DISCORD_FREE = (
     "bot.quota",
     "bot.request",
     "bot.cli",
+    "bot.balance",
+    "bot.charts",
 )
 
 
