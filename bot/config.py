@@ -12,6 +12,7 @@ from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
 from bot.database_url import backend_of, sqlite_url
 from bot.media.images import DEFAULT_IMAGE_HOSTS
 from bot.params import Aspect, Duration, Fps, Resolution
+from bot.pricing import PUBLISHED_MAX
 from bot.segmind.history import DEFAULT_HISTORY_URL
 
 DISCORD_API_BASE_URL = "https://discord.com/api/v10"
@@ -83,8 +84,15 @@ class Settings(BaseSettings):
     veo_user_concurrency: int = Field(default=1, ge=1)
     veo_guild_daily_limit: int | None = Field(default=None, ge=0)
     veo_global_daily_limit: int | None = Field(default=None, ge=0)
+    # The owner's spend caps: rolling 24 h, and per calendar month UTC (1st 00:00 to 1st).
     veo_daily_spend_cap: float | None = Field(default=None, ge=0)
-    veo_price_per_job: float = Field(default=0.80, ge=0)
+    veo_monthly_spend_cap: float | None = Field(default=None, ge=0)
+    # The most a moderator may set as a guild's monthly budget (and the budget of a guild that
+    # set none); None: no per-guild maximum beyond the monthly cap.
+    veo_guild_monthly_budget_max: float | None = Field(default=None, ge=0)
+    # The quote of options never billed yet: the top of Segmind's published range, so a cap
+    # trips before the owner is overspent; learned quotes replace it (`bot.pricing`).
+    veo_price_per_job: float = Field(default=PUBLISHED_MAX, gt=0)
     veo_blocked_prompt_cap: int = Field(default=3, ge=0)
     veo_max_concurrent_jobs: int = Field(default=4, ge=1)
     veo_max_image_bytes: int = Field(default=20 * 1024 * 1024, gt=0)

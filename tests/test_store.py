@@ -215,6 +215,10 @@ async def test_migrates_a_version_1_database_with_data(tmp_path: Path, clock: Ma
         assert isinstance(outcome, Reserved)
         assert outcome.queue_seq == 3
         assert await queue_position(store, outcome.job_id) == 2
+        # The owner's ledger starts from the old reservations: no cost was recorded for
+        # either, so both estimates stay held (they may have been billed), and the new one.
+        days = await store.spend_by_day(None, 0.0)
+        assert [(d.held, d.held_jobs, d.billed_jobs) for d in days] == [(pytest.approx(2.4), 3, 0)]
 
 
 async def test_failed_migration_rolls_back_entirely(tmp_path: Path) -> None:
@@ -575,6 +579,7 @@ def _empty_limits() -> dict[str, object]:
         "concurrency": None,
         "daily_limit": None,
         "spend_cap": None,
+        "monthly_budget": None,
     }
 
 
@@ -689,6 +694,135 @@ async def test_closed_store_is_unavailable(tmp_path: Path) -> None:
         await store.get_job(1)
 
 
+# ------------------------------------------------------------------------- owner's spend
+
+
+def quoted(user_id: int = 1, quote: float = 1.0, **kw: object) -> ReserveRequest:
+    return request(user_id, quote=quote, **kw)  # type: ignore[arg-type]
+
+
+SPEND = LimitDefaults(user_limit=100, concurrency=100)
+
+
+async def test_record_billed_replaces_the_hold_and_history_wins(store: Store) -> None:
+    job_id = await reserved(store, quoted(quote=1.2), SPEND)
+    [day] = await store.spend_by_day(GUILD, NOW - DAY)
+    assert (day.billed, day.held, day.held_jobs, day.billed_jobs) == (0.0, 1.2, 1, 0)
+
+    assert await store.record_billed(job_id, 0.8, source="metrics") is True
+    assert await store.record_billed(job_id, 0.8, source="metrics") is False  # idempotent
+    [day] = await store.spend_by_day(GUILD, NOW - DAY)
+    assert (day.billed, day.held, day.quoted, day.billed_jobs) == (0.8, 0.0, 1.2, 1)
+
+    # Segmind's own record overrides the result's metrics, and metrics never override it.
+    assert await store.record_billed(job_id, 0.6, source="history") is True
+    assert await store.record_billed(job_id, 0.9, source="metrics") is False
+    assert await store.record_billed(job_id, 0.6, source="history") is False
+    [day] = await store.spend_by_day(None, NOW - DAY)
+    assert day.billed == pytest.approx(0.6)
+
+    assert await store.record_billed(999_999, 0.5, source="history") is False  # no such job
+    with pytest.raises(ValueError, match="billed amount"):
+        await store.record_billed(job_id, -0.1, source="history")
+
+
+async def test_a_charge_with_a_cost_is_also_the_owners_bill(store: Store) -> None:
+    job_id = await reserved(store, quoted(quote=1.2), SPEND)
+    await finish(store, job_id, cost=0.7)
+    [day] = await store.spend_by_day(GUILD, NOW - DAY)
+    assert (day.billed, day.held, day.billed_jobs) == (pytest.approx(0.7), 0.0, 1)
+    # A charge without a cost leaves the quote held: nobody knows the bill yet.
+    other = await reserved(store, quoted(user_id=2, quote=1.2), SPEND)
+    await finish(store, other)
+    [day] = await store.spend_by_day(GUILD, NOW - DAY)
+    assert (day.held, day.held_jobs) == (pytest.approx(1.2), 1)
+
+
+async def test_billed_undelivered_job_counts_for_the_owner_while_the_member_is_refunded(
+    store: Store,
+) -> None:
+    limits = LimitDefaults(user_limit=5, concurrency=5, daily_spend_cap=2.0)
+    lost = await reserved(store, quoted(user_id=1), limits)
+    await reserved(store, quoted(user_id=2), limits)
+    # Segmind made and billed it, Discord never took it: the member gets their quota back…
+    assert await store.transition(lost, "queued", "failed", error="delivery refused")
+    assert await store.release(lost, "delivery_failed", limits) == "released"
+    view = await store.quota_view(GUILD, 1, (), limits)
+    assert view.usage.user_window.count == 0
+    # …but the owner still paid: the next job would pass the $2.00 cap.
+    refusal = await store.reserve(quoted(user_id=3), limits)
+    assert isinstance(refusal, Refusal)
+    assert (refusal.kind, refusal.spent) == ("spend_cap", pytest.approx(2.0))
+    # Segmind's record says it billed nothing after all: the hold goes, the cap frees.
+    assert await store.record_billed(lost, 0.0, source="history")
+    assert isinstance(await store.reserve(quoted(user_id=3), limits), Reserved)
+
+
+async def test_monthly_caps_count_the_calendar_month_utc(store: Store, clock: ManualClock) -> None:
+    # NOW is 2023-11-14 22:13 UTC; the month renews on 2023-12-01 00:00 UTC.
+    december = 1_701_388_800.0
+    limits = LimitDefaults(user_limit=100, concurrency=100, monthly_spend_cap=2.0)
+    await reserved(store, quoted(user_id=9, now=1_698_796_799.0), limits)  # 31 October: not ours
+    await reserved(store, quoted(user_id=1, now=NOW - 10 * DAY), limits)  # 4 November
+    await reserved(store, quoted(user_id=2, now=NOW), limits)
+    refusal = await store.reserve(quoted(user_id=3, now=december - 1), limits)
+    assert isinstance(refusal, Refusal)
+    assert (refusal.kind, refusal.spent, refusal.next_free_at) == (
+        "monthly_spend_cap",
+        pytest.approx(2.0),
+        december,
+    )
+    assert isinstance(await store.reserve(quoted(user_id=3, now=december), limits), Reserved)
+
+
+async def test_guild_monthly_budget_never_above_the_owners_maximum(store: Store) -> None:
+    await store.set_guild_limits(GUILD, GuildLimits(monthly_budget=3.0), actor_id=99)
+    assert (await store.get_guild_limits(GUILD)).monthly_budget == 3.0
+    capped = LimitDefaults(user_limit=100, concurrency=100, guild_monthly_budget_max=1.5)
+    await reserved(store, quoted(user_id=1), capped)
+    refusal = await store.reserve(quoted(user_id=2), capped)
+    assert isinstance(refusal, Refusal)
+    # The owner's maximum, not the moderator's 3.00, is the budget in force.
+    assert (refusal.kind, refusal.limit) == ("guild_monthly_budget", 1.5)
+    # Another guild has its own budget: the maximum applies to a guild that set none.
+    assert isinstance(await store.reserve(quoted(user_id=3, guild_id=7), capped), Reserved)
+    refusal = await store.reserve(quoted(user_id=4, guild_id=7), capped)
+    assert isinstance(refusal, Refusal) and refusal.kind == "guild_monthly_budget"
+    # Without a maximum the moderator's budget holds: 1 + 1 + 1 = 3.00 fits, a fourth not.
+    free = LimitDefaults(user_limit=100, concurrency=100)
+    assert isinstance(await store.reserve(quoted(user_id=2), free), Reserved)
+    assert isinstance(await store.reserve(quoted(user_id=5), free), Reserved)
+    refusal = await store.reserve(quoted(user_id=6), free)
+    assert isinstance(refusal, Refusal)
+    assert (refusal.kind, refusal.limit, refusal.spent) == ("guild_monthly_budget", 3.0, 3.0)
+
+
+async def test_spend_by_day_groups_by_utc_day_and_guild(store: Store) -> None:
+    midnight = 1_700_006_400.0  # 2023-11-15 00:00 UTC
+    a = await reserved(store, quoted(user_id=1, quote=1.2, now=midnight - 1), SPEND)
+    b = await reserved(store, quoted(user_id=2, quote=0.8, now=midnight), SPEND)
+    await reserved(store, quoted(user_id=3, quote=0.4, now=midnight + 5, guild_id=7), SPEND)
+    await store.record_billed(a, 1.1, source="history")
+    await store.record_billed(b, 0.0, source="metrics")  # never sent: not a billed job
+    days = await store.spend_by_day(None, midnight - DAY)
+    assert [(d.day.isoformat(), d.billed, d.held, d.quoted, d.billed_jobs) for d in days] == [
+        ("2023-11-14", pytest.approx(1.1), 0.0, pytest.approx(1.2), 1),
+        ("2023-11-15", 0.0, pytest.approx(0.4), 0.0, 0),
+    ]
+    assert [d.held_jobs for d in await store.spend_by_day(GUILD, midnight - DAY)] == [0, 0]
+    assert await store.spend_by_day(GUILD, midnight - DAY, until=midnight) == days[:1]
+    assert await store.spend_by_day(7, midnight + 6) == []
+
+
+async def test_observed_bills_feed_the_price_book(store: Store) -> None:
+    a = await reserved(store, quoted(user_id=1), SPEND)
+    b = await reserved(store, quoted(user_id=2), SPEND)
+    await store.record_billed(a, 0.6, source="metrics")
+    await store.record_billed(b, 0.0, source="metrics")  # a zero teaches no price
+    [(params_json, billed)] = await store.observed_bills()
+    assert (VeoParams.model_validate_json(params_json).duration, billed) == (8, 0.6)
+
+
 # ------------------------------------------------------------------------------ contention
 
 
@@ -697,6 +831,26 @@ async def test_fifty_concurrent_reservations_for_one_user_pass_exactly_three(sto
     outcomes = await asyncio.gather(*(store.reserve(request(), limits) for _ in range(50)))
     assert sum(isinstance(o, Reserved) for o in outcomes) == 3
     assert {o.kind for o in outcomes if isinstance(o, Refusal)} == {"user_window"}
+
+
+async def test_fifty_concurrent_quotes_never_pass_a_ten_dollar_cap(store: Store) -> None:
+    """Quoted plus billed stays within the cap however the burst interleaves, and nothing is
+    refused that would have fitted when it was decided."""
+    limits = LimitDefaults(user_limit=100, concurrency=100, daily_spend_cap=10.0)
+    first = await reserved(store, quoted(user_id=1000, quote=1.2), limits)
+    await store.record_billed(first, 0.55, source="metrics")  # billed below its quote
+    quotes = [(0.4, 0.8, 1.2)[u % 3] for u in range(50)]
+    outcomes = await asyncio.gather(
+        *(store.reserve(quoted(user_id=u, quote=q), limits) for u, q in enumerate(quotes))
+    )
+    held = sum(q for q, o in zip(quotes, outcomes, strict=True) if isinstance(o, Reserved))
+    total = 0.55 + held
+    assert total <= 10.0 + 1e-9
+    refused = [q for q, o in zip(quotes, outcomes, strict=True) if isinstance(o, Refusal)]
+    assert refused and all(q > 10.0 - total for q in refused)
+    assert {o.kind for o in outcomes if isinstance(o, Refusal)} == {"spend_cap"}
+    [day] = await store.spend_by_day(None, NOW - DAY)
+    assert day.billed + day.held == pytest.approx(total)
 
 
 async def test_double_click_queues_one_job(store: Store) -> None:

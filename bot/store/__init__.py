@@ -15,6 +15,8 @@ from bot.store.model import (
     LEGAL_TRANSITIONS,
     TERMINAL_STATES,
     AuditEntry,
+    BilledSource,
+    DaySpend,
     IllegalTransition,
     Job,
     JobFields,
@@ -27,7 +29,14 @@ from bot.store.model import (
     UsageSummary,
     UserUsage,
 )
-from bot.store.protocol import JobStore, LedgerStore, ModerationStore, ReportStore, Store
+from bot.store.protocol import (
+    JobStore,
+    LedgerStore,
+    ModerationStore,
+    ReportStore,
+    SpendStore,
+    Store,
+)
 from bot.store.sqlite import SqliteStore
 from bot.store.sqlite.migrations import MIGRATIONS, SCHEMA_VERSION, Migration, apply_migrations
 
@@ -60,6 +69,8 @@ __all__ = [
     "SCHEMA_VERSION",
     "TERMINAL_STATES",
     "AuditEntry",
+    "BilledSource",
+    "DaySpend",
     "IllegalTransition",
     "Job",
     "JobFields",
@@ -72,6 +83,7 @@ __all__ = [
     "ReportStore",
     "ReserveRequest",
     "Reserved",
+    "SpendStore",
     "SqliteStore",
     "Store",
     "StoreError",

@@ -19,8 +19,10 @@ after a crash it knows which side effects may have happened and never repeats a 
 from __future__ import annotations
 
 import json
+import math
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
+from datetime import date
 from functools import lru_cache
 from typing import Any, Literal, TypedDict, cast, get_args
 
@@ -74,6 +76,10 @@ ReleaseReason = Literal[
     "delivery_failed",  # Segmind made it but it never reached the user
 ]
 ReleaseOutcome = Literal["released", "charged", "already_settled", "no_such_job"]
+# Who told the owner's spend ledger what Segmind billed: the result's `metrics.cost` (or the
+# lifecycle knowing nothing was billed), or Segmind's own request history, which wins.
+BilledSource = Literal["metrics", "history"]
+BILLED_SOURCES: tuple[BilledSource, ...] = get_args(BilledSource)
 
 
 class JobFields(TypedDict, total=False):
@@ -268,6 +274,9 @@ class ReserveRequest:
     placeholder_channel_id: int | None = None
     placeholder_message_id: int | None = None  # the public "thinking…" message
     upload_limit: int | None = None
+    # Dollars held against the owner's spend caps until Segmind's bill replaces it (the bot's
+    # `PriceBook` quote). None: `LimitDefaults.price_per_job`.
+    quote: float | None = None
 
 
 @dataclass(frozen=True, slots=True)
@@ -318,3 +327,36 @@ class AuditEntry:
     action: str
     detail: dict[str, Any]
     created_at: float
+
+
+@dataclass(frozen=True, slots=True)
+class DaySpend:
+    """The owner's spend on one UTC day, by the day each job was reserved (so a job never
+    moves between days when its bill arrives).
+
+    `billed`: what Segmind billed (known). `held`: the quotes of jobs whose bill is not known
+    yet (`held_jobs` of them), counted against the caps until it is. `quoted`: the quotes of
+    the `billed_jobs` jobs Segmind billed (more than 0), beside `billed` for "quoted vs
+    billed"."""
+
+    day: date
+    billed: float
+    held: float
+    quoted: float
+    billed_jobs: int
+    held_jobs: int
+
+
+def check_billed(amount: float) -> float:
+    """A billed amount as the spend ledger stores it: a finite number of dollars ≥ 0."""
+    if not math.isfinite(amount) or amount < 0:
+        raise ValueError(f"a billed amount is a finite number of dollars >= 0, not {amount!r}")
+    return float(amount)
+
+
+def utc_day(day_number: int) -> date:
+    """The UTC date of `floor(epoch / 86400)`, as the backends group spend by day."""
+    return date.fromordinal(_EPOCH_ORDINAL + int(day_number))
+
+
+_EPOCH_ORDINAL = date(1970, 1, 1).toordinal()

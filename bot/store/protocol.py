@@ -17,6 +17,8 @@ from typing import Any, Protocol, Self, Unpack
 from bot.quota import GuildLimits, LimitDefaults, LimitOverride, Refusal
 from bot.store.model import (
     AuditEntry,
+    BilledSource,
+    DaySpend,
     Job,
     JobFields,
     JobState,
@@ -46,8 +48,11 @@ class LedgerStore(Protocol):
         role_ids: Iterable[int],
         defaults: LimitDefaults,
         now: float | None = None,
+        *,
+        quote: float | None = None,
     ) -> QuotaView:
-        """A member's effective limits, usage and what `reserve` would answer now."""
+        """A member's effective limits, usage and what `reserve` would answer now for a job
+        quoted at `quote` (None: `defaults.price_per_job`)."""
         ...
 
     async def charge(
@@ -75,6 +80,41 @@ class LedgerStore(Protocol):
     ) -> int:
         """Crash net for start-up: settle every reservation whose job already ended (charge
         the delivered, release the rest); returns how many were settled."""
+        ...
+
+
+class SpendStore(Protocol):
+    """The owner's spend ledger, kept apart from the member's quota: every job holds its quote
+    from reservation until Segmind's bill replaces it. Spend caps count this ledger; a member's
+    refund never touches it."""
+
+    async def record_billed(
+        self,
+        job_id: int,
+        amount: float,
+        *,
+        source: BilledSource,
+        now: float | None = None,
+    ) -> bool:
+        """What Segmind billed for this job (dollars; 0: nothing, e.g. FAILED at Segmind or a
+        submit refused before a job existed), replacing its held quote. A `history` figure
+        (Segmind's `credits_deduction`) overrides a `metrics` one (the result's
+        `metrics.cost`); a `metrics` figure never overrides a `history` one. Idempotent:
+        returns whether anything changed (False for a job it does not know). `ValueError` for
+        a negative or non-finite amount."""
+        ...
+
+    async def spend_by_day(
+        self, guild_id: int | None, since: float, until: float | None = None
+    ) -> list[DaySpend]:
+        """The owner's spend per UTC day for jobs reserved in `[since, until)` (`until` None:
+        no upper bound), oldest day first, days without jobs left out; `guild_id` None: every
+        guild."""
+        ...
+
+    async def observed_bills(self, limit: int = 2000) -> list[tuple[str, float]]:
+        """`(params_json, billed)` of the latest `limit` jobs Segmind billed more than 0,
+        newest first: what the price book learns from at start-up."""
         ...
 
 
@@ -268,7 +308,7 @@ class ReportStore(Protocol):
         ...
 
 
-class Store(LedgerStore, JobStore, ModerationStore, ReportStore, Protocol):
+class Store(LedgerStore, SpendStore, JobStore, ModerationStore, ReportStore, Protocol):
     """The bot's database, whatever the backend. Close it once, on shutdown."""
 
     async def close(self) -> None:

@@ -14,11 +14,12 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 
-from bot.store.model import ALL_STATES, StoreError
+from bot.store.model import ALL_STATES, BILLED_SOURCES, StoreError
 from bot.store.postgres.connection import Connection, lock_key
-from bot.store.sqlite.migrations import Migration
+from bot.store.sqlite.migrations import SPEND_BACKFILL, Migration
 
 _STATE_CHECK = ", ".join(f"'{s}'" for s in ALL_STATES)
+_BILLED_CHECK = ", ".join(f"'{s}'" for s in BILLED_SOURCES)
 # Held (per session) while migrating; any fixed key distinct from the reserve() locks.
 MIGRATION_LOCK = lock_key("migrations")
 
@@ -160,6 +161,32 @@ MIGRATIONS: tuple[Migration, ...] = (
             )
             """,
             "CREATE INDEX audit_guild_time ON audit_log (guild_id, created_at)",
+        ),
+    ),
+    Migration(
+        4,
+        "the owner's spend ledger, apart from the member's quota; guild monthly budgets",
+        (
+            # Its own table, as on SQLite (see there why): a refund never lowers spend.
+            f"""
+            CREATE TABLE spend_ledger (
+                job_id BIGINT PRIMARY KEY REFERENCES jobs (id),
+                guild_id BIGINT NOT NULL,
+                user_id BIGINT NOT NULL,
+                quoted DOUBLE PRECISION NOT NULL CHECK (quoted >= 0),
+                held_at DOUBLE PRECISION NOT NULL,
+                billed DOUBLE PRECISION CHECK (billed >= 0),
+                billed_source TEXT CHECK (billed_source IN ({_BILLED_CHECK})),
+                billed_at DOUBLE PRECISION,
+                CHECK ((billed IS NULL) = (billed_source IS NULL))
+            )
+            """,
+            "CREATE INDEX spend_time ON spend_ledger (held_at) INCLUDE (guild_id, quoted, billed)",
+            "CREATE INDEX spend_guild_time ON spend_ledger (guild_id, held_at) "
+            "INCLUDE (quoted, billed)",
+            SPEND_BACKFILL,
+            "ALTER TABLE guild_settings ADD COLUMN monthly_budget DOUBLE PRECISION "
+            "CHECK (monthly_budget >= 0)",
         ),
     ),
 )

@@ -3,7 +3,11 @@ settle each reservation as charged or released.
 
 `reserve()` inserts the job (`queued`) and a `reserved` ledger row atomically; `charge()` settles
 it as `charged` once delivered, `release()` as `released` (refunded) when the user got no video.
-Reserved and charged rows count toward every limit; released ones do not.
+Reserved and charged rows count toward every count limit; released ones do not.
+
+The spend caps count the OWNER's ledger instead (`spend_ledger`, see `bot.store.sqlite.spend`):
+`reserve()` writes the job's quote there too, held until Segmind's bill replaces it, and no
+refund ever touches it.
 """
 
 from __future__ import annotations
@@ -26,6 +30,7 @@ from bot.quota import (
     blocked_refund_allowed,
     decide,
     effective_limits,
+    month_start,
 )
 from bot.store.model import (
     NONTERMINAL_STATES,
@@ -35,8 +40,10 @@ from bot.store.model import (
     ReleaseReason,
     Reserved,
     ReserveRequest,
+    check_billed,
 )
 from bot.store.sqlite.connection import SqliteBase, _placeholders
+from bot.store.sqlite.spend import RECORD_BILLED
 
 
 def _load_limits(
@@ -50,7 +57,7 @@ def _load_limits(
     row = conn.execute(
         """
         SELECT g.user_limit, g.window_hours, g.concurrency, g.daily_limit, g.spend_cap,
-               u.user_id, u.user_limit, u.window_hours, u.concurrency,
+               g.monthly_budget, u.user_id, u.user_limit, u.window_hours, u.concurrency,
                b.user_id, b.reason, b.blocked_by, b.created_at,
                r.reset_at
         FROM (SELECT 1)
@@ -61,14 +68,14 @@ def _load_limits(
         """,
         {"guild": guild_id, "user": user_id},
     ).fetchone()
-    guild = GuildLimits(*row[0:5])
-    user_override = LimitOverride(*row[6:9]) if row[5] is not None else None
+    guild = GuildLimits(*row[0:6])
+    user_override = LimitOverride(*row[7:10]) if row[6] is not None else None
     block = (
-        Block(guild_id, user_id, reason=row[10], blocked_by=row[11], created_at=row[12])
-        if row[9] is not None
+        Block(guild_id, user_id, reason=row[11], blocked_by=row[12], created_at=row[13])
+        if row[10] is not None
         else None
     )
-    reset_at: float | None = row[13]
+    reset_at: float | None = row[14]
 
     roles = sorted(set(role_ids))
     role_overrides: dict[int, LimitOverride] = {}
@@ -124,21 +131,46 @@ def _window(
     return _pivot(conn, scope, params, count, limit)
 
 
-# One pass over the day's counting rows of a scope (a covering index each) gives both caps'
-# inputs: how many and how much. A reservation counts at its estimate until charged.
-_DAY_TOTALS = """
-    SELECT COUNT(*),
-           COALESCE(SUM(guild_id = :guild), 0),
-           COALESCE(SUM(CASE status WHEN 'charged' THEN COALESCE(charged_amount, amount)
-                                    ELSE amount END), 0),
-           COALESCE(SUM(CASE WHEN guild_id = :guild THEN
-                            CASE status WHEN 'charged' THEN COALESCE(charged_amount, amount)
-                                        ELSE amount END END), 0)
+# One pass over the day's counting rows of a scope (a covering index each): how many, for the
+# count caps.
+_DAY_COUNTS = """
+    SELECT COUNT(*), COALESCE(SUM(guild_id = :guild), 0)
     FROM quota_ledger
     WHERE {where} AND reserved_at > :since AND status != 'released'
 """
-_DAY_TOTALS_GLOBAL = _DAY_TOTALS.format(where="1")
-_DAY_TOTALS_GUILD = _DAY_TOTALS.format(where="guild_id = :guild")
+_DAY_COUNTS_GLOBAL = _DAY_COUNTS.format(where="1")
+_DAY_COUNTS_GUILD = _DAY_COUNTS.format(where="guild_id = :guild")
+
+# One pass over the owner's spend ledger since the earlier of the rolling day's and the
+# month's start: global and guild spend over each. A job counts at its bill once known, at its
+# held quote until then — refunded or not.
+_SPENT = "COALESCE(billed, quoted)"
+_SPEND_TOTALS = f"""
+    SELECT COALESCE(SUM(CASE WHEN held_at > :day THEN {_SPENT} END), 0),
+           COALESCE(SUM(CASE WHEN held_at > :day AND guild_id = :guild THEN {_SPENT} END), 0),
+           COALESCE(SUM(CASE WHEN held_at >= :month THEN {_SPENT} END), 0),
+           COALESCE(SUM(CASE WHEN held_at >= :month AND guild_id = :guild THEN {_SPENT} END), 0)
+    FROM spend_ledger
+    WHERE {{where}} AND held_at >= :since
+"""  # noqa: S608  # fixed SQL fragments only
+_SPEND_TOTALS_GLOBAL = _SPEND_TOTALS.format(where="1")
+_SPEND_TOTALS_GUILD = _SPEND_TOTALS.format(where="guild_id = :guild")
+
+
+def _spend(
+    conn: sqlite3.Connection, guild_id: int, limits: EffectiveLimits, now: float
+) -> tuple[float, float, float, float]:
+    """(global day, guild day, global month, guild month) spend, reading only the scopes
+    whose caps apply."""
+    day, month = now - DAY_SECONDS, month_start(now)
+    args = {"guild": guild_id, "day": day, "month": month, "since": min(day, month)}
+    if limits.global_spend_cap is not None or limits.global_monthly_cap is not None:
+        totals = conn.execute(_SPEND_TOTALS_GLOBAL, args).fetchone()
+    elif limits.guild_spend_cap is not None or limits.guild_monthly_budget is not None:
+        totals = conn.execute(_SPEND_TOTALS_GUILD, args).fetchone()
+    else:
+        return 0.0, 0.0, 0.0, 0.0
+    return tuple(float(t) for t in totals)  # type: ignore[return-value]
 
 
 def _snapshot(
@@ -168,16 +200,16 @@ def _snapshot(
     )
     user_window = _window(conn, "user", (guild_id, user_id, window_start), limits.user_limit)
     global_count = guild_count = 0
-    global_spend = guild_spend = 0.0
-    if limits.global_daily_limit is not None or limits.global_spend_cap is not None:
-        global_count, guild_count, global_spend, guild_spend = conn.execute(
-            _DAY_TOTALS_GLOBAL, {"guild": guild_id, "since": day_start}
+    if limits.global_daily_limit is not None:
+        global_count, guild_count = conn.execute(
+            _DAY_COUNTS_GLOBAL, {"guild": guild_id, "since": day_start}
         ).fetchone()
-    elif limits.guild_daily_limit is not None or limits.guild_spend_cap is not None:
-        # Only this guild's caps apply: scan this guild's rows, not everyone's.
-        _, guild_count, _, guild_spend = conn.execute(
-            _DAY_TOTALS_GUILD, {"guild": guild_id, "since": day_start}
+    elif limits.guild_daily_limit is not None:
+        # Only this guild's cap applies: scan this guild's rows, not everyone's.
+        _, guild_count = conn.execute(
+            _DAY_COUNTS_GUILD, {"guild": guild_id, "since": day_start}
         ).fetchone()
+    global_spend, guild_spend, global_month, guild_month = _spend(conn, guild_id, limits, now)
     guild_day = _pivot(conn, "guild", (guild_id, day_start), guild_count, limits.guild_daily_limit)
     global_day = _pivot(conn, "global", (day_start,), global_count, limits.global_daily_limit)
     return UsageSnapshot(
@@ -186,8 +218,10 @@ def _snapshot(
         user_window=user_window,
         guild_day=guild_day,
         global_day=global_day,
-        guild_spend=float(guild_spend),
-        global_spend=float(global_spend),
+        guild_spend=guild_spend,
+        global_spend=global_spend,
+        guild_month_spend=guild_month,
+        global_month_spend=global_month,
     )
 
 
@@ -198,7 +232,8 @@ def _reserve(
         conn, request.guild_id, request.user_id, request.role_ids, defaults
     )
     usage = _snapshot(conn, request.guild_id, request.user_id, limits, block, reset_at, now)
-    decision = decide(limits, usage, now)
+    quote = limits.price_per_job if request.quote is None else request.quote
+    decision = decide(limits, usage, now, quote)
     if isinstance(decision, Refusal):
         return decision  # nothing was written; the commit is empty
     job_id, queue_seq = conn.execute(
@@ -230,7 +265,13 @@ def _reserve(
     conn.execute(
         "INSERT INTO quota_ledger (job_id, guild_id, user_id, status, amount, reserved_at)"
         " VALUES (?, ?, ?, 'reserved', ?, ?)",
-        (job_id, request.guild_id, request.user_id, limits.price_per_job, now),
+        (job_id, request.guild_id, request.user_id, quote, now),
+    )
+    # The owner's side: the quote is held against the spend caps until Segmind's bill is known.
+    conn.execute(
+        "INSERT INTO spend_ledger (job_id, guild_id, user_id, quoted, held_at)"
+        " VALUES (?, ?, ?, ?, ?)",
+        (job_id, request.guild_id, request.user_id, quote, now),
     )
     return Reserved(
         job_id=int(job_id), queue_seq=int(queue_seq), used=decision.used, limit=decision.limit
@@ -257,14 +298,17 @@ class LedgerQueries(SqliteBase):
         role_ids: Iterable[int],
         defaults: LimitDefaults,
         now: float | None = None,
+        *,
+        quote: float | None = None,
     ) -> QuotaView:
-        """A member's effective limits, usage and what `reserve` would answer now."""
+        """A member's effective limits, usage and what `reserve` would answer now for a job
+        quoted at `quote` (None: `defaults.price_per_job`)."""
         now = self._now(now)
 
         def body(conn: sqlite3.Connection) -> QuotaView:
             limits, block, reset_at = _load_limits(conn, guild_id, user_id, role_ids, defaults)
             usage = _snapshot(conn, guild_id, user_id, limits, block, reset_at, now)
-            return QuotaView(limits, usage, decide(limits, usage, now))
+            return QuotaView(limits, usage, decide(limits, usage, now, quote))
 
         # A read transaction: one consistent snapshot without taking SQLite's write lock.
         return await self._run(body, begin="BEGIN")
@@ -275,7 +319,8 @@ class LedgerQueries(SqliteBase):
         self, job_id: int, cost: float | None = None, now: float | None = None
     ) -> bool:
         """Settle a reservation as charged (the video was delivered). `cost` is Segmind's
-        `metrics.cost` when known, else the reserved estimate stands. False if the job's
+        `metrics.cost` when known, else the reserved estimate stands; a known `cost` is also
+        recorded as billed (`record_billed`, source `metrics`). False if the job's
         reservation was already settled (idempotent: a retry never charges twice)."""
         now = self._now(now)
 
@@ -285,6 +330,13 @@ class LedgerQueries(SqliteBase):
                 " settled_at = ?, reason = 'delivered' WHERE job_id = ? AND status = 'reserved'",
                 (cost, now, job_id),
             )
+            if cost is not None:
+                # The owner's side learns the same bill in the same commit (a history figure
+                # already there stands).
+                conn.execute(
+                    RECORD_BILLED,
+                    {"amount": check_billed(cost), "source": "metrics", "now": now, "job": job_id},
+                )
             return cursor.rowcount == 1
 
         return await self._run(body)

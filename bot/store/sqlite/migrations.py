@@ -7,7 +7,7 @@ from dataclasses import dataclass
 
 import aiosqlite
 
-from bot.store.model import ALL_STATES, StoreError
+from bot.store.model import ALL_STATES, BILLED_SOURCES, StoreError
 
 
 @dataclass(frozen=True, slots=True)
@@ -18,6 +18,27 @@ class Migration:
 
 
 _STATE_CHECK = ", ".join(f"'{s}'" for s in ALL_STATES)
+_BILLED_CHECK = ", ".join(f"'{s}'" for s in BILLED_SOURCES)
+# Every job reserved before the spend ledger existed, at what is known of it: the cost Segmind
+# reported; 0 for a job that ended without ever being sent (no request id, not `unknown`);
+# otherwise its reserved estimate stays held (fail closed: it may have been billed).
+SPEND_BACKFILL = """
+    INSERT INTO spend_ledger
+        (job_id, guild_id, user_id, quoted, held_at, billed, billed_source, billed_at)
+    SELECT job_id, guild_id, user_id, amount, reserved_at, billed,
+           CASE WHEN billed IS NOT NULL THEN 'metrics' END,
+           CASE WHEN billed IS NOT NULL THEN settled END
+    FROM (
+        SELECT l.job_id, l.guild_id, l.user_id, l.amount, l.reserved_at,
+               COALESCE(l.settled_at, j.updated_at) AS settled,
+               CASE
+                   WHEN j.cost IS NOT NULL AND j.cost >= 0 THEN j.cost
+                   WHEN j.request_id IS NULL AND j.state IN ('failed', 'expired', 'cancelled')
+                       THEN 0
+               END AS billed
+        FROM quota_ledger l JOIN jobs j ON j.id = l.job_id
+    ) AS known
+"""  # plain SQL both backends run (bot.store.postgres.migrations uses it too)
 
 MIGRATIONS: tuple[Migration, ...] = (
     Migration(
@@ -163,6 +184,34 @@ MIGRATIONS: tuple[Migration, ...] = (
             )
             """,
             "CREATE INDEX audit_guild_time ON audit_log (guild_id, created_at)",
+        ),
+    ),
+    Migration(
+        4,
+        "the owner's spend ledger, apart from the member's quota; guild monthly budgets",
+        (
+            # Its own table, not more columns on quota_ledger: a member's refund rewrites that
+            # row's status, and nothing a refund writes may ever lower what the owner spent.
+            # One row per job, written with the reservation: the quote is held until Segmind's
+            # bill replaces it (`billed`, NULL while unknown).
+            f"""
+            CREATE TABLE spend_ledger (
+                job_id INTEGER PRIMARY KEY REFERENCES jobs (id),
+                guild_id INTEGER NOT NULL,
+                user_id INTEGER NOT NULL,
+                quoted REAL NOT NULL CHECK (quoted >= 0),
+                held_at REAL NOT NULL,
+                billed REAL CHECK (billed >= 0),
+                billed_source TEXT CHECK (billed_source IN ({_BILLED_CHECK})),
+                billed_at REAL,
+                CHECK ((billed IS NULL) = (billed_source IS NULL))
+            )
+            """,
+            # Covering indexes for the caps' sums (global / per guild) and the daily report.
+            "CREATE INDEX spend_time ON spend_ledger (held_at, guild_id, quoted, billed)",
+            "CREATE INDEX spend_guild_time ON spend_ledger (guild_id, held_at, quoted, billed)",
+            SPEND_BACKFILL,
+            "ALTER TABLE guild_settings ADD COLUMN monthly_budget REAL CHECK (monthly_budget >= 0)",
         ),
     ),
 )
