@@ -37,7 +37,7 @@ class Forecast:
     to extrapolate from)."""
 
     balance: float  # USD the account can spend
-    price: float  # one video's quote at the default options
+    price: float  # what one video costs: this week's average bill, else the fallback quote
     per_day: float  # USD billed per day, averaged over the pace window
     videos_left: float  # balance / price, unrounded (the bands compare it)
     days_left: float | None
@@ -139,6 +139,22 @@ class LowBalanceAlarm:
         return None
 
 
+@dataclass(frozen=True)
+class RecentSpend:
+    """What the spend ledger says about the pace window."""
+
+    spent: float  # billed, plus the quotes still held for jobs whose bill is not known yet
+    billed: float  # of which Segmind billed
+    billed_jobs: int  # jobs Segmind billed more than 0
+
+    def price(self, fallback: float) -> float:
+        """One video's price: the average of this week's bills, which reflects the options
+        members actually pick; without bills, `fallback` (a quote)."""
+        if self.billed_jobs > 0 and self.billed > 0:
+            return self.billed / self.billed_jobs
+        return fallback
+
+
 class CreditsSignal(Protocol):
     """What the job lifecycle tells the watch about Segmind's own word on the balance."""
 
@@ -164,8 +180,8 @@ class BalanceWatch:
     """Reads the balance every `interval` seconds and posts a forecast when it runs low.
 
     - `read_balance()`: USD the account can spend (raises when Segmind cannot be asked);
-    - `billed_since(since)`: USD billed (or held at a quote) since that epoch second;
-    - `price()`: one video's quote at the default options;
+    - `spent_since(since)`: the spend ledger's figures since that epoch second;
+    - `fallback_price()`: one video's quote, for a week without bills;
     - `announce(text)`: post to every moderator log channel (must not raise for one channel).
 
     The pause is fail-open on a failed read: not knowing the balance is not knowing it ran
@@ -175,16 +191,16 @@ class BalanceWatch:
         self,
         *,
         read_balance: Callable[[], Awaitable[float]],
-        billed_since: Callable[[float], Awaitable[float]],
-        price: Callable[[], float],
-        announce: Callable[[str], Awaitable[None]],
+        spent_since: Callable[[float], Awaitable[RecentSpend]],
+        fallback_price: Callable[[], float],
+        announce: Callable[[str], Awaitable[object]],
         interval: float,
         warn_videos: int,
         clock: Callable[[], float] = time.time,
     ) -> None:
         self.read_balance = read_balance
-        self.billed_since = billed_since
-        self.price = price
+        self.spent_since = spent_since
+        self.fallback_price = fallback_price
         self.announce = announce
         self.interval = interval
         self.alarm = LowBalanceAlarm(warn_videos)
@@ -218,8 +234,9 @@ class BalanceWatch:
         try:
             balance = await self.read_balance()
             now = self.clock()
-            billed = await self.billed_since(now - PACE_DAYS * DAY_SECONDS)
-            result = forecast(balance, price=self.price(), billed_recent=billed)
+            recent = await self.spent_since(now - PACE_DAYS * DAY_SECONDS)
+            price = recent.price(self.fallback_price())
+            result = forecast(balance, price=price, billed_recent=recent.spent)
         except asyncio.CancelledError:
             raise
         except Exception as exc:

@@ -94,6 +94,11 @@ class Settings(BaseSettings):
     # trips before the owner is overspent; learned quotes replace it (`bot.pricing`).
     veo_price_per_job: float = Field(default=PUBLISHED_MAX, gt=0)
     veo_blocked_prompt_cap: int = Field(default=3, ge=0)
+    # Balance watch: how often the Segmind balance is read (one request of the shared budget
+    # each time), and how many videos' worth left makes the log channels hear of it (0 = only
+    # when it runs out).
+    veo_balance_check_seconds: float = Field(default=600.0, gt=0)
+    veo_balance_warn_videos: int = Field(default=25, ge=0)
     veo_max_concurrent_jobs: int = Field(default=4, ge=1)
     veo_max_image_bytes: int = Field(default=20 * 1024 * 1024, gt=0)
     # Hosts input images may be fetched from (comma-separated in the environment): Discord's.

@@ -34,6 +34,7 @@ from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any, Literal, Protocol
 
+from bot.balance import NO_SIGNAL, CreditsSignal
 from bot.logs import job_context
 from bot.media.encode import NotAVideo, encoded_path, probe_video
 from bot.ops.events import NO_EVENTS, JobEvents
@@ -168,6 +169,7 @@ class JobService:
         deadline: float,
         clock: Callable[[], float] = time.time,
         events: JobEvents = NO_EVENTS,
+        credits_signal: CreditsSignal = NO_SIGNAL,
     ) -> None:
         self.store = store
         self.segmind = segmind
@@ -179,6 +181,9 @@ class JobService:
         self.deadline = deadline
         self.clock = clock
         self.events = events
+        # Segmind's own word on the balance (a submit accepted, or refused with 406) moves the
+        # balance watch's pause at once, not at its next check.
+        self.credits_signal = credits_signal
         self._wake = asyncio.Event()
         self._tasks: dict[int, asyncio.Task[None]] = {}
         self._dispatcher: asyncio.Task[None] | None = None
@@ -352,10 +357,13 @@ class JobService:
             await self._unknown(job, exc)
             return
         except sm.SegmindError as exc:
+            if isinstance(exc, sm.InsufficientCredits):
+                self.credits_signal.note_out_of_credits()
             await self._fail(job, "failed", exc, release_reason="not_submitted")
             return
         finally:
             self._submitting.discard(job_id)
+        self.credits_signal.note_submitted()
         # Logged before anything else can fail: with it a moderator can always find the job.
         log.info("job %s: Segmind accepted it as request %s", job_id, submitted.request_id)
         self.events.submitted(job_id)

@@ -13,6 +13,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Literal
 
+from bot.balance import NO_SIGNAL, CreditsSignal
 from bot.chat.output import DiscordOutput
 from bot.jobs import (
     Finished,
@@ -93,6 +94,7 @@ def make_service(
     deadline: float = 60.0,
     max_video_bytes: int = 50 * MIB,
     clock: Callable[[], float] = time.time,
+    credits_signal: CreditsSignal = NO_SIGNAL,
 ) -> JobService:
     """The one place a test builds a `JobService`."""
     return JobService(
@@ -105,6 +107,7 @@ def make_service(
         max_video_bytes=max_video_bytes,
         deadline=deadline,
         clock=clock,
+        credits_signal=credits_signal,
     )
 
 

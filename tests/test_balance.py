@@ -11,6 +11,7 @@ from bot.balance import (
     PACE_DAYS,
     BalanceWatch,
     LowBalanceAlarm,
+    RecentSpend,
     band_thresholds,
     forecast,
     forecast_text,
@@ -146,9 +147,10 @@ class Clock:
 class Account:
     """Stands in for Segmind's balance and the spend ledger."""
 
-    def __init__(self, balance: float, billed_week: float) -> None:
+    def __init__(self, balance: float, billed_week: float, jobs_week: int = 0) -> None:
         self.balance = balance
         self.billed_week = billed_week
+        self.jobs_week = jobs_week  # 0: no average, the fallback quote is the price
         self.asked_since: list[float] = []
         self.fail = False
 
@@ -157,9 +159,9 @@ class Account:
             raise RuntimeError("Segmind did not answer")
         return self.balance
 
-    async def billed_since(self, since: float) -> float:
+    async def spent_since(self, since: float) -> RecentSpend:
         self.asked_since.append(since)
-        return self.billed_week
+        return RecentSpend(self.billed_week, self.billed_week, self.jobs_week)
 
 
 def _watch(account: Account, posted: list[str], clock: Clock, **kwargs: object) -> BalanceWatch:
@@ -168,8 +170,8 @@ def _watch(account: Account, posted: list[str], clock: Clock, **kwargs: object) 
 
     return BalanceWatch(
         read_balance=account.read,
-        billed_since=account.billed_since,
-        price=lambda: PRICE,
+        spent_since=account.spent_since,
+        fallback_price=lambda: PRICE,
         announce=announce,
         interval=kwargs.pop("interval", 600.0),  # type: ignore[arg-type]
         warn_videos=25,
@@ -254,8 +256,8 @@ async def test_a_failing_announcer_does_not_stop_the_watch() -> None:
 
     watch = BalanceWatch(
         read_balance=account.read,
-        billed_since=account.billed_since,
-        price=lambda: PRICE,
+        spent_since=account.spent_since,
+        fallback_price=lambda: PRICE,
         announce=broken,
         interval=600.0,
         warn_videos=25,
@@ -263,3 +265,16 @@ async def test_a_failing_announcer_does_not_stop_the_watch() -> None:
     )
     result = await watch.check()
     assert result is not None and watch.paused
+
+
+async def test_the_price_is_this_weeks_average_bill_else_the_quote() -> None:
+    clock, posted = Clock(), []
+    # $7 over 10 billed videos: $0.70 each, so $3.50 buys 5 videos, not 2 at the $1.20 quote.
+    account = Account(balance=3.50, billed_week=7.0, jobs_week=10)
+    result = await _watch(account, posted, clock).check()
+    assert result is not None
+    assert result.price == pytest.approx(0.70) and result.videos_left == pytest.approx(5.0)
+    account.jobs_week = 0
+    result = await _watch(account, posted, clock).check()
+    assert result is not None and result.price == PRICE
+    assert RecentSpend(spent=2.4, billed=0.0, billed_jobs=0).price(1.2) == 1.2

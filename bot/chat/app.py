@@ -13,6 +13,9 @@ import discord
 from discord import app_commands
 from discord.ext import commands
 
+from bot.balance import BalanceWatch, RecentSpend
+from bot.chat import spend_report
+from bot.chat.notices import LogChannels
 from bot.chat.ops import start_ops, stop_ops
 from bot.chat.output import DiscordOutput
 from bot.chat.replies import accepting_work, send_ephemeral, unexpected
@@ -73,6 +76,7 @@ class Services:
     jobs: JobService
     output: DiscordOutput
     session: aiohttp.ClientSession  # shared by everything that fetches from the web (images)
+    balance: BalanceWatch  # the Segmind balance, its forecast, and the pause when it ran out
 
 
 class VeoBot(commands.Bot):
@@ -127,6 +131,7 @@ class VeoBot(commands.Bot):
         await self._sync_commands()
         self._log_invite()
         await jobs.start()
+        self.services.balance.start()
         self.ops = await start_ops(
             self,
             settings=self.settings,
@@ -163,6 +168,7 @@ class VeoBot(commands.Bot):
             demo=self.demo,
             clock=self.clock,
         )
+        balance = self._balance_watch(store, segmind)
         jobs = JobService(
             store,
             segmind,
@@ -174,9 +180,36 @@ class VeoBot(commands.Bot):
             deadline=settings.veo_job_deadline,
             clock=self.clock,
             events=self.metrics,
+            credits_signal=balance,
         )
-        self._services = Services(store, segmind, jobs, output, session)
+        self._services = Services(store, segmind, jobs, output, session, balance)
         return self._services
+
+    def _balance_watch(self, store: Store, segmind: sm.SegmindClient) -> BalanceWatch:
+        """The balance watch over this bot's Segmind account, spend ledger and log channels."""
+        settings = self.settings
+
+        async def read_balance() -> float:
+            credits = await segmind.credits(background=True)
+            # Whether free credits pay for Veo is unverified; they are counted, since a pause
+            # that is wrong refuses members who could be served, while Segmind's own 406 still
+            # refuses (before billing) a submit the account cannot pay for.
+            return credits.credits + credits.free_credits
+
+        async def spent_since(since: float) -> RecentSpend:
+            return await spend_report.recent_spend(store, since)
+
+        return BalanceWatch(
+            read_balance=read_balance,
+            spent_since=spent_since,
+            # Until a week has bills: the quote of options never billed (the top of Segmind's
+            # range), so the first forecast errs toward fewer videos left.
+            fallback_price=lambda: settings.veo_price_per_job,
+            announce=LogChannels(self, store.get_log_channel).post_all,
+            interval=settings.veo_balance_check_seconds,
+            warn_videos=settings.veo_balance_warn_videos,
+            clock=self.clock,
+        )
 
     async def _segmind_endpoint(self) -> tuple[str, str, str]:
         """Segmind's base URL, the key and the request-history URL: the settings', or in demo
@@ -246,6 +279,7 @@ class VeoBot(commands.Bot):
     async def close(self) -> None:
         self.stop_accepting()
         if self._services is not None:
+            await self._services.balance.stop()
             await self._services.jobs.stop()
         await stop_ops(self.ops, self.metrics)
         self.ops = None
