@@ -169,8 +169,8 @@ class InsufficientCredits(SegmindError):
     # Also the answer `/veo` gives at once while the balance watch has seen the credits run
     # out (`bot.chat.intake.precheck`): one sentence for both paths.
     default_message = (
-        "Video generation is paused: the bot owner's Segmind credits ran out. It starts again "
-        "by itself once they are topped up."
+        "Video generation is paused: the bot owner's Segmind credits ran out. The account is "
+        "out of credits until the owner tops it up; /veo starts again by itself then."
     )
 
 
