@@ -107,6 +107,14 @@ class Settings(BaseSettings):
     # Seconds the whole download of a finished video may take (retries included).
     veo_download_timeout: float = Field(default=300.0, gt=0)
 
+    # Money truth. A submit whose answer was lost is looked for in Segmind's request history
+    # for this long after it began (its row lands a little after the request), every
+    # VEO_RECOVERY_INTERVAL_SECONDS; past it, with no match, the member is refunded.
+    veo_recovery_window_seconds: float = Field(default=300.0, ge=0)
+    veo_recovery_interval_seconds: float = Field(default=15.0, gt=0)
+    # How often the history is paged to record what Segmind billed and flag disagreements.
+    veo_reconcile_interval_seconds: float = Field(default=900.0, gt=0)
+
     # Operations: health checks and metrics over HTTP (off unless a port is set; 0 = any free
     # port, logged), and the log format a log shipper reads.
     veo_http_port: int | None = Field(default=None, ge=0, le=65535)

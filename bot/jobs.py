@@ -7,8 +7,13 @@ tell what already happened:
     queued → submitting → submitted → completed → delivering → delivered
                     ↘ unknown            ↘ failed / expired        (cancelled from queued)
 
-- `submitting` without a request id after a crash means the POST may or may not have reached
-  Segmind: it is never re-sent (a second POST is a second bill); the job becomes `unknown`.
+- `submitting` without a request id (a lost answer, or a crash while the POST was on the wire)
+  means the POST may or may not have reached Segmind: it is never re-sent (a second POST is a
+  second bill). Its request is looked for in Segmind's history by fingerprint (`_recover`):
+  found, it is adopted and delivered; not found in time, or found several times, the job
+  becomes `unknown` and the member is refunded.
+- A job Segmind's status route no longer knows (results are kept an hour) is settled from its
+  history row, which is kept for good (`_from_history`).
 - Delivery is exactly once. Before each delivery route is tried, its name is written to the
   job (`delivery_method`, still in `delivering`): a write-ahead note of where the video may have
   landed. Every attempt — the first, a retry after a transient error, or the resume of a
@@ -31,19 +36,24 @@ import time
 from collections.abc import Awaitable, Callable
 from contextvars import ContextVar
 from dataclasses import dataclass, replace
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any, Literal, Protocol
 
 from bot.balance import NO_SIGNAL, CreditsSignal
+from bot.discrepancies import Alerts, post_pending
 from bot.logs import job_context
 from bot.media.encode import NotAVideo, encoded_path, probe_video
 from bot.ops.events import NO_EVENTS, JobEvents
 from bot.progress import Progress, Stage
 from bot.quota import LimitDefaults, Refusal
+from bot.recovery import Fingerprint
 from bot.segmind import client as sm
+from bot.segmind.history import HistoryRow, HistoryStatus, dedupe
 from bot.store import (
     IN_FLIGHT_STATES,
     Job,
+    NewDiscrepancy,
     ReleaseReason,
     ReserveRequest,
     Store,
@@ -60,6 +70,10 @@ DELIVERY_BACKOFF = 2.0  # seconds before the 2nd attempt; doubles each time
 # `RECORD_RETRY_CAP` between tries once Segmind has answered, until the database is back.
 SUBMITTED_WRITE_DELAYS = (0.2, 0.5, 1.0, 2.0)
 RECORD_RETRY_CAP = 10.0
+# A submit whose answer was lost is looked for in Segmind's history until this long after the
+# POST began (its row lands a little after the request), every `RECOVERY_INTERVAL` seconds.
+RECOVERY_WINDOW = 300.0
+RECOVERY_INTERVAL = 15.0
 
 
 def may_act_on(job: Job | None, actor_id: int, *, moderator: bool) -> bool:
@@ -169,6 +183,9 @@ class JobService:
         deadline: float,
         clock: Callable[[], float] = time.time,
         events: JobEvents = NO_EVENTS,
+        recovery_window: float = RECOVERY_WINDOW,
+        recovery_interval: float = RECOVERY_INTERVAL,
+        alerts: Alerts | None = None,
         credits_signal: CreditsSignal = NO_SIGNAL,
     ) -> None:
         self.store = store
@@ -181,6 +198,9 @@ class JobService:
         self.deadline = deadline
         self.clock = clock
         self.events = events
+        self.recovery_window = recovery_window
+        self.recovery_interval = recovery_interval
+        self.alerts = alerts  # None: disagreements are recorded and logged, not posted
         # Segmind's own word on the balance (a submit accepted, or refused with 406) moves the
         # balance watch's pause at once, not at its next check.
         self.credits_signal = credits_signal
@@ -354,7 +374,8 @@ class JobService:
         try:
             submitted = await self.segmind.submit(job.params_model)
         except sm.SubmitUncertain as exc:
-            await self._unknown(job, exc)
+            self._submitting.discard(job_id)
+            await self._recover(job, exc)
             return
         except sm.SegmindError as exc:
             if isinstance(exc, sm.InsufficientCredits):
@@ -367,8 +388,13 @@ class JobService:
         # Logged before anything else can fail: with it a moderator can always find the job.
         log.info("job %s: Segmind accepted it as request %s", job_id, submitted.request_id)
         self.events.submitted(job_id)
-        now = self.clock()
-        self._unrecorded[job_id] = (submitted.request_id, now)
+        await self._accepted(job, submitted, self.clock())
+
+    async def _accepted(self, job: Job, submitted: sm.SubmittedJob, submitted_at: float) -> None:
+        """Segmind has the job as `submitted.request_id`: record that (retrying a busy
+        database, following in memory meanwhile), then follow it to delivery."""
+        job_id = job.id
+        self._unrecorded[job_id] = (submitted.request_id, submitted_at)
         for delay in (*SUBMITTED_WRITE_DELAYS, None):
             if await self._record_submitted(job_id):
                 break
@@ -381,7 +407,10 @@ class JobService:
                 )
                 await self._follow(
                     dataclasses.replace(
-                        job, state="submitted", request_id=submitted.request_id, submitted_at=now
+                        job,
+                        state="submitted",
+                        request_id=submitted.request_id,
+                        submitted_at=submitted_at,
                     ),
                     submitted,
                 )
@@ -459,7 +488,8 @@ class JobService:
                 job, submitted, on_status=on_status, deadline=self.deadline, started_at=started
             )
         except sm.NotFound as exc:
-            await self._fail(job, "expired", exc, release_reason="expired")
+            if not await self._from_history(job, started):
+                await self._fail(job, "expired", exc, release_reason="expired")
             return
         except sm.ContentBlocked as exc:
             await self._fail(job, "failed", exc, release_reason="content_blocked")
@@ -489,6 +519,48 @@ class JobService:
             log.warning("job %s: ended while Segmind finished it; not delivering", job.id)
             return
         await self._deliver(completed, video_url, took, result.cost)
+
+    async def _from_history(self, job: Job, started: float) -> bool:
+        """The status or result route no longer knows the job (Segmind keeps those an hour);
+        its history row, of any age, may still say how it ended. True when that settled the
+        job: delivered from the row's `generation_url`, or failed as the row says (a failed
+        request is not billed). False: no row, or one still pending — expire as before."""
+        assert job.request_id is not None
+        try:
+            row = await self.segmind.history_row(job.request_id)
+        except sm.SegmindError as exc:
+            log.warning("job %s: the history cannot say how it ended (%s)", job.id, exc)
+            return False
+        if row is None:
+            log.info("job %s: Segmind's history has no row for %s", job.id, job.request_id)
+            return False
+        if row.status is HistoryStatus.FAILED:
+            reason = row.error
+            kind = sm.ContentBlocked if sm.looks_blocked(reason) else sm.GenerationFailed
+            failure = kind(reason, request_id=job.request_id)
+            log.info("job %s: past the retention; the history says it failed", job.id)
+            blocked = isinstance(failure, sm.ContentBlocked)
+            await self._fail(
+                job, "failed", failure, release_reason="content_blocked" if blocked else "failed"
+            )
+            return True
+        if row.status is not HistoryStatus.COMPLETED or not row.generation_url:
+            log.info("job %s: the history row says %s, without a video", job.id, row.status)
+            return False
+        log.info("job %s: past the retention; delivering from the history's video", job.id)
+        completed = await self.store.transition(
+            job.id,
+            ("submitted",),
+            "completed",
+            completed_at=self.clock(),
+            cost=row.billed,
+            output_url=row.generation_url,
+        )
+        if completed is None:
+            log.warning("job %s: ended while the history was read; not delivering", job.id)
+            return True
+        await self._deliver(completed, row.generation_url, self.clock() - started, row.billed)
+        return True
 
     async def _deliver(self, job: Job, output_url: str, took: float, cost: float | None) -> None:
         """From `completed` (or `delivering` after a restart): download once, deliver once."""
@@ -656,17 +728,100 @@ class JobService:
         if moved:
             await self._finished(await self.store.get_job(job.id))
 
-    async def _unknown(self, job: Job, exc: BaseException | None) -> None:
-        message = (
-            "Segmind did not answer in time, so this request may or may not have started. "
-            "It was not sent again (that could bill twice) and it does not count against your "
-            "limit. A moderator can check the job in the logs."
-        )
-        log.error(
-            "job %s unknown: the submit's outcome is unknown (%s); not resubmitting — a "
-            "moderator should check Segmind's dashboard for a request made at this time",
+    async def _recover(self, job: Job, exc: BaseException | None) -> None:
+        """From `submitting` with no request id: the POST may have reached Segmind (its answer
+        was lost, or the process died while it was on the wire). Never re-sent; instead its
+        request is looked for in Segmind's history by fingerprint (`bot.recovery`) until
+        `recovery_window` after the submit began. One match is adopted and followed like any
+        submitted job; none is refunded as `unknown`; several are not guessed between: the
+        member is refunded and moderators are told."""
+        await self._progress(job, Progress(Stage.RECOVERING))
+        start = job.submit_started_at or job.updated_at
+        until = start + self.recovery_window
+        fingerprint = Fingerprint.of(job.params_model, start=start, end=until)
+        log.warning(
+            "job %s: the submit's answer was lost (%s); looking for its request in "
+            "Segmind's history until %.0f s after it began",
             job.id,
             type(exc).__name__ if exc else "crash during submit",
+            self.recovery_window,
+        )
+        looked = False
+        while True:
+            matches = await self._history_matches(job, fingerprint)
+            looked = looked or matches is not None
+            if matches is not None and len(matches) == 1:
+                (row,) = matches
+                log.info("job %s: found as Segmind request %s; adopting it", job.id, row.request_id)
+                self.events.submitted(job.id)
+                landed = row.created_at.timestamp() if row.created_at else start
+                await self._accepted(job, self.segmind.job(row.request_id), landed)
+                return
+            if matches:
+                await self._ambiguous(job, matches)
+                return
+            if self.clock() >= until:
+                break
+            await asyncio.sleep(min(self.recovery_interval, max(until - self.clock(), 0.0)))
+        await self._unknown(job, exc, looked=looked)
+
+    async def _history_matches(self, job: Job, fingerprint: Fingerprint) -> list[HistoryRow] | None:
+        """The history rows that fit the job, those another job adopted left out; None when
+        the history cannot be read right now."""
+        first = datetime.fromtimestamp(fingerprint.start, tz=UTC).date() - timedelta(days=1)
+        last = datetime.fromtimestamp(min(fingerprint.end, self.clock()), tz=UTC).date()
+        last = max(first, last) + timedelta(days=1)  # UTC dates at Segmind: a day's slack
+        try:
+            rows = [row async for row in self.segmind.history(first, last)]
+        except sm.SegmindError as exc:
+            log.warning("job %s: cannot read Segmind's history (%s)", job.id, exc)
+            return None
+        found: list[HistoryRow] = []
+        for row in dedupe(r for r in rows if fingerprint.matches(r)).values():
+            owner = await self.store.job_by_request_id(row.request_id)
+            if owner is None or owner.id == job.id:
+                found.append(row)
+        return found
+
+    async def _ambiguous(self, job: Job, matches: list[HistoryRow]) -> None:
+        ids = ", ".join(row.request_id for row in matches)
+        log.error(
+            "job %s unknown: the lost submit matches %d Segmind requests (%s); not guessing — "
+            "refunding the member, a moderator should check them",
+            job.id,
+            len(matches),
+            ids,
+        )
+        for row in matches:
+            await self.store.record_discrepancy(
+                NewDiscrepancy(
+                    "ambiguous_recovery",
+                    row.request_id,
+                    job_id=job.id,
+                    guild_id=job.guild_id,
+                    billed=row.billed,
+                    detail=f"{len(matches)} requests match: {ids}",
+                )
+            )
+        moved = await self.store.transition(job.id, ("submitting",), "unknown", error=AMBIGUOUS)
+        if moved:
+            await self.store.release(job.id, "unknown", self.limit_defaults)
+        await self._safely(self.output.failed(job, AMBIGUOUS), job.id)
+        if self.alerts is not None:
+            await self._safely(post_pending(self.store, self.alerts), job.id)
+        if moved:
+            await self._finished(await self.store.get_job(job.id))
+
+    async def _unknown(self, job: Job, exc: BaseException | None, *, looked: bool) -> None:
+        """No request found for a lost submit: refunded. `looked`: Segmind's history was read
+        and had none (so nothing was made); otherwise it could not be read at all."""
+        message = NOT_FOUND if looked else UNCERTAIN
+        log.error(
+            "job %s unknown: the submit's outcome is unknown (%s) and %s; not resubmitting — "
+            "a moderator should check Segmind's dashboard for a request made at this time",
+            job.id,
+            type(exc).__name__ if exc else "crash during submit",
+            "Segmind's history shows no such request" if looked else "the history was unreadable",
         )
         moved = await self.store.transition(job.id, ("submitting",), "unknown", error=message)
         if moved:
@@ -682,7 +837,8 @@ class JobService:
             if job.state == "queued":
                 continue  # the dispatcher takes it in order
             if job.state == "submitting":
-                await self._unknown(job, None)
+                # The POST may have left before the crash: find it, never re-send it.
+                self._spawn(job.id, self._recover(job, None))
             elif job.state == "submitted" and job.request_id:
                 submitted = self.segmind.job(job.request_id)
                 log.info("job %s: resuming Segmind request %s", job.id, job.request_id)
@@ -743,6 +899,21 @@ async def _check_playable(job_id: int, video: Path) -> None:
 
 
 NOT_COUNTED = "This does not count against your limit."
+UNCERTAIN = (
+    "Segmind did not answer in time, so this request may or may not have started. "
+    "It was not sent again (that could bill twice) and it does not count against your "
+    "limit. A moderator can check the job in the logs."
+)
+NOT_FOUND = (
+    "Segmind's answer to this request was lost, and its record shows no such request: nothing "
+    "was made. It was not sent again (that could bill twice) and it does not count against "
+    "your limit."
+)
+AMBIGUOUS = (
+    "Segmind's answer to this request was lost, and its record shows more than one request "
+    "exactly like it, so the bot did not guess which is yours. It does not count against your "
+    "limit; a moderator has been told."
+)
 MAYBE_DELIVERED = (
     "Discord kept failing while the bot sent this video, and the bot cannot tell whether it "
     "arrived — it may already be in this channel or your DMs. A moderator has been told in the "

@@ -9,6 +9,7 @@ from enum import StrEnum
 class Stage(StrEnum):
     QUEUED = "queued"
     SUBMITTING = "submitting"
+    RECOVERING = "recovering"  # the submit's answer was lost: looking it up in Segmind's record
     WAITING = "waiting"  # accepted by Segmind, not yet started
     GENERATING = "generating"
     DOWNLOADING = "downloading"

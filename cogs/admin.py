@@ -186,6 +186,25 @@ class VeoAdmin(commands.GroupCog, group_name="veo-admin", group_description="Mod
         entries = await _store(interaction).audit_entries(_guild_id(interaction), limit)
         await interaction.followup.send(reports.audit_text(entries), ephemeral=True)
 
+    @app_commands.command(
+        name="discrepancies", description="Where Segmind's billing and the bot's record disagree"
+    )
+    @app_commands.describe(days="How far back", limit="How many to list")
+    async def discrepancies(
+        self,
+        interaction: Interaction,
+        days: app_commands.Range[int, 1, 365] = 30,
+        limit: app_commands.Range[int, 1, 25] = 10,
+    ) -> None:
+        await interaction.response.defer(ephemeral=True)
+        since = interaction.client.clock() - days * 86_400
+        found = await _store(interaction).discrepancies(
+            _guild_id(interaction), since=since, limit=limit
+        )
+        await interaction.followup.send(
+            reports.discrepancies_text(found, days=days), ephemeral=True
+        )
+
     # --------------------------------------------------------------------------- members
 
     @app_commands.command(name="block", description="Stop a member from using /veo here")

@@ -22,6 +22,9 @@ DISCORD_FREE = (
     "bot.cli",
     "bot.balance",
     "bot.charts",
+    "bot.recovery",
+    "bot.reconcile",
+    "bot.discrepancies",
 )
 
 

@@ -273,7 +273,7 @@ async def test_a_video_too_large_to_download_is_refunded(
     assert output.of("deliver") == []
 
 
-async def test_a_submit_whose_answer_was_lost_is_never_resent_and_is_refunded(
+async def test_a_submit_whose_answer_was_lost_is_found_in_the_history_and_delivered_once(
     services: Services, store: Store, output: RecordingOutput, fake: FakeSegmind
 ) -> None:
     fake.inject("submit", Fault(drop=True))  # Segmind took (and billed) it; the answer is lost
@@ -282,12 +282,12 @@ async def test_a_submit_whose_answer_was_lost_is_never_resent_and_is_refunded(
     await output.settled(job_id)
 
     done = await job(store, job_id)
-    assert done.state == "unknown"
-    assert (done.ledger_status, done.ledger_reason) == ("released", "unknown")
-    assert not await counts_against_limit(store)
-    assert posts(fake) == 1 and len(fake.submits) == 1
-    (told,) = [c.detail for c in output.of("failed", job_id)]
-    assert "not sent again" in told and "does not count against your limit" in told
+    assert done.state == "delivered"
+    assert done.request_id in fake.jobs  # the request Segmind made, adopted
+    assert done.ledger_status == "charged"
+    assert posts(fake) == 1 and len(fake.submits) == 1  # never sent again
+    assert len(output.of("deliver", job_id)) == 1
+    assert Stage.RECOVERING in output.stages(job_id)  # the member saw it being looked up
 
 
 async def test_the_job_deadline_stops_the_wait_and_refunds(
@@ -498,7 +498,7 @@ async def test_stop_lets_a_submit_on_the_wire_land_and_the_next_start_follows_it
     assert posts(fake) == 1
 
 
-async def test_a_submit_cut_off_by_shutdown_becomes_unknown_on_the_next_start(
+async def test_a_submit_cut_off_by_shutdown_is_found_on_the_next_start(
     services: Services,
     store: Store,
     output: RecordingOutput,
@@ -506,7 +506,7 @@ async def test_a_submit_cut_off_by_shutdown_becomes_unknown_on_the_next_start(
     monkeypatch: pytest.MonkeyPatch,
 ) -> None:
     monkeypatch.setattr(bot.jobs, "SUBMIT_DRAIN_SECONDS", 0.05)
-    fake.inject("submit", Fault(delay=2.0))
+    fake.inject("submit", Fault(delay=2.0))  # created and billed at once, answered too late
     first = await services.start()
     job_id = await enqueue(first)
     await _submitting(output, job_id)
@@ -516,12 +516,11 @@ async def test_a_submit_cut_off_by_shutdown_becomes_unknown_on_the_next_start(
     await services.start()
     await output.settled(job_id)
     done = await job(store, job_id)
-    assert done.state == "unknown"
-    assert (done.ledger_status, done.ledger_reason) == ("released", "unknown")
-    assert not await counts_against_limit(store)
-    (told,) = [c.detail for c in output.of("failed", job_id)]
-    assert "not sent again" in told
-    assert posts(fake) == 1  # the one that may have been billed; never a second
+    assert done.state == "delivered"
+    assert done.ledger_status == "charged"
+    assert done.request_id == next(iter(fake.jobs))
+    assert posts(fake) == 1  # the one that was billed; never a second
+    assert len(output.of("deliver", job_id)) == 1
 
 
 async def _crashed_at(

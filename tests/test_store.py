@@ -32,6 +32,7 @@ from bot.store import (
     IllegalTransition,
     JobState,
     Migration,
+    NewDiscrepancy,
     Reserved,
     ReserveRequest,
     SqliteStore,
@@ -913,3 +914,82 @@ async def test_two_stores_on_one_file_still_hold_the_limit(tmp_path: Path) -> No
     finally:
         await first.close()
         await second.close()
+
+
+# ------------------------------------------------------------------ money truth (schema 5)
+
+
+async def test_the_submit_start_is_stamped_and_the_job_found_by_its_request_id(
+    store: Store, clock: ManualClock
+) -> None:
+    """A lost submit answer is looked up in Segmind's history from when the POST began, and a
+    history row is matched back to its job by request id."""
+    assert await store.earliest_submit_at() is None
+    job_id = await reserved(store, request())
+    clock.advance(5)
+    submitting = await store.transition(job_id, "queued", "submitting")
+    assert submitting is not None and submitting.submit_started_at == NOW + 5
+    clock.advance(3)
+    assert await store.transition(job_id, "submitting", "submitted", request_id="rq-1")
+    found = await store.job_by_request_id("rq-1")
+    assert found is not None and found.id == job_id
+    assert found.submit_started_at == NOW + 5 and found.submitted_at == NOW + 8
+    assert await store.job_by_request_id("rq-other") is None
+    assert await store.earliest_submit_at() == NOW + 5
+    # The quote held against the spend caps, for comparing with what Segmind billed.
+    quoted = await reserved(store, request(now=NOW + 9, quote=0.55), LimitDefaults(concurrency=5))
+    assert await store.job_quote(quoted) == 0.55
+    assert await store.job_quote(job_id) == DEFAULTS.price_per_job
+    assert await store.job_quote(10_000) is None
+
+
+async def test_a_discrepancy_is_recorded_once_and_posted_once(
+    store: Store, clock: ManualClock
+) -> None:
+    job_id = await reserved(store, request())
+    refunded = NewDiscrepancy(
+        "billed_but_refunded", "rq-1", job_id=job_id, guild_id=GUILD, billed=0.8, expected=0.0
+    )
+    stranger = NewDiscrepancy("unknown_request", "rq-9", billed=1.2, detail="not ours")
+    assert await store.record_discrepancy(refunded)
+    assert not await store.record_discrepancy(refunded)  # seen again by the next pass
+    # Another kind for the same request is another disagreement.
+    assert await store.record_discrepancy(
+        NewDiscrepancy("cost_off_quote", "rq-1", job_id=job_id, guild_id=GUILD, billed=0.8)
+    )
+    clock.advance(10)
+    assert await store.record_discrepancy(stranger)
+    assert await store.record_discrepancy(
+        NewDiscrepancy("unknown_request", "rq-elsewhere", guild_id=GUILD + 1)
+    )
+
+    mine = await store.discrepancies(GUILD)
+    # Newest first; a request with no guild is every guild's concern; another guild's is not.
+    assert [(d.kind, d.request_id) for d in mine] == [
+        ("unknown_request", "rq-9"),
+        ("cost_off_quote", "rq-1"),
+        ("billed_but_refunded", "rq-1"),
+    ]
+    first = mine[-1]
+    assert (first.job_id, first.guild_id, first.billed, first.expected) == (job_id, GUILD, 0.8, 0)
+    assert mine[0].detail == "not ours" and mine[0].created_at == NOW + 10
+    assert len(await store.discrepancies(None)) == 4
+    assert [d.request_id for d in await store.discrepancies(GUILD, since=NOW + 5)] == ["rq-9"]
+    assert len(await store.discrepancies(GUILD, limit=1)) == 1
+
+    unposted = await store.unposted_discrepancies()
+    assert [d.request_id for d in unposted] == ["rq-1", "rq-1", "rq-9", "rq-elsewhere"]
+    await store.mark_discrepancy_posted(unposted[0].id)
+    await store.mark_discrepancy_posted(unposted[0].id, now=NOW + 99)  # a repeat changes nothing
+    left = await store.unposted_discrepancies()
+    assert [d.id for d in left] == [d.id for d in unposted[1:]]
+    posted = [d for d in await store.discrepancies(None) if d.id == unposted[0].id]
+    assert posted[0].posted_at == NOW + 10
+
+
+async def test_a_task_cursor_is_saved_and_replaced(store: Store) -> None:
+    assert await store.get_cursor("reconcile") is None
+    await store.set_cursor("reconcile", "1700000000.0")
+    await store.set_cursor("reconcile", "1700000500.0")
+    await store.set_cursor("other", "x")
+    assert await store.get_cursor("reconcile") == "1700000500.0"

@@ -15,6 +15,7 @@ from discord.ext import commands
 
 from bot.balance import BalanceWatch, RecentSpend
 from bot.chat import spend_report
+from bot.chat.alerts import DiscordAlerts
 from bot.chat.notices import LogChannels
 from bot.chat.ops import start_ops, stop_ops
 from bot.chat.output import DiscordOutput
@@ -25,6 +26,7 @@ from bot.ops.health import GatewayWatch
 from bot.ops.http import OpsServer
 from bot.ops.metrics import Metrics
 from bot.quota import LimitDefaults
+from bot.reconcile import Reconciler
 from bot.segmind import client as sm
 from bot.store import Store, open_store
 
@@ -76,6 +78,7 @@ class Services:
     jobs: JobService
     output: DiscordOutput
     session: aiohttp.ClientSession  # shared by everything that fetches from the web (images)
+    reconciler: Reconciler  # pages Segmind's history in the background
     balance: BalanceWatch  # the Segmind balance, its forecast, and the pause when it ran out
 
 
@@ -131,6 +134,7 @@ class VeoBot(commands.Bot):
         await self._sync_commands()
         self._log_invite()
         await jobs.start()
+        self.services.reconciler.start()
         self.services.balance.start()
         self.ops = await start_ops(
             self,
@@ -168,6 +172,7 @@ class VeoBot(commands.Bot):
             demo=self.demo,
             clock=self.clock,
         )
+        alerts = DiscordAlerts(self, log_channel=store.get_log_channel)
         balance = self._balance_watch(store, segmind)
         jobs = JobService(
             store,
@@ -180,9 +185,22 @@ class VeoBot(commands.Bot):
             deadline=settings.veo_job_deadline,
             clock=self.clock,
             events=self.metrics,
+            recovery_window=settings.veo_recovery_window_seconds,
+            recovery_interval=settings.veo_recovery_interval_seconds,
+            alerts=alerts,
             credits_signal=balance,
         )
-        self._services = Services(store, segmind, jobs, output, session, balance)
+        reconciler = Reconciler(
+            store,
+            segmind,
+            record_billed=store.record_billed,
+            quote=lambda job: store.job_quote(job.id),
+            alerts=alerts,
+            interval=settings.veo_reconcile_interval_seconds,
+            settle_lag=settings.veo_recovery_window_seconds + 120.0,
+            clock=self.clock,
+        )
+        self._services = Services(store, segmind, jobs, output, session, reconciler, balance)
         return self._services
 
     def _balance_watch(self, store: Store, segmind: sm.SegmindClient) -> BalanceWatch:
@@ -279,6 +297,7 @@ class VeoBot(commands.Bot):
     async def close(self) -> None:
         self.stop_accepting()
         if self._services is not None:
+            await self._services.reconciler.stop()
             await self._services.balance.stop()
             await self._services.jobs.stop()
         await stop_ops(self.ops, self.metrics)

@@ -59,6 +59,9 @@ def clock(seconds: float) -> str:
     return f"{minutes}:{secs:02d}"
 
 
+RECOVERING = "Segmind's answer was lost; looking it up…"
+
+
 def params_line(params: VeoParams) -> str:
     parts = [
         params.aspect_ratio.value,
@@ -81,6 +84,8 @@ def progress_text(params: VeoParams, progress: Progress, *, demo: bool = False) 
         head = f"⏳ **Queued** — {where}. It starts when a slot frees up."
     elif stage is Stage.SUBMITTING:
         head = "⏳ **Queued** — sending to Veo…"
+    elif stage is Stage.RECOVERING:
+        head = f"🔎 **{RECOVERING}**"
     elif stage is Stage.WAITING:
         head = f"⏳ **Queued at Segmind** — {_elapsed(progress)}"
     elif stage is Stage.GENERATING:

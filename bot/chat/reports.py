@@ -8,8 +8,9 @@ from collections.abc import Iterable
 from datetime import UTC, datetime
 
 from bot.chat.presenter import safe_text
+from bot.discrepancies import describe
 from bot.quota import GuildLimits, LimitDefaults, LimitOverride
-from bot.store import AuditEntry, Job, UsageSummary, UserUsage
+from bot.store import AuditEntry, Discrepancy, Job, UsageSummary, UserUsage
 
 DISCORD_WEB = "https://discord.com/channels"
 PROMPT_IN_LIST = 60
@@ -204,6 +205,16 @@ def audit_text(entries: list[AuditEntry]) -> str:
             f"{when(entry.created_at)} <@{entry.actor_id}> **{entry.action}** "
             + _audit_detail(entry.detail)
         )
+    return _clip("\n".join(lines))
+
+
+def discrepancies_text(found: list[Discrepancy], *, days: int) -> str:
+    """Where Segmind's record and the bot's disagreed, newest first (`/veo-admin
+    discrepancies`; the spend view lists the same rows)."""
+    if not found:
+        return f"No disagreement with Segmind's record in the last {days} day(s)."
+    lines = [f"**Disagreements with Segmind's record** (last {days} day(s))"]
+    lines.extend(f"{when(item.created_at)} {describe(item)}" for item in found)
     return _clip("\n".join(lines))
 
 

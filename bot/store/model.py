@@ -101,12 +101,16 @@ class JobFields(TypedDict, total=False):
     interaction_created_at: float | None
     delivered_message_id: int | None
     delivery_method: str | None
+    submit_started_at: float
 
 
 # Column names cannot be SQL parameters, so only these names are ever formatted into a statement.
 JOB_FIELDS: frozenset[str] = JobFields.__optional_keys__
 # Entering these states stamps the matching timestamp unless the caller passes one.
 ENTRY_STAMPS: dict[JobState, str] = {
+    # When the POST may first have left: the start of the window in which a lost answer's
+    # request is looked for in Segmind's history.
+    "submitting": "submit_started_at",
     "submitted": "submitted_at",
     "completed": "completed_at",
     "delivered": "delivered_at",
@@ -202,6 +206,7 @@ JOB_ROW: tuple[str, ...] = (
     "delivery_method",
     "upload_limit",
     "output_url",
+    "submit_started_at",
 )
 LEDGER_ROW: tuple[str, ...] = ("status", "charged_amount", "reason")
 
@@ -236,6 +241,7 @@ class Job:
     delivery_method: str | None
     upload_limit: int | None  # bytes the requester's channel accepts as an attachment
     output_url: str | None  # Segmind's result URL, kept so delivery can resume after a crash
+    submit_started_at: float | None  # when the job entered `submitting` (None before schema 5)
     ledger_status: LedgerStatus | None  # None only for rows that predate the ledger
     charged_amount: float | None
     ledger_reason: str | None
@@ -360,3 +366,47 @@ def utc_day(day_number: int) -> date:
 
 
 _EPOCH_ORDINAL = date(1970, 1, 1).toordinal()
+
+
+# --------------------------------------------------------------------------------------------
+# Money truth: where Segmind's record and the bot's disagree
+
+DiscrepancyKind = Literal[
+    "billed_but_refunded",  # the bot counts the job failed/refunded, Segmind billed it
+    "unknown_request",  # Segmind billed a request (for our model) the bot has no job for
+    "cost_off_quote",  # Segmind billed far from the quote the bot held for the job
+    "ambiguous_recovery",  # a lost submit matched several requests: none was adopted
+]
+DISCREPANCY_KINDS: tuple[DiscrepancyKind, ...] = get_args(DiscrepancyKind)
+
+
+@dataclass(frozen=True, slots=True)
+class NewDiscrepancy:
+    """A disagreement to record; one per (kind, request id), however often it is seen."""
+
+    kind: DiscrepancyKind
+    request_id: str
+    job_id: int | None = None
+    guild_id: int | None = None  # None: no known job, so no guild
+    billed: float | None = None  # what Segmind's record says it charged, USD
+    expected: float | None = None  # what the bot expected (its quote; 0 for a refunded job)
+    detail: str = ""
+
+
+@dataclass(frozen=True, slots=True)
+class Discrepancy:
+    """A recorded disagreement, as moderators list it. `posted_at` None: not yet posted."""
+
+    id: int
+    kind: DiscrepancyKind
+    request_id: str
+    job_id: int | None
+    guild_id: int | None
+    billed: float | None
+    expected: float | None
+    detail: str
+    created_at: float
+    posted_at: float | None
+
+
+DISCREPANCY_ROW: tuple[str, ...] = tuple(Discrepancy.__slots__)

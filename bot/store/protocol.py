@@ -19,9 +19,11 @@ from bot.store.model import (
     AuditEntry,
     BilledSource,
     DaySpend,
+    Discrepancy,
     Job,
     JobFields,
     JobState,
+    NewDiscrepancy,
     QuotaView,
     ReleaseOutcome,
     ReleaseReason,
@@ -308,7 +310,54 @@ class ReportStore(Protocol):
         ...
 
 
-class Store(LedgerStore, SpendStore, JobStore, ModerationStore, ReportStore, Protocol):
+class ReconcileStore(Protocol):
+    """What checking the bot's record against Segmind's needs: jobs by request id, the
+    discrepancies found (each recorded and posted once), and where the last pass stopped."""
+
+    async def job_by_request_id(self, request_id: str) -> Job | None:
+        """The job Segmind knows as `request_id`, if the bot has one."""
+        ...
+
+    async def job_quote(self, job_id: int) -> float | None:
+        """The quote the job's reservation held against the spend caps (None: no such job)."""
+        ...
+
+    async def earliest_submit_at(self) -> float | None:
+        """When the first job left the queue (None: none ever did): where a first pass over
+        Segmind's history starts, so requests from before the bot are not flagged."""
+        ...
+
+    async def record_discrepancy(self, found: NewDiscrepancy, now: float | None = None) -> bool:
+        """Record one disagreement; False when its (kind, request id) is already recorded."""
+        ...
+
+    async def discrepancies(
+        self, guild_id: int | None, since: float | None = None, limit: int = 50
+    ) -> list[Discrepancy]:
+        """Recorded disagreements, newest first: one guild's (those with no guild — a request
+        the bot does not know — are listed for every guild too), or with None all of them."""
+        ...
+
+    async def unposted_discrepancies(self, limit: int = 50) -> list[Discrepancy]:
+        """Disagreements not yet posted to a log channel, oldest first."""
+        ...
+
+    async def mark_discrepancy_posted(self, discrepancy_id: int, now: float | None = None) -> None:
+        """The disagreement was posted: never post it again."""
+        ...
+
+    async def get_cursor(self, name: str) -> str | None:
+        """A background task's saved position (None: it never saved one)."""
+        ...
+
+    async def set_cursor(self, name: str, value: str) -> None:
+        """Save a background task's position."""
+        ...
+
+
+class Store(
+    LedgerStore, SpendStore, JobStore, ModerationStore, ReportStore, ReconcileStore, Protocol
+):
     """The bot's database, whatever the backend. Close it once, on shutdown."""
 
     async def close(self) -> None:

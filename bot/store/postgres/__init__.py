@@ -8,7 +8,8 @@ advisory locks — only for the scopes whose limits apply — before it counts a
 check and the insert are exact across tasks, pools and nodes (see `ledger`).
 
 The queries are grouped by concern as on SQLite, one mixin each: `ledger`, `spend`, `jobs`,
-`moderation`, `reports`; `connection` holds the plumbing and `migrations` the schema.
+`moderation`, `reports`, `reconcile`; `connection` holds the plumbing and `migrations` the
+schema.
 """
 
 from __future__ import annotations
@@ -24,6 +25,7 @@ from bot.store.postgres.jobs import JobQueries
 from bot.store.postgres.ledger import LedgerQueries
 from bot.store.postgres.migrations import MIGRATIONS, SCHEMA_VERSION, apply_migrations
 from bot.store.postgres.moderation import ModerationQueries
+from bot.store.postgres.reconcile import ReconcileQueries
 from bot.store.postgres.reports import ReportQueries
 from bot.store.postgres.spend import SpendQueries
 from bot.store.sqlite.migrations import Migration
@@ -32,7 +34,9 @@ from bot.store.sqlite.migrations import Migration
 _OPEN_ERRORS: tuple[type[BaseException], ...] = (*DRIVER_ERRORS, ValueError)
 
 
-class PostgresStore(LedgerQueries, SpendQueries, JobQueries, ModerationQueries, ReportQueries):
+class PostgresStore(
+    LedgerQueries, SpendQueries, JobQueries, ModerationQueries, ReportQueries, ReconcileQueries
+):
     """`bot.store.protocol.Store` on a PostgreSQL database. Create with
     `await PostgresStore.open(url)`; close with `await close()`. `now` arguments default to
     the injected clock."""

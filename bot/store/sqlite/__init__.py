@@ -10,7 +10,7 @@ takes SQLite's write lock before the first read, so a check-then-insert (`reserv
 be raced by another connection or process either. Readers never block writers (WAL).
 
 The queries are grouped by concern, one mixin each: `ledger`, `spend`, `jobs`, `moderation`,
-`reports`; `connection` holds the plumbing they share and `migrations` the schema.
+`reports`, `reconcile`; `connection` holds the plumbing they share and `migrations` the schema.
 """
 
 from __future__ import annotations
@@ -29,11 +29,14 @@ from bot.store.sqlite.jobs import JobQueries
 from bot.store.sqlite.ledger import LedgerQueries
 from bot.store.sqlite.migrations import MIGRATIONS, Migration, apply_migrations
 from bot.store.sqlite.moderation import ModerationQueries
+from bot.store.sqlite.reconcile import ReconcileQueries
 from bot.store.sqlite.reports import ReportQueries
 from bot.store.sqlite.spend import SpendQueries
 
 
-class SqliteStore(LedgerQueries, SpendQueries, JobQueries, ModerationQueries, ReportQueries):
+class SqliteStore(
+    LedgerQueries, SpendQueries, JobQueries, ModerationQueries, ReportQueries, ReconcileQueries
+):
     """`bot.store.protocol.Store` on one SQLite file. Create with `await SqliteStore.open(path)`;
     close with `await close()`. `now` arguments default to the injected clock."""
 

@@ -7,7 +7,7 @@ from dataclasses import dataclass
 
 import aiosqlite
 
-from bot.store.model import ALL_STATES, BILLED_SOURCES, StoreError
+from bot.store.model import ALL_STATES, BILLED_SOURCES, DISCREPANCY_KINDS, StoreError
 
 
 @dataclass(frozen=True, slots=True)
@@ -39,6 +39,7 @@ SPEND_BACKFILL = """
         FROM quota_ledger l JOIN jobs j ON j.id = l.job_id
     ) AS known
 """  # plain SQL both backends run (bot.store.postgres.migrations uses it too)
+_DISCREPANCY_CHECK = ", ".join(f"'{k}'" for k in DISCREPANCY_KINDS)
 
 MIGRATIONS: tuple[Migration, ...] = (
     Migration(
@@ -212,6 +213,39 @@ MIGRATIONS: tuple[Migration, ...] = (
             "CREATE INDEX spend_guild_time ON spend_ledger (guild_id, held_at, quoted, billed)",
             SPEND_BACKFILL,
             "ALTER TABLE guild_settings ADD COLUMN monthly_budget REAL CHECK (monthly_budget >= 0)",
+        ),
+    ),
+    Migration(
+        5,
+        "money truth: submit start times, discrepancies with Segmind's record, task cursors",
+        (
+            "ALTER TABLE jobs ADD COLUMN submit_started_at REAL",
+            # A job already in `submitting` from before this version: the last write is the
+            # best guess at when its POST began (it moved there, and nothing wrote it since).
+            "UPDATE jobs SET submit_started_at = updated_at WHERE state = 'submitting'",
+            f"""
+            CREATE TABLE discrepancies (
+                id INTEGER PRIMARY KEY AUTOINCREMENT,
+                kind TEXT NOT NULL CHECK (kind IN ({_DISCREPANCY_CHECK})),
+                request_id TEXT NOT NULL,
+                job_id INTEGER REFERENCES jobs (id),
+                guild_id INTEGER,
+                billed REAL,
+                expected REAL,
+                detail TEXT NOT NULL DEFAULT '',
+                created_at REAL NOT NULL,
+                posted_at REAL,
+                UNIQUE (kind, request_id)
+            )
+            """,
+            "CREATE INDEX discrepancies_guild_time ON discrepancies (guild_id, created_at)",
+            "CREATE INDEX discrepancies_unposted ON discrepancies (id) WHERE posted_at IS NULL",
+            """
+            CREATE TABLE task_cursors (
+                name TEXT PRIMARY KEY,
+                value TEXT NOT NULL
+            )
+            """,
         ),
     ),
 )
