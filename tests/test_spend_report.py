@@ -14,6 +14,7 @@ from bot.chat.spend_report import (
     CHART_NAME,
     SpendReport,
     caps_text,
+    discrepancies_text,
     fill_days,
     gather,
     quoted_vs_billed,
@@ -23,7 +24,7 @@ from bot.chat.spend_report import (
 )
 from bot.params import VeoParams
 from bot.quota import GuildLimits, LimitDefaults
-from bot.store import Reserved, ReserveRequest, UserUsage, open_store
+from bot.store import Discrepancy, NewDiscrepancy, Reserved, ReserveRequest, UserUsage, open_store
 
 NOW = datetime(2026, 12, 2, 15, 30, tzinfo=UTC).timestamp()
 GUILD, OTHER = 100, 200
@@ -156,6 +157,14 @@ async def test_gather_reads_one_servers_window_and_every_servers_month(tmp_path:
         await billed(GUILD, datetime(2026, 12, 2, 9, tzinfo=UTC), 0.70, 1.20)
         await billed(GUILD, datetime(2026, 12, 2, 10, tzinfo=UTC), None, 1.20)  # held
         await billed(OTHER, datetime(2026, 12, 1, 10, tzinfo=UTC), 0.80, 1.20)
+        await store.record_discrepancy(
+            NewDiscrepancy("cost_off_quote", "req-1", job_id=3, guild_id=GUILD, billed=2.0),
+            now=NOW - 3600,
+        )
+        await store.record_discrepancy(
+            NewDiscrepancy("cost_off_quote", "req-2", job_id=5, guild_id=OTHER, billed=2.0),
+            now=NOW - 3600,
+        )
         watch = _idle_watch()
         report = await gather(store, GUILD, 7, defaults=defaults, watch=watch, now=NOW)
     finally:
@@ -171,6 +180,9 @@ async def test_gather_reads_one_servers_window_and_every_servers_month(tmp_path:
     assert report.owner_month_to_date == pytest.approx(2.70)  # December, both servers
     assert [row.user_id for row in report.top] == [7]
     assert report.forecast is None
+    # This server's disagreement only, in the sentence the log channel got.
+    assert [d.request_id for d in report.discrepancies] == ["req-1"]
+    assert "Segmind billed $2.00 for job 3" in discrepancies_text(report)
 
 
 def _idle_watch() -> BalanceWatch:
@@ -191,3 +203,31 @@ def _idle_watch() -> BalanceWatch:
         interval=600.0,
         warn_videos=25,
     )
+
+
+def _discrepancy(n: int) -> Discrepancy:
+    return Discrepancy(
+        id=n,
+        kind="billed_but_refunded",
+        request_id=f"req-{n}",
+        job_id=n,
+        guild_id=GUILD,
+        billed=0.6,
+        expected=0.0,
+        detail="",
+        created_at=NOW - n * 60,
+        posted_at=None,
+    )
+
+
+def test_discrepancies_are_listed_with_a_pointer_to_the_rest() -> None:
+    assert "None" in discrepancies_text(_report())
+    some = discrepancies_text(_report(discrepancies=[_discrepancy(1), _discrepancy(2)]))
+    assert some.count("refunded to the member") == 2 and "and more" not in some
+    many = discrepancies_text(_report(discrepancies=[_discrepancy(n) for n in range(1, 7)]))
+    assert many.count("refunded to the member") == 5
+    assert "`/veo-admin discrepancies` lists them all" in many
+    embed = spend_embed(_report(discrepancies=[_discrepancy(1)]), days=30, chart=True)
+    shown = {f.name: f.value for f in embed.fields}
+    assert "req-1" in (shown["Disagreements with Segmind's record"] or "")
+    assert len(embed) <= 6000

@@ -10,20 +10,22 @@ from __future__ import annotations
 import asyncio
 import math
 from collections.abc import Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from datetime import UTC, date, datetime, timedelta
 
 import discord
 
 from bot.balance import BalanceWatch, Forecast, RecentSpend, forecast_text
 from bot.charts import CapLine, ChartDay, render_spend_chart
-from bot.chat.reports import money
+from bot.chat.reports import money, when
+from bot.discrepancies import describe
 from bot.quota import GuildLimits, LimitDefaults, guild_monthly_budget
-from bot.store import Store, UserUsage
+from bot.store import Discrepancy, Store, UserUsage
 
 DEFAULT_DAYS = 30
 MAX_DAYS = 90
 TOP_MEMBERS = 5
+DISCREPANCIES_SHOWN = 5  # the rest are one `/veo-admin discrepancies` away
 CHART_NAME = "veo-spend.png"
 EMBED_COLOR = 0x2F6DB5
 FIELD_MAX = 1024  # Discord: an embed field's value
@@ -47,6 +49,9 @@ class SpendReport:
     top: list[UserUsage]
     forecast: Forecast | None
     checked_at: float | None
+    # Disagreements with Segmind's record in the window, newest first: at most one more than
+    # is shown, so the embed can say there are more.
+    discrepancies: list[Discrepancy] = field(default_factory=list)
 
     @property
     def monthly_budget(self) -> float | None:
@@ -134,6 +139,9 @@ async def gather(
         top=await store.top_users(guild_id, days, limit=TOP_MEMBERS, now=now),
         forecast=watch.latest,
         checked_at=watch.checked_at,
+        discrepancies=await store.discrepancies(
+            guild_id, since=day_start(first), limit=DISCREPANCIES_SHOWN + 1
+        ),
     )
 
 
@@ -213,6 +221,18 @@ def top_text(rows: Sequence[UserUsage]) -> str:
     )
 
 
+def discrepancies_text(report: SpendReport) -> str:
+    """The latest disagreements with Segmind's record (Segmind billed a refunded job, a
+    request no job made, a bill far from its quote), each in the sentence the log channel got."""
+    found = report.discrepancies
+    if not found:
+        return "None: Segmind's record matches the bot's."
+    lines = [f"{when(item.created_at)} {describe(item)}" for item in found[:DISCREPANCIES_SHOWN]]
+    if len(found) > DISCREPANCIES_SHOWN:
+        lines.append("…and more: `/veo-admin discrepancies` lists them all.")
+    return "\n".join(lines)
+
+
 def balance_text(report: SpendReport) -> str:
     if report.forecast is None:
         return "Not read yet (the balance watch reads it every few minutes)."
@@ -242,6 +262,11 @@ def spend_embed(report: SpendReport, *, days: int, chart: bool) -> discord.Embed
     )
     embed.add_field(name="Caps", value=_clip(caps_text(report), FIELD_MAX), inline=False)
     embed.add_field(name="Top members", value=_clip(top_text(report.top), FIELD_MAX), inline=False)
+    embed.add_field(
+        name="Disagreements with Segmind's record",
+        value=_clip(discrepancies_text(report), FIELD_MAX),
+        inline=False,
+    )
     embed.add_field(
         name="Segmind balance (whole account)",
         value=_clip(balance_text(report), FIELD_MAX),

@@ -60,6 +60,7 @@ async def test_spend_report_chart_and_the_balance_running_out(
     fields = {f["name"]: f["value"] for f in embed["fields"]}
     assert f"<@{emu.member.id}>" in fields["Top members"]
     assert "Segmind balance" in " ".join(fields)
+    assert "Segmind's record matches" in fields["Disagreements with Segmind's record"]
 
     # A member cannot read it, even where the command is visible.
     refused = await emu.dispatch_slash_command("veo-admin spend", {}, user=emu.member)
