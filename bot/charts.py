@@ -16,6 +16,7 @@ worker thread while the event loop goes on.
 from __future__ import annotations
 
 import io
+import math
 from collections.abc import Sequence
 from dataclasses import dataclass
 from datetime import date
@@ -91,7 +92,7 @@ def spend_figure(
 ) -> Figure:
     """The chart as a matplotlib `Figure` (for tests to inspect; `render_spend_chart` draws
     it to PNG). `days` must be consecutive UTC days, oldest first, zero days included."""
-    from matplotlib.dates import AutoDateLocator, ConciseDateFormatter
+    from matplotlib.dates import DateFormatter, DayLocator
     from matplotlib.figure import Figure
     from matplotlib.ticker import FormatStrFormatter
 
@@ -134,20 +135,25 @@ def spend_figure(
         )
         tops[cap.period] = max(tops[cap.period], cap.amount)
 
+    periods = {cap.period for cap in caps}
     for axis, period, heading in (
         (daily, "daily", "Spend per day (UTC)"),
         (monthly, "monthly", "Month to date"),
     ):
+        if period not in periods:
+            heading += f" — no {period} cap set"  # an absent line is not a missed one
         # Headroom above the highest bar or cap, so a cap line never sits on the frame.
         axis.set_ylim(0, max(tops[period] * 1.15, 0.5))
         axis.yaxis.set_major_formatter(FormatStrFormatter("$%.2f"))
         axis.set_title(heading, loc="left", fontsize=10)
         axis.grid(axis="y", alpha=0.3)
         if axis.get_legend_handles_labels()[0]:  # an empty window has nothing to name
-            axis.legend(loc="upper left", fontsize=8, framealpha=0.85)
-    locator = AutoDateLocator()
-    monthly.xaxis.set_major_locator(locator)
-    monthly.xaxis.set_major_formatter(ConciseDateFormatter(locator))
+            # Wherever it hides the least: a cap line near the top must stay readable.
+            axis.legend(loc="best", fontsize=8, framealpha=0.85)
+    # Day and month on every tick: a window that spans two months must not read as one.
+    # Evenly spaced ticks (a locator that adds the 1st of each month crowds its neighbour).
+    monthly.xaxis.set_major_locator(DayLocator(interval=max(1, math.ceil(len(days) / 8))))
+    monthly.xaxis.set_major_formatter(DateFormatter("%d %b"))
     figure.suptitle(title, fontsize=12)
     return figure
 

@@ -116,3 +116,10 @@ def test_importing_the_chart_module_does_not_load_matplotlib() -> None:
         [sys.executable, "-c", code], capture_output=True, text=True, timeout=60, check=False
     )
     assert done.returncode == 0, done.stderr
+
+
+def test_a_panel_without_a_cap_says_so() -> None:
+    only_daily = (CapLine("daily", 4.0, "server daily cap $4.00"),)
+    daily, monthly = spend_figure(_days(), only_daily, title="t").axes
+    assert "no daily cap" not in daily.get_title(loc="left")
+    assert monthly.get_title(loc="left") == "Month to date — no monthly cap set"
