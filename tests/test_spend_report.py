@@ -17,6 +17,7 @@ from bot.chat.spend_report import (
     discrepancies_text,
     fill_days,
     gather,
+    per_day_text,
     quoted_vs_billed,
     spend_embed,
     top_text,
@@ -62,6 +63,17 @@ def test_days_without_spend_are_zeros() -> None:
         ChartDay(date(2026, 11, 30), 0.6, 0.0),
         ChartDay(date(2026, 12, 1), 0.0, 0.0),
     ]
+
+
+def test_per_day_lists_the_latest_days_with_spend() -> None:
+    assert per_day_text(_report()) == "Wed 02 Dec: $1.20 billed + $0.60 held"
+    busy = fill_days(date(2026, 11, 1), date(2026, 12, 2), {})
+    busy = [ChartDay(d.day, 0.5, 0.0) for d in busy]
+    text = per_day_text(_report(days=busy))
+    assert text.splitlines()[0] == "Wed 02 Dec: $0.50 billed"
+    assert len(text.splitlines()) == 11 and "and 22 earlier day(s)" in text
+    idle = fill_days(date(2026, 11, 1), date(2026, 11, 3), {})
+    assert per_day_text(_report(days=idle)) == "No spend in this window."
 
 
 def test_quoted_vs_billed_says_which_way() -> None:

@@ -25,6 +25,7 @@ from bot.store import Discrepancy, Store, UserUsage
 DEFAULT_DAYS = 30
 MAX_DAYS = 90
 TOP_MEMBERS = 5
+DAYS_LISTED = 10  # the chart shows every day; the text, for those who cannot see it, the latest
 DISCREPANCIES_SHOWN = 5  # the rest are one `/veo-admin discrepancies` away
 CHART_NAME = "veo-spend.png"
 EMBED_COLOR = 0x2F6DB5
@@ -221,6 +222,20 @@ def top_text(rows: Sequence[UserUsage]) -> str:
     )
 
 
+def per_day_text(report: SpendReport) -> str:
+    """The latest days with any spend, newest first, in words (the chart has them all)."""
+    spent = [d for d in reversed(report.days) if d.billed > 0 or d.held > 0]
+    if not spent:
+        return "No spend in this window."
+    lines = []
+    for entry in spent[:DAYS_LISTED]:
+        held = f" + {money(entry.held)} held" if entry.held > 0 else ""
+        lines.append(f"{entry.day:%a %d %b}: {money(entry.billed)} billed{held}")
+    if len(spent) > DAYS_LISTED:
+        lines.append(f"…and {len(spent) - DAYS_LISTED} earlier day(s), on the chart.")
+    return "\n".join(lines)
+
+
 def discrepancies_text(report: SpendReport) -> str:
     """The latest disagreements with Segmind's record (Segmind billed a refunded job, a
     request no job made, a bill far from its quote), each in the sentence the log channel got."""
@@ -256,6 +271,9 @@ def spend_embed(report: SpendReport, *, days: int, chart: bool) -> discord.Embed
         title=f"Spend on this server — last {days} day(s)",
         description=_clip(summary_line(report, days), DESCRIPTION_MAX),
         color=EMBED_COLOR,
+    )
+    embed.add_field(
+        name="Per day (UTC)", value=_clip(per_day_text(report), FIELD_MAX), inline=False
     )
     embed.add_field(
         name="Quoted vs billed", value=_clip(quoted_vs_billed(report), FIELD_MAX), inline=False

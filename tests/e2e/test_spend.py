@@ -59,6 +59,7 @@ async def test_spend_report_chart_and_the_balance_running_out(
     assert embed["image"]["url"] == f"attachment://{chart.filename}"
     fields = {f["name"]: f["value"] for f in embed["fields"]}
     assert f"<@{emu.member.id}>" in fields["Top members"]
+    assert f"${cost:.2f} billed" in fields["Per day (UTC)"]
     assert "Segmind balance" in " ".join(fields)
     assert "Segmind's record matches" in fields["Disagreements with Segmind's record"]
 
