@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 from dataclasses import replace
 from datetime import UTC, date, datetime, timedelta
 from pathlib import Path
@@ -14,6 +15,7 @@ from bot.chat.spend_report import (
     CHART_NAME,
     SpendReport,
     caps_text,
+    chart_png,
     discrepancies_text,
     fill_days,
     gather,
@@ -243,3 +245,15 @@ def test_discrepancies_are_listed_with_a_pointer_to_the_rest() -> None:
     shown = {f.name: f.value for f in embed.fields}
     assert "req-1" in (shown["Disagreements with Segmind's record"] or "")
     assert len(embed) <= 6000
+
+
+async def test_the_chart_is_drawn_off_the_event_loop() -> None:
+    # A render takes a good part of a second; meanwhile the loop must keep serving (the
+    # gateway's heartbeats, other members' commands).
+    ticks = 0
+    rendering = asyncio.ensure_future(chart_png(_report(), days=30))
+    while not rendering.done():
+        await asyncio.sleep(0.005)
+        ticks += 1
+    assert (await rendering).startswith(b"\x89PNG")
+    assert ticks >= 5
