@@ -119,7 +119,7 @@ def test_the_chart_draws_the_caps_that_apply() -> None:
 
 def test_top_members_are_mentions_never_pasted_names() -> None:
     text = top_text([UserUsage(111, 4, 3, 2.40)])
-    assert text == "1. <@111> — 3 delivered of 4, $2.40"
+    assert text == "1. <@111> — 3 delivered of 4, $2.40 charged"
     assert "Nobody made a video" in top_text([])
 
 

@@ -120,8 +120,7 @@ async def gather(
     """Read what the report shows: one server's days (from its month's start, so the running
     total is right), every server's month, the top members and the last balance check."""
     first, last = window(days, now)
-    read_from = min(first, month_start(first))
-    rows = await store.spend_by_day(guild_id, day_start(read_from), now)
+    rows = await store.spend_by_day(guild_id, day_start(month_start(first)), now)
     figures = {row.day: (row.billed, row.held) for row in rows}
     shown = [row for row in rows if row.day >= first]
     month = month_start(last)
@@ -217,7 +216,8 @@ def top_text(rows: Sequence[UserUsage]) -> str:
     if not rows:
         return "Nobody made a video in this window."
     return "\n".join(
-        f"{rank}. <@{row.user_id}> — {row.delivered} delivered of {row.jobs}, {money(row.cost)}"
+        f"{rank}. <@{row.user_id}> — {row.delivered} delivered of {row.jobs}, "
+        f"{money(row.cost)} charged"
         for rank, row in enumerate(rows, start=1)
     )
 
