@@ -184,8 +184,9 @@ class BalanceWatch:
     - `fallback_price()`: one video's quote, for a week without bills;
     - `announce(text)`: post to every moderator log channel (must not raise for one channel).
 
-    The pause is fail-open on a failed read: not knowing the balance is not knowing it ran
-    out, and Segmind's own 406 still refuses an unpaid submit before anything is billed."""
+    A failed read changes nothing: the pause stays as the last answer left it. Not knowing the
+    balance is not knowing it ran out, and Segmind's own 406 still refuses an unpaid submit
+    before anything is billed (and pauses at once through `note_out_of_credits`)."""
 
     def __init__(
         self,
