@@ -100,6 +100,10 @@ class Settings(BaseSettings):
     veo_balance_check_seconds: float = Field(default=600.0, gt=0)
     veo_balance_warn_videos: int = Field(default=25, ge=0)
     veo_max_concurrent_jobs: int = Field(default=4, ge=1)
+    # The approval lane (/veo-admin approvals): how long a held request waits for a moderator
+    # when the guild set no time of its own, and how often lapsed ones are looked for.
+    veo_approval_expiry_hours: float = Field(default=24.0, gt=0)
+    veo_approval_sweep_seconds: float = Field(default=30.0, gt=0)
     veo_max_image_bytes: int = Field(default=20 * 1024 * 1024, gt=0)
     # Hosts input images may be fetched from (comma-separated in the environment): Discord's.
     veo_image_hosts: Annotated[tuple[str, ...], NoDecode] = DEFAULT_IMAGE_HOSTS

@@ -284,7 +284,7 @@ class JobService:
         return await self.store.get_job(job_id)
 
     async def cancel(self, job_id: int, *, actor_id: int, moderator: bool) -> CancelResult:
-        """Drop a job still waiting in the bot's own queue and refund it.
+        """Drop a job still waiting in the bot's own queue (or for a moderator) and refund it.
 
         Only the requester or a moderator may. Segmind has no cancel call, so once the job
         left the queue (`submitting` or later) it can no longer be cancelled."""
@@ -294,7 +294,10 @@ class JobService:
         if not may_act_on(job, actor_id, moderator=moderator):
             return CancelResult("not_allowed", job)
         if not await self.store.transition(
-            job_id, ("queued",), "cancelled", error="cancelled before it was sent to Veo"
+            job_id,
+            ("queued", "awaiting_approval"),
+            "cancelled",
+            error="cancelled before it was sent to Veo",
         ):
             current = await self.store.get_job(job_id) or job
             outcome: CancelOutcome = "too_late" if current.state in IN_FLIGHT_STATES else "finished"
@@ -834,8 +837,10 @@ class JobService:
 
     async def _resume(self) -> None:
         for job in await self.store.nonterminal_jobs():
-            if job.state == "queued":
-                continue  # the dispatcher takes it in order
+            if job.state in ("queued", "awaiting_approval"):
+                # The dispatcher takes queued jobs in order; held ones wait for a moderator
+                # (or the approval lane's expiry sweep), whatever happened to this process.
+                continue
             if job.state == "submitting":
                 # The POST may have left before the crash: find it, never re-send it.
                 self._spawn(job.id, self._recover(job, None))
@@ -862,6 +867,11 @@ class JobService:
         if job is None:
             raise LookupError(f"job {job_id} vanished from the database")
         return job
+
+    async def ended(self, job: Job) -> None:
+        """A job ended outside this service's own flow (a moderator denied it, or it lapsed
+        in the approval lane): counted and shown like any other ending."""
+        await self._finished(job)
 
     async def _finished(self, job: Job | None) -> None:
         if job is not None:

@@ -8,12 +8,14 @@ from __future__ import annotations
 
 import io
 import logging
+from dataclasses import replace
 from typing import TYPE_CHECKING
 
 import discord
 from discord import app_commands
 from discord.ext import commands
 
+from bot.chat import approvals as lane_texts
 from bot.chat import reports, spend_report
 from bot.chat.intake import member_role_ids
 from bot.quota import GuildLimits, LimitDefaults, LimitOverride, Refusal, render_refusal
@@ -77,6 +79,9 @@ class Quota(commands.Cog):
 @app_commands.default_permissions(manage_guild=True)
 class VeoAdmin(commands.GroupCog, group_name="veo-admin", group_description="Moderate /veo"):
     limits = app_commands.Group(name="limits", description="Show and set /veo limits")
+    approvals = app_commands.Group(
+        name="approvals", description="Have moderators approve requests before they cost money"
+    )
 
     def __init__(self, bot: VeoBot) -> None:
         self.bot = bot
@@ -252,7 +257,10 @@ class VeoAdmin(commands.GroupCog, group_name="veo-admin", group_description="Mod
             await store.exempt_roles(guild_id),
             await store.get_log_channel(guild_id),
         )
-        await interaction.followup.send(text, ephemeral=True)
+        lane = lane_texts.settings_text(
+            await store.get_approval_settings(guild_id), _default_expiry(interaction)
+        )
+        await interaction.followup.send(f"{text}\n{lane}"[:2000], ephemeral=True)
 
     @limits.command(name="set", description="Server-wide limits (empty options stay as they are)")
     @app_commands.describe(
@@ -364,6 +372,88 @@ class VeoAdmin(commands.GroupCog, group_name="veo-admin", group_description="Mod
             else ("Finished jobs will no longer be posted.")
         )
         await interaction.response.send_message(text, ephemeral=True)
+
+    # ------------------------------------------------------------------------- approvals
+
+    @approvals.command(name="on", description="Hold requests for a moderator's approval")
+    @app_commands.describe(
+        channel="Where the approval cards are posted for moderators",
+        above="Only requests quoted above this many dollars (0 = every request)",
+        approver="A role that may approve besides Manage Server",
+        expiry_minutes="Undecided requests are dropped (and refunded) after this long",
+    )
+    async def approvals_on(
+        self,
+        interaction: Interaction,
+        channel: discord.TextChannel,
+        above: app_commands.Range[float, 0.0, 1000.0] | None = None,
+        approver: discord.Role | None = None,
+        expiry_minutes: app_commands.Range[float, 0.05, 43200.0] | None = None,
+    ) -> None:
+        store, guild_id = _store(interaction), _guild_id(interaction)
+        current = await store.get_approval_settings(guild_id)
+        updated = replace(
+            current,
+            enabled=True,
+            channel_id=channel.id,
+            threshold=current.threshold if above is None else above,
+            approver_role_id=approver.id if approver else current.approver_role_id,
+            expiry_seconds=(
+                current.expiry_seconds if expiry_minutes is None else expiry_minutes * 60
+            ),
+        )
+        await store.set_approval_settings(guild_id, updated, actor_id=interaction.user.id)
+        await interaction.response.send_message(
+            "Saved. " + lane_texts.settings_text(updated, _default_expiry(interaction)),
+            ephemeral=True,
+            allowed_mentions=discord.AllowedMentions.none(),
+        )
+
+    @approvals.command(name="off", description="Stop holding requests for approval")
+    async def approvals_off(self, interaction: Interaction) -> None:
+        store, guild_id = _store(interaction), _guild_id(interaction)
+        current = await store.get_approval_settings(guild_id)
+        await store.set_approval_settings(
+            guild_id, replace(current, enabled=False), actor_id=interaction.user.id
+        )
+        await interaction.response.send_message(
+            "Approvals are off: new requests go straight to the queue. Requests already "
+            "waiting still need a decision (or lapse).",
+            ephemeral=True,
+        )
+
+    @approvals.command(name="show", description="The approval settings of this server")
+    async def approvals_show(self, interaction: Interaction) -> None:
+        settings = await _store(interaction).get_approval_settings(_guild_id(interaction))
+        await interaction.response.send_message(
+            lane_texts.settings_text(settings, _default_expiry(interaction)),
+            ephemeral=True,
+            allowed_mentions=discord.AllowedMentions.none(),
+        )
+
+    @approvals.command(name="exempt", description="A role whose requests never need approval")
+    @app_commands.describe(role="The role", remove="Make its requests need approval again")
+    async def approvals_exempt(
+        self, interaction: Interaction, role: discord.Role, remove: bool = False
+    ) -> None:
+        store, guild_id = _store(interaction), _guild_id(interaction)
+        current = await store.get_approval_settings(guild_id)
+        roles = current.exempt_roles - {role.id} if remove else current.exempt_roles | {role.id}
+        await store.set_approval_settings(
+            guild_id, replace(current, exempt_roles=roles), actor_id=interaction.user.id
+        )
+        text = (
+            f"Requests by {role.mention} need approval again."
+            if remove
+            else f"Requests by {role.mention} never need approval."
+        )
+        await interaction.response.send_message(
+            text, ephemeral=True, allowed_mentions=discord.AllowedMentions.none()
+        )
+
+
+def _default_expiry(interaction: Interaction) -> float:
+    return interaction.client.settings.veo_approval_expiry_hours * 3600
 
 
 def _guild_summary(limits: GuildLimits, defaults: LimitDefaults) -> str:

@@ -140,6 +140,7 @@ class CancelButton(_JobButton, template=r"veo:cancel:(?P<job>.*)"):
             self.job_id, actor_id=interaction.user.id, moderator=moderator
         )
         if result.outcome == "cancelled" and result.job is not None:
+            await bot.services.approvals.withdrawn(result.job)  # a held one: its card too
             # The service's end of the job already retired it in the output (no progress edit
             # can land on top of this one) and forgot it; retiring here would leak its state.
             by_moderator = interaction.user.id != result.job.user_id

@@ -14,6 +14,7 @@ import sqlite3
 import subprocess
 import sys
 from collections.abc import AsyncIterator, Awaitable, Callable
+from dataclasses import replace
 from pathlib import Path
 
 import aiosqlite
@@ -29,6 +30,8 @@ from bot.store import (
     MIGRATIONS,
     SCHEMA_VERSION,
     TERMINAL_STATES,
+    ApprovalHold,
+    ApprovalSettings,
     IllegalTransition,
     JobState,
     Migration,
@@ -914,6 +917,176 @@ async def test_two_stores_on_one_file_still_hold_the_limit(tmp_path: Path) -> No
     finally:
         await first.close()
         await second.close()
+
+
+# --------------------------------------------------------------------------------------------
+# The approval lane: held requests and the one decision about each
+
+
+def held(user_id: int = 1, *, expires_in: float = HOUR, quote: float = 1.2) -> ReserveRequest:
+    return request(user_id, approval=ApprovalHold(quote=quote, expires_at=NOW + expires_in))
+
+
+async def test_a_held_request_is_reserved_but_never_queued(store: Store) -> None:
+    job_id = await reserved(store, held())
+    job = await store.get_job(job_id)
+    assert job is not None and job.state == "awaiting_approval"
+    assert job.ledger_status == "reserved"
+    # Nothing for the dispatcher, or the queue's metrics.
+    assert await store.next_queued() is None
+    assert await store.queued_ids() == []
+    assert await store.count_queued() == 0 and await store.count_in_flight() == 0
+    # It counts for the member: one at a time (DEFAULTS), so a second request is refused.
+    refusal = await store.reserve(held(), DEFAULTS)
+    assert isinstance(refusal, Refusal) and refusal.kind == "concurrency"
+    assert refusal.in_flight_job_id == job_id
+    assert [j.id for j in await store.nonterminal_jobs()] == [job_id]  # a restart sees it
+    approval = await store.get_approval(job_id)
+    assert approval is not None
+    assert (approval.quote, approval.expires_at, approval.decision) == (1.2, NOW + HOUR, None)
+    assert await store.get_approval(job_id + 1) is None
+    # A held job never goes straight to Segmind.
+    with pytest.raises(IllegalTransition):
+        await store.transition(job_id, ("awaiting_approval",), "submitting")
+
+
+async def test_approval_queues_it_and_the_first_decision_wins(store: Store) -> None:
+    job_id = await reserved(store, held())
+    ahead = await reserved(store, request(2))  # a plain request, queued after it
+    await store.set_approval_card(job_id, 555, 777)
+
+    approved = await store.decide_approval(job_id, "approved", actor_id=99, now=NOW + 60)
+    assert approved is not None and approved.won
+    assert approved.job is not None and approved.job.state == "queued"
+    assert (approved.approval.decided_by, approved.approval.decided_at) == (99, NOW + 60)
+    assert (approved.approval.card_channel_id, approved.approval.card_message_id) == (555, 777)
+    # In line by arrival: it was asked for first.
+    assert await store.queued_ids() == [job_id, ahead]
+
+    late = await store.decide_approval(job_id, "denied", actor_id=98, reason="no", now=NOW + 61)
+    assert late is not None and not late.won
+    assert late.approval.decision == "approved" and late.approval.decided_by == 99
+    assert late.approval.reason is None
+    job = await store.get_job(job_id)
+    assert job is not None and job.state == "queued" and job.ledger_status == "reserved"
+    assert await store.decide_approval(ahead, "approved", actor_id=99) is None  # never held
+    entries = await store.audit_entries(GUILD)
+    assert [(e.action, e.actor_id) for e in entries] == [("approval.approved", 99)]
+    assert entries[0].detail == {"job_id": job_id, "user_id": 1, "reason": None}
+
+
+async def test_deny_cancels_with_its_reason_and_the_refund_frees_the_member(store: Store) -> None:
+    job_id = await reserved(store, held())
+    denied = await store.decide_approval(job_id, "denied", actor_id=98, reason="too gory")
+    assert denied is not None and denied.won
+    assert denied.job is not None and denied.job.state == "cancelled"
+    assert denied.approval.reason == "too gory"
+    assert await store.release(job_id, "denied", DEFAULTS) == "released"
+    view = await store.quota_view(GUILD, 1, (), DEFAULTS, NOW)
+    assert view.usage.user_window.count == 0 and view.usage.in_flight_job_ids == ()
+    (entry,) = await store.audit_entries(GUILD)
+    assert (entry.action, entry.actor_id, entry.detail["reason"]) == (
+        "approval.denied",
+        98,
+        "too gory",
+    )
+
+
+async def test_many_moderators_pressing_at_once_make_one_decision(store: Store) -> None:
+    job_id = await reserved(store, held())
+    results = await asyncio.gather(
+        *(
+            store.decide_approval(job_id, "approved" if i % 2 else "denied", actor_id=1000 + i)
+            for i in range(12)
+        )
+    )
+    assert all(r is not None for r in results)
+    winners = [r for r in results if r is not None and r.won]
+    assert len(winners) == 1
+    (winner,) = winners
+    # Everyone else is told the same decision, by the same moderator.
+    assert {(r.approval.decision, r.approval.decided_by) for r in results if r is not None} == {
+        (winner.approval.decision, winner.approval.decided_by)
+    }
+    assert (
+        len([e for e in await store.audit_entries(GUILD) if e.action.startswith("approval.")]) == 1
+    )
+
+
+async def test_due_approvals_lists_only_lapsed_undecided_ones(store: Store) -> None:
+    soon = await reserved(store, held(1, expires_in=60))
+    later = await reserved(store, held(2, expires_in=HOUR))
+    decided = await reserved(store, held(3, expires_in=30))
+    withdrawn = await reserved(store, held(4, expires_in=30))
+    await store.decide_approval(decided, "approved", actor_id=99)
+    await store.transition(withdrawn, ("awaiting_approval",), "cancelled")
+    assert await store.due_approvals(NOW + 59) == []
+    assert await store.due_approvals(NOW + 60) == [soon]
+    assert await store.due_approvals(NOW + 2 * HOUR) == [soon, later]
+
+    expired = await store.decide_approval(soon, "expired", actor_id=0, now=NOW + 61)
+    assert expired is not None and expired.won
+    assert expired.job is not None and expired.job.state == "expired"
+    assert expired.approval.decided_by is None  # nobody decided
+    assert await store.due_approvals(NOW + 2 * HOUR) == [later]
+    # A crash before the refund: the start-up net releases the expired one.
+    assert await store.settle_terminal(DEFAULTS) == 2  # the expired and the withdrawn
+    job = await store.get_job(soon)
+    assert job is not None and job.ledger_status == "released"
+
+
+async def test_approval_settings_round_trip_and_are_audited(store: Store) -> None:
+    assert await store.get_approval_settings(GUILD) == ApprovalSettings()
+    lane = ApprovalSettings(
+        enabled=True,
+        channel_id=555,
+        threshold=0.5,
+        exempt_roles=frozenset({10, 11}),
+        approver_role_id=12,
+        expiry_seconds=3600.0,
+    )
+    await store.set_approval_settings(GUILD, lane, actor_id=99)
+    assert await store.get_approval_settings(GUILD) == lane
+    assert await store.get_approval_settings(GUILD + 1) == ApprovalSettings()
+    off = replace(lane, enabled=False, exempt_roles=frozenset())
+    await store.set_approval_settings(GUILD, off, actor_id=98)
+    assert await store.get_approval_settings(GUILD) == off
+    entries = await store.audit_entries(GUILD)
+    assert [(e.action, e.actor_id) for e in entries] == [
+        ("approvals.set", 98),
+        ("approvals.set", 99),
+    ]
+    assert entries[1].detail["exempt_roles"] == [10, 11]
+    assert entries[1].detail["channel_id"] == 555
+    # The lane's settings are apart from the limits: neither overwrites the other.
+    await store.set_guild_limits(GUILD, GuildLimits(user_limit=5), actor_id=99)
+    assert await store.get_approval_settings(GUILD) == off
+
+
+async def test_migration_8_widens_an_old_state_check_in_place(
+    tmp_path: Path, clock: ManualClock
+) -> None:
+    """A database made before the lane lists one state fewer; its jobs must take the new one."""
+    first, *rest = MIGRATIONS[:3]
+    old_first = Migration(
+        first.version,
+        first.description,
+        tuple(s.replace(", 'awaiting_approval'", "") for s in first.statements),
+    )
+    path = tmp_path / "veo.sqlite3"
+    async with aiosqlite.connect(path, isolation_level=None) as conn:
+        await apply_migrations(conn, (old_first, *rest))
+    with sqlite3.connect(path) as raw:
+        (old_sql,) = raw.execute("SELECT sql FROM sqlite_master WHERE name = 'jobs'").fetchone()
+    assert "awaiting_approval" not in old_sql
+    async with await SqliteStore.open(path, clock=clock) as store:
+        job_id = await reserved(store, held())
+        job = await store.get_job(job_id)
+        assert job is not None and job.state == "awaiting_approval"
+    with sqlite3.connect(path) as raw:
+        assert raw.execute("PRAGMA integrity_check").fetchone() == ("ok",)
+        with pytest.raises(sqlite3.IntegrityError):  # the CHECK still refuses what is no state
+            raw.execute("UPDATE jobs SET state = 'bogus' WHERE id = ?", (job_id,))
 
 
 # ------------------------------------------------------------------ money truth (schema 5)

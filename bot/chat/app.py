@@ -13,9 +13,11 @@ import discord
 from discord import app_commands
 from discord.ext import commands
 
+from bot.approvals import ApprovalLane
 from bot.balance import BalanceWatch, RecentSpend
 from bot.chat import spend_report
 from bot.chat.alerts import DiscordAlerts
+from bot.chat.approvals import DiscordCards
 from bot.chat.notices import LogChannels
 from bot.chat.ops import start_ops, stop_ops
 from bot.chat.output import DiscordOutput
@@ -25,6 +27,7 @@ from bot.jobs import JobService
 from bot.ops.health import GatewayWatch
 from bot.ops.http import OpsServer
 from bot.ops.metrics import Metrics
+from bot.pricing import PriceBook
 from bot.quota import LimitDefaults
 from bot.reconcile import Reconciler
 from bot.segmind import client as sm
@@ -32,7 +35,7 @@ from bot.store import Store, open_store
 
 log = logging.getLogger(__name__)
 
-EXTENSIONS = ("cogs.veo", "cogs.admin", "cogs.image", "cogs.buttons")
+EXTENSIONS = ("cogs.veo", "cogs.admin", "cogs.image", "cogs.buttons", "cogs.approvals")
 
 # Exactly what the bot uses: reading the channel it answers in, posting and editing its own
 # messages with a video attached, and reading the message a member replied to.
@@ -78,6 +81,8 @@ class Services:
     jobs: JobService
     output: DiscordOutput
     session: aiohttp.ClientSession  # shared by everything that fetches from the web (images)
+    approvals: ApprovalLane  # holds the requests a guild wants a moderator to approve
+    cards: DiscordCards  # the approval cards in the moderators' channel
     reconciler: Reconciler  # pages Segmind's history in the background
     balance: BalanceWatch  # the Segmind balance, its forecast, and the pause when it ran out
 
@@ -134,6 +139,7 @@ class VeoBot(commands.Bot):
         await self._sync_commands()
         self._log_invite()
         await jobs.start()
+        await self.services.approvals.start()
         self.services.reconciler.start()
         self.services.balance.start()
         self.ops = await start_ops(
@@ -190,6 +196,21 @@ class VeoBot(commands.Bot):
             alerts=alerts,
             credits_signal=balance,
         )
+        cards = DiscordCards(self, output)
+        # The quote of the approval lane. Its one seam: point `quote` at the bot's shared
+        # PriceBook (fed with observed costs) once there is one; a fresh book quotes the top
+        # of Segmind's published range, which errs toward asking a moderator.
+        price_book = PriceBook()
+        approvals = ApprovalLane(
+            store,
+            jobs,
+            output,
+            cards,
+            quote=price_book.quote,
+            default_expiry=settings.veo_approval_expiry_hours * 3600,
+            sweep_interval=settings.veo_approval_sweep_seconds,
+            clock=self.clock,
+        )
         reconciler = Reconciler(
             store,
             segmind,
@@ -200,7 +221,9 @@ class VeoBot(commands.Bot):
             settle_lag=settings.veo_recovery_window_seconds + 120.0,
             clock=self.clock,
         )
-        self._services = Services(store, segmind, jobs, output, session, reconciler, balance)
+        self._services = Services(
+            store, segmind, jobs, output, session, approvals, cards, reconciler, balance
+        )
         return self._services
 
     def _balance_watch(self, store: Store, segmind: sm.SegmindClient) -> BalanceWatch:
@@ -297,6 +320,7 @@ class VeoBot(commands.Bot):
     async def close(self) -> None:
         self.stop_accepting()
         if self._services is not None:
+            await self._services.approvals.stop()
             await self._services.reconciler.stop()
             await self._services.balance.stop()
             await self._services.jobs.stop()

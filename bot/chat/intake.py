@@ -119,9 +119,10 @@ async def prepare_params(bot: VeoBot, request: VeoRequest) -> VeoParams:
 
 
 async def reserve(bot: VeoBot, request: ReserveRequest) -> int:
-    """Check the limits and queue; returns the job id or raises `Refused`."""
+    """Check the limits and queue (or hold for a moderator, when the guild's approval lane
+    wants that); returns the job id or raises `Refused`."""
     try:
-        outcome = await bot.services.jobs.enqueue(request)
+        outcome = await bot.services.approvals.enqueue(request)
     except StoreUnavailable:
         log.exception("database unavailable; refusing a job from user %s", request.user_id)
         raise Refused(STORE_DOWN) from None

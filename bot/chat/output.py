@@ -150,7 +150,8 @@ class DiscordOutput:
         throttle = self._throttles.setdefault(job.id, _Throttle())
         if text == throttle.last_text or text == throttle.pending:
             return
-        queued = progress.stage is Stage.QUEUED
+        # A held request can be withdrawn too: it is not at Segmind either.
+        queued = progress.stage in (Stage.QUEUED, Stage.AWAITING_APPROVAL)
         wait = throttle.last_sent + self.edit_interval - time.monotonic()
         if wait <= 0 and throttle.timer is None:
             await self._send_progress(job, throttle, text, queued)

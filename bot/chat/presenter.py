@@ -79,7 +79,12 @@ def params_line(params: VeoParams) -> str:
 def progress_text(params: VeoParams, progress: Progress, *, demo: bool = False) -> str:
     """The placeholder while the job moves. Changes only when something a user sees changes."""
     stage = progress.stage
-    if stage is Stage.QUEUED:
+    if stage is Stage.AWAITING_APPROVAL:
+        head = (
+            "🛂 **Waiting for a moderator** — this server approves requests like this one "
+            "before they are sent to Veo. Nothing is charged unless it is approved and made."
+        )
+    elif stage is Stage.QUEUED:
         where = f"{ordinal(progress.position)} in line" if progress.position else "in line"
         head = f"⏳ **Queued** — {where}. It starts when a slot frees up."
     elif stage is Stage.SUBMITTING:

@@ -6,6 +6,7 @@ nothing here imports a database driver, Discord or HTTP.
 
 Job lifecycle (see `LEGAL_TRANSITIONS`)::
 
+    (awaiting_approval ──▶ queued, or ─▶ cancelled / expired: a held request, `bot.approvals`)
     queued ──▶ submitting ──▶ submitted ──▶ completed ──▶ delivering ──▶ delivered
       │            │  │            │             │              │
       │            │  └─▶ unknown  └─▶ failed / expired        └─▶ failed
@@ -40,6 +41,10 @@ JobState = Literal[
     "expired",
     "cancelled",
     "unknown",
+    # Held for a moderator (the approval lane): its quota is reserved, nothing is sent to
+    # Segmind until a moderator approves it (then `queued`). Last, so the CHECK lists of
+    # existing databases only grow (migration 8).
+    "awaiting_approval",
 ]
 ALL_STATES: tuple[JobState, ...] = get_args(JobState)
 TERMINAL_STATES: frozenset[JobState] = frozenset(
@@ -47,9 +52,14 @@ TERMINAL_STATES: frozenset[JobState] = frozenset(
 )
 # Holding a Segmind slot (or about to): what the global concurrency limit counts.
 IN_FLIGHT_STATES: tuple[JobState, ...] = ("submitting", "submitted", "completed", "delivering")
-NONTERMINAL_STATES: tuple[JobState, ...] = ("queued", *IN_FLIGHT_STATES)
+# Unfinished: what the member's concurrency limit counts, a held request included (so nobody
+# can pile up a hundred of them), and what a restart looks at.
+NONTERMINAL_STATES: tuple[JobState, ...] = ("awaiting_approval", "queued", *IN_FLIGHT_STATES)
 
 LEGAL_TRANSITIONS: dict[JobState, frozenset[JobState]] = {
+    # Approved: into the queue; denied (or withdrawn by the requester): cancelled; nobody
+    # decided in time: expired. Never straight to `submitting`: only the queue dispatches.
+    "awaiting_approval": frozenset({"queued", "cancelled", "expired"}),
     # A queued job has cost nothing yet: it may be dropped for any reason.
     "queued": frozenset({"submitting", "cancelled", "expired", "failed"}),
     # A refused POST fails the job (refunded): it never goes back to the queue, where it could
@@ -74,6 +84,7 @@ ReleaseReason = Literal[
     "cancelled",  # the user or a moderator cancelled it
     "unknown",  # crashed between POST and saving the request id; the user got nothing
     "delivery_failed",  # Segmind made it but it never reached the user
+    "denied",  # a moderator declined it in the approval lane: nothing was sent
 ]
 ReleaseOutcome = Literal["released", "charged", "already_settled", "no_such_job"]
 # Who told the owner's spend ledger what Segmind billed: the result's `metrics.cost` (or the
@@ -280,14 +291,21 @@ class ReserveRequest:
     placeholder_channel_id: int | None = None
     placeholder_message_id: int | None = None  # the public "thinking…" message
     upload_limit: int | None = None
+    # Set: the job is created `awaiting_approval` (held for a moderator), not `queued`.
+    approval: ApprovalHold | None = None
     # Dollars held against the owner's spend caps until Segmind's bill replaces it (the bot's
     # `PriceBook` quote). None: `LimitDefaults.price_per_job`.
     quote: float | None = None
 
 
+def initial_state(request: ReserveRequest) -> JobState:
+    """The state `reserve` creates the job in: held for a moderator, or straight in line."""
+    return "awaiting_approval" if request.approval is not None else "queued"
+
+
 @dataclass(frozen=True, slots=True)
 class Reserved:
-    """The job exists (state `queued`) and its quota is held.
+    """The job exists (`queued`, or `awaiting_approval` when held) and its quota is held.
 
     `used`/`limit` describe the member's window including this job (`limit` None: exempt)."""
 
@@ -333,6 +351,130 @@ class AuditEntry:
     action: str
     detail: dict[str, Any]
     created_at: float
+
+
+# --------------------------------------------------------------------------------------------
+# The approval lane
+
+ApprovalDecision = Literal["approved", "denied", "expired"]
+# Where a decision moves the held job.
+DECISION_STATES: dict[ApprovalDecision, JobState] = {
+    "approved": "queued",
+    "denied": "cancelled",
+    "expired": "expired",
+}
+DECISION_ERRORS: dict[ApprovalDecision, str | None] = {
+    "approved": None,
+    "denied": "declined by a moderator",
+    "expired": "no moderator decided in time",
+}
+
+
+@dataclass(frozen=True, slots=True)
+class ApprovalHold:
+    """What `reserve` records with a job held for a moderator: the quoted price shown on the
+    card, and when the request lapses undecided (epoch seconds)."""
+
+    quote: float
+    expires_at: float
+
+
+@dataclass(frozen=True, slots=True)
+class ApprovalSettings:
+    """A guild's approval lane. `threshold`: approval is needed when the quote is above it
+    (0: always). `expiry_seconds` None: the bot's default."""
+
+    enabled: bool = False
+    channel_id: int | None = None
+    threshold: float = 0.0
+    exempt_roles: frozenset[int] = frozenset()
+    approver_role_id: int | None = None
+    expiry_seconds: float | None = None
+
+
+APPROVAL_ROW: tuple[str, ...] = (
+    "job_id",
+    "guild_id",
+    "quote",
+    "created_at",
+    "expires_at",
+    "card_channel_id",
+    "card_message_id",
+    "decision",
+    "decided_by",
+    "decided_at",
+    "reason",
+)
+
+
+@dataclass(frozen=True, slots=True)
+class Approval:
+    """A held request and, once made, the one decision about it."""
+
+    job_id: int
+    guild_id: int
+    quote: float
+    created_at: float
+    expires_at: float
+    card_channel_id: int | None
+    card_message_id: int | None
+    decision: ApprovalDecision | None
+    decided_by: int | None  # None for an expiry (nobody decided)
+    decided_at: float | None
+    reason: str | None
+
+
+@dataclass(frozen=True, slots=True)
+class DecisionResult:
+    """`decide_approval`'s answer. `won`: this call made the decision; otherwise `approval`
+    shows the earlier one (or none, when the job ended another way, e.g. withdrawn)."""
+
+    won: bool
+    approval: Approval
+    job: Job | None
+
+
+# Read and written the same way by every backend.
+APPROVAL_SETTINGS_ROW: tuple[str, ...] = (
+    "enabled",
+    "channel_id",
+    "threshold",
+    "exempt_roles",
+    "approver_role_id",
+    "expiry_seconds",
+)
+
+
+def approval_settings_of(row: tuple[Any, ...] | None) -> ApprovalSettings:
+    """A guild's lane from its `APPROVAL_SETTINGS_ROW` columns (no row: the lane is off)."""
+    if row is None:
+        return ApprovalSettings()
+    enabled, channel_id, threshold, exempt, approver, expiry = row
+    return ApprovalSettings(
+        enabled=bool(enabled),
+        channel_id=channel_id,
+        threshold=float(threshold),
+        exempt_roles=frozenset(int(r) for r in json.loads(exempt or "[]")),
+        approver_role_id=approver,
+        expiry_seconds=expiry,
+    )
+
+
+def approval_settings_row(settings: ApprovalSettings) -> tuple[Any, ...]:
+    """The `APPROVAL_SETTINGS_ROW` values to write (role ids as a sorted JSON list)."""
+    return (
+        settings.enabled,
+        settings.channel_id,
+        settings.threshold,
+        json.dumps(sorted(settings.exempt_roles)),
+        settings.approver_role_id,
+        settings.expiry_seconds,
+    )
+
+
+def approval_of(row: tuple[Any, ...]) -> Approval:
+    """An `Approval` from its `APPROVAL_ROW` columns."""
+    return Approval(*row)
 
 
 @dataclass(frozen=True, slots=True)

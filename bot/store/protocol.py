@@ -16,9 +16,13 @@ from typing import Any, Protocol, Self, Unpack
 
 from bot.quota import GuildLimits, LimitDefaults, LimitOverride, Refusal
 from bot.store.model import (
+    Approval,
+    ApprovalDecision,
+    ApprovalSettings,
     AuditEntry,
     BilledSource,
     DaySpend,
+    DecisionResult,
     Discrepancy,
     Job,
     JobFields,
@@ -310,6 +314,57 @@ class ReportStore(Protocol):
         ...
 
 
+class ApprovalStore(Protocol):
+    """The approval lane: a guild's settings and the one decision about each held request.
+
+    A held job is created by `reserve` (a `ReserveRequest` with `approval`), in state
+    `awaiting_approval` with its quota reserved; only `decide_approval` moves it on."""
+
+    async def get_approval_settings(self, guild_id: int) -> ApprovalSettings:
+        """The guild's lane (off, with defaults, when never set)."""
+        ...
+
+    async def set_approval_settings(
+        self,
+        guild_id: int,
+        settings: ApprovalSettings,
+        *,
+        actor_id: int,
+        now: float | None = None,
+    ) -> None:
+        """Replace the guild's lane settings (audited in the same transaction)."""
+        ...
+
+    async def get_approval(self, job_id: int) -> Approval | None:
+        """The held request behind a job (None: the job was never held)."""
+        ...
+
+    async def set_approval_card(self, job_id: int, channel_id: int, message_id: int) -> None:
+        """Remember where the moderators' card was posted, so any process can edit it."""
+        ...
+
+    async def decide_approval(
+        self,
+        job_id: int,
+        decision: ApprovalDecision,
+        *,
+        actor_id: int,
+        reason: str | None = None,
+        now: float | None = None,
+    ) -> DecisionResult | None:
+        """Compare-and-set, in one transaction: if the job still awaits approval, move it
+        (approved → `queued`, denied → `cancelled`, expired → `expired`), record who decided,
+        when and why, and write the audit entry. Only the first caller wins; the others get
+        `won=False` and the decision already made. The quota is not settled here: the caller
+        releases a denied or expired job (and `settle_terminal` does after a crash). None when
+        the job was never held."""
+        ...
+
+    async def due_approvals(self, now: float | None = None) -> list[int]:
+        """Held jobs whose approval lapsed (`expires_at <= now`) still undecided, oldest first."""
+        ...
+
+
 class ReconcileStore(Protocol):
     """What checking the bot's record against Segmind's needs: jobs by request id, the
     discrepancies found (each recorded and posted once), and where the last pass stopped."""
@@ -356,7 +411,14 @@ class ReconcileStore(Protocol):
 
 
 class Store(
-    LedgerStore, SpendStore, JobStore, ModerationStore, ReportStore, ReconcileStore, Protocol
+    LedgerStore,
+    SpendStore,
+    JobStore,
+    ModerationStore,
+    ReportStore,
+    ReconcileStore,
+    ApprovalStore,
+    Protocol,
 ):
     """The bot's database, whatever the backend. Close it once, on shutdown."""
 

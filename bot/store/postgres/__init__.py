@@ -20,6 +20,7 @@ from collections.abc import Callable, Sequence
 import asyncpg
 
 from bot.store.model import StoreError
+from bot.store.postgres.approvals import ApprovalQueries
 from bot.store.postgres.connection import DRIVER_ERRORS, store_error
 from bot.store.postgres.jobs import JobQueries
 from bot.store.postgres.ledger import LedgerQueries
@@ -35,7 +36,13 @@ _OPEN_ERRORS: tuple[type[BaseException], ...] = (*DRIVER_ERRORS, ValueError)
 
 
 class PostgresStore(
-    LedgerQueries, SpendQueries, JobQueries, ModerationQueries, ReportQueries, ReconcileQueries
+    LedgerQueries,
+    SpendQueries,
+    JobQueries,
+    ModerationQueries,
+    ReportQueries,
+    ReconcileQueries,
+    ApprovalQueries,
 ):
     """`bot.store.protocol.Store` on a PostgreSQL database. Create with
     `await PostgresStore.open(url)`; close with `await close()`. `now` arguments default to

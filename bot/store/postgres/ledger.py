@@ -41,6 +41,7 @@ from bot.store.model import (
     Reserved,
     ReserveRequest,
     check_billed,
+    initial_state,
 )
 from bot.store.postgres.connection import Connection, PostgresBase, affected, lock_key
 from bot.store.postgres.spend import RECORD_BILLED
@@ -296,7 +297,7 @@ class LedgerQueries(PostgresBase):
                                   state, created_at, updated_at,
                                   interaction_token, interaction_created_at,
                                   placeholder_channel_id, placeholder_message_id, upload_limit)
-                VALUES ($1, $2, $3, $4, $5, $6, 'queued', $7, $7, $8, $9, $10, $11, $12)
+                VALUES ($1, $2, $3, $4, $5, $6, $13, $7, $7, $8, $9, $10, $11, $12)
                 RETURNING id, queue_seq
                 """,
                 guild_id,
@@ -311,6 +312,7 @@ class LedgerQueries(PostgresBase):
                 request.placeholder_channel_id,
                 request.placeholder_message_id,
                 request.upload_limit,
+                initial_state(request),
             )
             assert row is not None  # INSERT … RETURNING yields the row it inserted
             job_id, queue_seq = row
@@ -333,6 +335,17 @@ class LedgerQueries(PostgresBase):
                 quote,
                 now,
             )
+            if request.approval is not None:
+                # In the same transaction: a held job never exists without its expiry.
+                await conn.execute(
+                    "INSERT INTO approvals (job_id, guild_id, quote, created_at, expires_at)"
+                    " VALUES ($1, $2, $3, $4, $5)",
+                    job_id,
+                    guild_id,
+                    request.approval.quote,
+                    now,
+                    request.approval.expires_at,
+                )
         return Reserved(
             job_id=int(job_id), queue_seq=int(queue_seq), used=decision.used, limit=decision.limit
         )

@@ -223,6 +223,43 @@ MIGRATIONS: tuple[Migration, ...] = (
             """,
         ),
     ),
+    Migration(
+        8,  # numbers 3-7 belong to other branches (gaps are fine)
+        "approval lane: the awaiting_approval state, guild lane settings, held requests",
+        (
+            # Re-created from `ALL_STATES`: a database from before lists one state fewer.
+            "ALTER TABLE jobs DROP CONSTRAINT IF EXISTS jobs_state_check",
+            f"ALTER TABLE jobs ADD CONSTRAINT jobs_state_check CHECK (state IN ({_STATE_CHECK}))",
+            """
+            CREATE TABLE approval_settings (
+                guild_id BIGINT PRIMARY KEY,
+                enabled BOOLEAN NOT NULL DEFAULT FALSE,
+                channel_id BIGINT,
+                threshold DOUBLE PRECISION NOT NULL DEFAULT 0 CHECK (threshold >= 0),
+                exempt_roles JSON NOT NULL DEFAULT '[]',
+                approver_role_id BIGINT,
+                expiry_seconds DOUBLE PRECISION CHECK (expiry_seconds > 0)
+            )
+            """,
+            """
+            CREATE TABLE approvals (
+                job_id BIGINT PRIMARY KEY REFERENCES jobs (id),
+                guild_id BIGINT NOT NULL,
+                quote DOUBLE PRECISION NOT NULL,
+                created_at DOUBLE PRECISION NOT NULL,
+                expires_at DOUBLE PRECISION NOT NULL,
+                card_channel_id BIGINT,
+                card_message_id BIGINT,
+                decision TEXT CHECK (decision IN ('approved', 'denied', 'expired')),
+                decided_by BIGINT,
+                decided_at DOUBLE PRECISION,
+                reason TEXT
+            )
+            """,
+            # The sweep reads only the undecided ones, by expiry.
+            "CREATE INDEX approvals_due ON approvals (expires_at) WHERE decision IS NULL",
+        ),
+    ),
 )
 SCHEMA_VERSION = MIGRATIONS[-1].version
 

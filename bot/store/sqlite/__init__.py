@@ -24,6 +24,7 @@ from typing import Literal
 import aiosqlite
 
 from bot.store.model import StoreUnavailable
+from bot.store.sqlite.approvals import ApprovalQueries
 from bot.store.sqlite.connection import _UNAVAILABLE_ERRORS, _store_error
 from bot.store.sqlite.jobs import JobQueries
 from bot.store.sqlite.ledger import LedgerQueries
@@ -35,7 +36,13 @@ from bot.store.sqlite.spend import SpendQueries
 
 
 class SqliteStore(
-    LedgerQueries, SpendQueries, JobQueries, ModerationQueries, ReportQueries, ReconcileQueries
+    LedgerQueries,
+    SpendQueries,
+    JobQueries,
+    ModerationQueries,
+    ReportQueries,
+    ReconcileQueries,
+    ApprovalQueries,
 ):
     """`bot.store.protocol.Store` on one SQLite file. Create with `await SqliteStore.open(path)`;
     close with `await close()`. `now` arguments default to the injected clock."""

@@ -41,6 +41,7 @@ from bot.store.model import (
     Reserved,
     ReserveRequest,
     check_billed,
+    initial_state,
 )
 from bot.store.sqlite.connection import SqliteBase, _placeholders
 from bot.store.sqlite.spend import RECORD_BILLED
@@ -242,7 +243,7 @@ def _reserve(
                           state, created_at, updated_at, queue_seq,
                           interaction_token, interaction_created_at,
                           placeholder_channel_id, placeholder_message_id, upload_limit)
-        VALUES (?, ?, ?, ?, ?, ?, 'queued', ?, ?,
+        VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?,
                 (SELECT COALESCE(MAX(queue_seq), 0) + 1 FROM jobs), ?, ?, ?, ?, ?)
         RETURNING id, queue_seq
         """,
@@ -253,6 +254,7 @@ def _reserve(
             request.params.prompt,
             request.params.model_dump_json(),
             request.params.image_url,
+            initial_state(request),
             now,
             now,
             request.interaction_token,
@@ -273,6 +275,13 @@ def _reserve(
         " VALUES (?, ?, ?, ?, ?)",
         (job_id, request.guild_id, request.user_id, quote, now),
     )
+    if request.approval is not None:
+        # In the same transaction: a held job never exists without its expiry.
+        conn.execute(
+            "INSERT INTO approvals (job_id, guild_id, quote, created_at, expires_at)"
+            " VALUES (?, ?, ?, ?, ?)",
+            (job_id, request.guild_id, request.approval.quote, now, request.approval.expires_at),
+        )
     return Reserved(
         job_id=int(job_id), queue_seq=int(queue_seq), used=decision.used, limit=decision.limit
     )

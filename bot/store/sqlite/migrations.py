@@ -15,6 +15,10 @@ class Migration:
     version: int
     description: str
     statements: tuple[str, ...]
+    # The statements rewrite `sqlite_master` (a CHECK list SQLite cannot ALTER): the schema
+    # cookie is bumped in the same transaction so every connection, this one included,
+    # reloads the schema instead of enforcing the old text.
+    bump_schema_version: bool = False
 
 
 _STATE_CHECK = ", ".join(f"'{s}'" for s in ALL_STATES)
@@ -248,13 +252,62 @@ MIGRATIONS: tuple[Migration, ...] = (
             """,
         ),
     ),
+    Migration(
+        8,  # numbers 4-7 belong to other branches (gaps are fine)
+        "approval lane: the awaiting_approval state, guild lane settings, held requests",
+        (
+            # SQLite cannot ALTER a CHECK, and rebuilding `jobs` needs foreign keys off, which
+            # cannot happen inside this transaction. Its documented writable_schema procedure
+            # for changes every stored row still satisfies is used instead: the state list only
+            # grows. A database created by this code already lists every state (migration 1
+            # formats `ALL_STATES`), hence the `instr` guard.
+            "PRAGMA writable_schema = ON",
+            "UPDATE sqlite_master SET sql = replace(sql, '''unknown''))', "
+            "'''unknown'', ''awaiting_approval''))') "
+            "WHERE type = 'table' AND name = 'jobs' AND instr(sql, 'awaiting_approval') = 0",
+            "PRAGMA writable_schema = OFF",
+            """
+            CREATE TABLE approval_settings (
+                guild_id INTEGER PRIMARY KEY,
+                enabled INTEGER NOT NULL DEFAULT 0 CHECK (enabled IN (0, 1)),
+                channel_id INTEGER,
+                threshold REAL NOT NULL DEFAULT 0 CHECK (threshold >= 0),
+                exempt_roles TEXT NOT NULL DEFAULT '[]' CHECK (json_valid(exempt_roles)),
+                approver_role_id INTEGER,
+                expiry_seconds REAL CHECK (expiry_seconds > 0)
+            )
+            """,
+            """
+            CREATE TABLE approvals (
+                job_id INTEGER PRIMARY KEY REFERENCES jobs (id),
+                guild_id INTEGER NOT NULL,
+                quote REAL NOT NULL,
+                created_at REAL NOT NULL,
+                expires_at REAL NOT NULL,
+                card_channel_id INTEGER,
+                card_message_id INTEGER,
+                decision TEXT CHECK (decision IN ('approved', 'denied', 'expired')),
+                decided_by INTEGER,
+                decided_at REAL,
+                reason TEXT
+            )
+            """,
+            # The sweep reads only the undecided ones, by expiry.
+            "CREATE INDEX approvals_due ON approvals (expires_at) WHERE decision IS NULL",
+        ),
+        bump_schema_version=True,
+    ),
 )
 SCHEMA_VERSION = MIGRATIONS[-1].version
 
 
-async def _user_version(conn: aiosqlite.Connection) -> int:
-    rows = list(await conn.execute_fetchall("PRAGMA user_version"))
+async def _pragma_int(conn: aiosqlite.Connection, name: str) -> int:
+    rows = list(await conn.execute_fetchall(f"PRAGMA {name}"))  # a name from this module
     return int(rows[0][0])
+
+
+async def _user_version(conn: aiosqlite.Connection) -> int:
+    return await _pragma_int(conn, "user_version")
 
 
 async def apply_migrations(
@@ -280,6 +333,9 @@ async def apply_migrations(
                 continue
             for statement in migration.statements:
                 await conn.execute(statement)
+            if migration.bump_schema_version:
+                cookie = await _pragma_int(conn, "schema_version")
+                await conn.execute(f"PRAGMA schema_version = {cookie + 1}")
             # PRAGMA takes no parameters; the version is an int from this module.
             await conn.execute(f"PRAGMA user_version = {int(migration.version)}")
             await conn.execute("COMMIT")
