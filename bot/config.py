@@ -100,6 +100,11 @@ class Settings(BaseSettings):
     # trips before the owner is overspent; learned quotes replace it (`bot.pricing`).
     veo_price_per_job: float = Field(default=PUBLISHED_MAX, gt=0)
     veo_blocked_prompt_cap: int = Field(default=3, ge=0)
+    # Balance watch: how often the Segmind balance is read (one request of the shared budget
+    # each time), and how many videos' worth left makes the log channels hear of it (0 = only
+    # when it runs out).
+    veo_balance_check_seconds: float = Field(default=600.0, gt=0)
+    veo_balance_warn_videos: int = Field(default=25, ge=0)
     veo_max_concurrent_jobs: int = Field(default=4, ge=1)
     # The approval lane (/veo-admin approvals): how long a held request waits for a moderator
     # when the guild set no time of its own, and how often lapsed ones are looked for.

@@ -40,6 +40,7 @@ from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any, Literal, Protocol
 
+from bot.balance import NO_SIGNAL, CreditsSignal
 from bot.discrepancies import Alerts, post_pending
 from bot.logs import job_context
 from bot.media.encode import NotAVideo, encoded_path, probe_video
@@ -195,6 +196,7 @@ class JobService:
         recovery_window: float = RECOVERY_WINDOW,
         recovery_interval: float = RECOVERY_INTERVAL,
         alerts: Alerts | None = None,
+        credits_signal: CreditsSignal = NO_SIGNAL,
     ) -> None:
         self.store = store
         self.segmind = segmind
@@ -209,6 +211,9 @@ class JobService:
         self.recovery_window = recovery_window
         self.recovery_interval = recovery_interval
         self.alerts = alerts  # None: disagreements are recorded and logged, not posted
+        # Segmind's own word on the balance (a submit accepted, or refused with 406) moves the
+        # balance watch's pause at once, not at its next check.
+        self.credits_signal = credits_signal
         self._wake = asyncio.Event()
         self._tasks: dict[int, asyncio.Task[None]] = {}
         self._dispatcher: asyncio.Task[None] | None = None
@@ -393,10 +398,13 @@ class JobService:
             await self._recover(job, exc)
             return
         except sm.SegmindError as exc:
+            if isinstance(exc, sm.InsufficientCredits):
+                self.credits_signal.note_out_of_credits()
             await self._fail(job, "failed", exc, release_reason="not_submitted")
             return
         finally:
             self._submitting.discard(job_id)
+        self.credits_signal.note_submitted()
         # Logged before anything else can fail: with it a moderator can always find the job.
         log.info("job %s: Segmind accepted it as request %s", job_id, submitted.request_id)
         self.events.submitted(job_id)

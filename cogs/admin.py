@@ -7,6 +7,7 @@ change that default in the Integrations settings; the runtime check below cannot
 from __future__ import annotations
 
 import io
+import logging
 from dataclasses import replace
 from typing import TYPE_CHECKING
 
@@ -15,13 +16,15 @@ from discord import app_commands
 from discord.ext import commands
 
 from bot.chat import approvals as lane_texts
-from bot.chat import reports
+from bot.chat import reports, spend_report
 from bot.chat.intake import member_role_ids
 from bot.quota import GuildLimits, LimitDefaults, LimitOverride, Refusal, render_refusal
 
 if TYPE_CHECKING:
     from bot.chat.app import VeoBot
     from bot.store import Store
+
+log = logging.getLogger(__name__)
 
 Interaction = discord.Interaction["VeoBot"]
 
@@ -144,6 +147,39 @@ class VeoAdmin(commands.GroupCog, group_name="veo-admin", group_description="Mod
         file = discord.File(io.BytesIO(data), filename=f"veo-jobs-{days}d.csv")
         await interaction.followup.send(
             f"{len(rows)} jobs from the last {days} day(s).", file=file, ephemeral=True
+        )
+
+    @app_commands.command(name="spend", description="What Segmind billed, per day, with a chart")
+    @app_commands.describe(days="How many UTC days back, today included")
+    async def spend(
+        self,
+        interaction: Interaction,
+        days: app_commands.Range[int, 1, spend_report.MAX_DAYS] = spend_report.DEFAULT_DAYS,
+    ) -> None:
+        await interaction.response.defer(ephemeral=True)
+        bot = interaction.client
+        report = await spend_report.gather(
+            bot.services.store,
+            _guild_id(interaction),
+            days,
+            defaults=_defaults(interaction),
+            watch=bot.services.balance,
+            now=bot.clock(),
+        )
+        try:
+            png: bytes | None = await spend_report.chart_png(report, days=days)
+        except Exception:
+            # The figures still answer the question; the picture is a convenience.
+            log.exception("spend chart for guild %s not drawn", interaction.guild_id)
+            png = None
+        embed = spend_report.spend_embed(report, days=days, chart=png is not None)
+        file = (
+            discord.File(io.BytesIO(png), filename=spend_report.CHART_NAME)
+            if png is not None
+            else discord.utils.MISSING
+        )
+        await interaction.followup.send(
+            embed=embed, file=file, ephemeral=True, allowed_mentions=discord.AllowedMentions.none()
         )
 
     @app_commands.command(name="audit", description="Recent changes moderators made")

@@ -13,6 +13,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Literal
 
+from bot.balance import NO_SIGNAL, CreditsSignal
 from bot.chat.output import DiscordOutput
 from bot.discrepancies import Alerts
 from bot.jobs import (
@@ -95,6 +96,7 @@ def make_service(
     deadline: float = 60.0,
     max_video_bytes: int = 50 * MIB,
     clock: Callable[[], float] = time.time,
+    credits_signal: CreditsSignal = NO_SIGNAL,
     recovery_window: float = 3.0,
     recovery_interval: float = 0.05,
     alerts: Alerts | None = None,
@@ -111,6 +113,7 @@ def make_service(
         max_video_bytes=max_video_bytes,
         deadline=deadline,
         clock=clock,
+        credits_signal=credits_signal,
         recovery_window=recovery_window,
         recovery_interval=recovery_interval,
         alerts=alerts,

@@ -21,6 +21,8 @@ DISCORD_FREE = (
     "bot.quota",
     "bot.request",
     "bot.cli",
+    "bot.balance",
+    "bot.charts",
     "bot.recovery",
     "bot.reconcile",
     "bot.discrepancies",

@@ -185,6 +185,31 @@ async def test_a_submit_segmind_refuses_is_refunded_and_the_owner_told(
     assert "the bot owner must act" in caplog.text and "top it up" in caplog.text
 
 
+class CreditsRecorder:
+    def __init__(self) -> None:
+        self.noted: list[str] = []
+
+    def note_submitted(self) -> None:
+        self.noted.append("submitted")
+
+    def note_out_of_credits(self) -> None:
+        self.noted.append("out_of_credits")
+
+
+async def test_segmind_word_on_credits_reaches_the_balance_watch(
+    services: Services, output: RecordingOutput
+) -> None:
+    # A 406 pauses /veo at once (not at the next balance check); an accepted submit lifts it.
+    recorder = CreditsRecorder()
+    service = await services.start(credits_signal=recorder)
+    refused = await enqueue(service, "a fox [fake:credits]")
+    await output.settled(refused)
+    assert recorder.noted == ["out_of_credits"]
+    accepted = await enqueue(service, "a calm fox", user_id=77)
+    await output.settled(accepted)
+    assert recorder.noted == ["out_of_credits", "submitted"]
+
+
 async def test_a_content_block_is_refunded_under_the_daily_cap(
     services: Services, store: Store, output: RecordingOutput
 ) -> None:

@@ -16,8 +16,11 @@ from discord import app_commands
 from discord.ext import commands
 
 from bot.approvals import ApprovalLane
+from bot.balance import BalanceWatch, RecentSpend
+from bot.chat import spend_report
 from bot.chat.alerts import DiscordAlerts
 from bot.chat.approvals import DiscordCards
+from bot.chat.notices import LogChannels
 from bot.chat.ops import start_ops, stop_ops
 from bot.chat.output import DiscordOutput
 from bot.chat.replies import (
@@ -101,6 +104,7 @@ class Services:
     approvals: ApprovalLane  # holds the requests a guild wants a moderator to approve
     cards: DiscordCards  # the approval cards in the moderators' channel
     reconciler: Reconciler  # pages Segmind's history in the background
+    balance: BalanceWatch  # the Segmind balance, its forecast, and the pause when it ran out
 
 
 class VeoBot(commands.Bot):
@@ -167,6 +171,7 @@ class VeoBot(commands.Bot):
         await jobs.start()
         await self.services.approvals.start()
         self.services.reconciler.start()
+        self.services.balance.start()
         self.ops = await start_ops(
             self,
             settings=self.settings,
@@ -204,6 +209,7 @@ class VeoBot(commands.Bot):
             clock=self.clock,
         )
         alerts = DiscordAlerts(self, log_channel=store.get_log_channel)
+        balance = self._balance_watch(store, segmind)
         jobs = JobService(
             store,
             segmind,
@@ -218,6 +224,7 @@ class VeoBot(commands.Bot):
             recovery_window=settings.veo_recovery_window_seconds,
             recovery_interval=settings.veo_recovery_interval_seconds,
             alerts=alerts,
+            credits_signal=balance,
         )
         cards = DiscordCards(self, output)
         # The quote of the approval lane. Its one seam: point `quote` at the bot's shared
@@ -245,9 +252,35 @@ class VeoBot(commands.Bot):
             clock=self.clock,
         )
         self._services = Services(
-            store, segmind, jobs, output, session, approvals, cards, reconciler
+            store, segmind, jobs, output, session, approvals, cards, reconciler, balance
         )
         return self._services
+
+    def _balance_watch(self, store: Store, segmind: sm.SegmindClient) -> BalanceWatch:
+        """The balance watch over this bot's Segmind account, spend ledger and log channels."""
+        settings = self.settings
+
+        async def read_balance() -> float:
+            credits = await segmind.credits(background=True)
+            # Whether free credits pay for Veo is unverified; they are counted, since a pause
+            # that is wrong refuses members who could be served, while Segmind's own 406 still
+            # refuses (before billing) a submit the account cannot pay for.
+            return credits.credits + credits.free_credits
+
+        async def spent_since(since: float) -> RecentSpend:
+            return await spend_report.recent_spend(store, since)
+
+        return BalanceWatch(
+            read_balance=read_balance,
+            spent_since=spent_since,
+            # Until a week has bills: the quote of options never billed (the top of Segmind's
+            # range), so the first forecast errs toward fewer videos left.
+            fallback_price=lambda: settings.veo_price_per_job,
+            announce=LogChannels(self, store.get_log_channel).post_all,
+            interval=settings.veo_balance_check_seconds,
+            warn_videos=settings.veo_balance_warn_videos,
+            clock=self.clock,
+        )
 
     async def _segmind_endpoint(self) -> tuple[str, str, str]:
         """Segmind's base URL, the key and the request-history URL: the settings', or in demo
@@ -361,6 +394,7 @@ class VeoBot(commands.Bot):
         if self._services is not None:
             await self._services.approvals.stop()
             await self._services.reconciler.stop()
+            await self._services.balance.stop()
             await self._services.jobs.stop()
         await stop_ops(self.ops, self.metrics)
         self.ops = None

@@ -28,6 +28,7 @@ from bot.media.images import ImageRejected, inspect_image
 from bot.params import InvalidParams, VeoParams
 from bot.quota import Refusal, render_refusal
 from bot.request import ImageSource, VeoRequest, resolve_params
+from bot.segmind.client import InsufficientCredits
 from bot.store import ReserveRequest, StoreUnavailable
 
 if TYPE_CHECKING:
@@ -38,6 +39,8 @@ log = logging.getLogger(__name__)
 PLACEHOLDER_KEY = "veo_placeholder_id"
 IMAGE_EXTENSIONS = (".png", ".jpg", ".jpeg", ".webp", ".gif", ".bmp", ".heic", ".avif", ".tiff")
 CHECKING_TEXT = "⏳ Checking the image…"
+# The same sentence as a submit that Segmind refused for credits (406): one source.
+OUT_OF_CREDITS = InsufficientCredits.default_message
 STORE_DOWN = (
     "The bot cannot reach its database right now, so /veo is paused to keep limits exact. "
     "Please try again later."
@@ -134,7 +137,13 @@ async def reserve(bot: VeoBot, request: ReserveRequest) -> int:
 
 async def precheck(bot: VeoBot, guild_id: int, user_id: int, role_ids: tuple[int, ...]) -> None:
     """Refuse (raise `Refused`) a blocked member or one already over a limit, read-only, before
-    anything is fetched for a request that cannot go ahead. `reserve` still decides for real."""
+    anything is fetched for a request that cannot go ahead. `reserve` still decides for real.
+
+    While the balance watch has seen the owner's credits run out, every request is refused
+    here, before anything is reserved, instead of failing at Segmind later."""
+    if bot.services.balance.paused:
+        log.info("user %s in guild %s refused: Segmind credits ran out", user_id, guild_id)
+        raise Refused(OUT_OF_CREDITS)
     try:
         refusal = await bot.services.jobs.precheck(guild_id, user_id, role_ids)
     except StoreUnavailable:

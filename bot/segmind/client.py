@@ -167,9 +167,11 @@ class NotFound(SegmindError):
 class InsufficientCredits(SegmindError):
     """406 with a message about credits: the account cannot pay for a video."""
 
+    # Also the answer `/veo` gives at once while the balance watch has seen the credits run
+    # out (`bot.chat.intake.precheck`): one sentence for both paths.
     default_message = (
-        "The bot's Segmind credits ran out: the account is out of credits until the owner "
-        "tops it up."
+        "Video generation is paused: the bot owner's Segmind credits ran out. The account is "
+        "out of credits until the owner tops it up; /veo starts again by itself then."
     )
 
 
@@ -746,11 +748,12 @@ class SegmindClient:
             self.poller.observe((last_pending + detected) / 2 - start)
         return result
 
-    async def credits(self) -> Credits:
-        """`GET /v1/get-user-credits`."""
+    async def credits(self, *, background: bool = False) -> Credits:
+        """`GET /v1/get-user-credits`. `background`: a periodic check that must not take a
+        slot of the budget ahead of a member's submit."""
         body = await self._get_json(
             f"{self.base_url}/v1/get-user-credits",
-            priority=RateLimiter.PRIORITY_USER,
+            priority=RateLimiter.PRIORITY_POLL if background else RateLimiter.PRIORITY_USER,
             attempts=self.max_attempts,
         )
         paid = finite_float(body.get("credits"))
