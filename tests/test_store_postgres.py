@@ -14,7 +14,7 @@ import pytest
 from bot.params import VeoParams
 from bot.quota import LimitDefaults
 from bot.store import Reserved, ReserveRequest, StoreError, StoreUnavailable, open_store
-from bot.store.postgres import SCHEMA_VERSION, PostgresStore
+from bot.store.postgres import MIGRATIONS, PostgresStore
 from bot.store.postgres.ledger import user_lock
 from bot.store.sqlite.migrations import Migration
 from harness.postgres import PostgresServer
@@ -50,7 +50,8 @@ async def applied_versions(url: str) -> list[int]:
 async def test_nodes_starting_at_once_migrate_the_database_once(empty_url: str) -> None:
     stores = await asyncio.gather(*(open_store(empty_url) for _ in range(4)))
     try:
-        assert await applied_versions(empty_url) == list(range(1, SCHEMA_VERSION + 1))
+        # Every migration of this backend, once each (numbering may have gaps).
+        assert await applied_versions(empty_url) == [m.version for m in MIGRATIONS]
         outcome = await stores[0].reserve(request(), LimitDefaults())
         assert isinstance(outcome, Reserved)
         assert (await stores[3].get_job(outcome.job_id)) is not None  # one schema, shared
@@ -65,7 +66,7 @@ async def test_reopening_applies_nothing_twice(empty_url: str) -> None:
     async with await open_store(empty_url) as store:
         job = await store.get_job(job_id)
         assert job is not None and job.state == "queued"
-    assert await applied_versions(empty_url) == list(range(1, SCHEMA_VERSION + 1))
+    assert await applied_versions(empty_url) == [m.version for m in MIGRATIONS]
 
 
 async def test_a_failed_migration_rolls_back_entirely(empty_url: str) -> None:

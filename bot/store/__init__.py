@@ -19,6 +19,7 @@ from bot.store.model import (
     Job,
     JobFields,
     JobState,
+    ListAdd,
     ReleaseReason,
     Reserved,
     ReserveRequest,
@@ -27,7 +28,14 @@ from bot.store.model import (
     UsageSummary,
     UserUsage,
 )
-from bot.store.protocol import JobStore, LedgerStore, ModerationStore, ReportStore, Store
+from bot.store.protocol import (
+    JobStore,
+    LedgerStore,
+    ModerationStore,
+    ReportStore,
+    RuleStore,
+    Store,
+)
 from bot.store.sqlite import SqliteStore
 from bot.store.sqlite.migrations import MIGRATIONS, SCHEMA_VERSION, Migration, apply_migrations
 
@@ -66,12 +74,14 @@ __all__ = [
     "JobState",
     "JobStore",
     "LedgerStore",
+    "ListAdd",
     "Migration",
     "ModerationStore",
     "ReleaseReason",
     "ReportStore",
     "ReserveRequest",
     "Reserved",
+    "RuleStore",
     "SqliteStore",
     "Store",
     "StoreError",

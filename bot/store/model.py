@@ -74,6 +74,9 @@ ReleaseReason = Literal[
     "delivery_failed",  # Segmind made it but it never reached the user
 ]
 ReleaseOutcome = Literal["released", "charged", "already_settled", "no_such_job"]
+# What adding to a guild's list (banned words, allowed channels) did: "full" when the list
+# already holds its maximum, "exists" when the entry (or its normalised twin) is listed.
+ListAdd = Literal["added", "exists", "full"]
 
 
 class JobFields(TypedDict, total=False):
@@ -95,6 +98,8 @@ class JobFields(TypedDict, total=False):
     interaction_created_at: float | None
     delivered_message_id: int | None
     delivery_method: str | None
+    gallery_channel_id: int | None
+    gallery_message_id: int | None
 
 
 # Column names cannot be SQL parameters, so only these names are ever formatted into a statement.
@@ -196,6 +201,8 @@ JOB_ROW: tuple[str, ...] = (
     "delivery_method",
     "upload_limit",
     "output_url",
+    "gallery_channel_id",
+    "gallery_message_id",
 )
 LEDGER_ROW: tuple[str, ...] = ("status", "charged_amount", "reason")
 
@@ -230,6 +237,10 @@ class Job:
     delivery_method: str | None
     upload_limit: int | None  # bytes the requester's channel accepts as an attachment
     output_url: str | None  # Segmind's result URL, kept so delivery can resume after a crash
+    # The gallery's announcement of the delivered video, so the member's Delete removes it
+    # too (its channel kept: the gallery may have moved since).
+    gallery_channel_id: int | None
+    gallery_message_id: int | None
     ledger_status: LedgerStatus | None  # None only for rows that predate the ledger
     charged_amount: float | None
     ledger_reason: str | None

@@ -8,7 +8,7 @@ advisory locks — only for the scopes whose limits apply — before it counts a
 check and the insert are exact across tasks, pools and nodes (see `ledger`).
 
 The queries are grouped by concern as on SQLite, one mixin each: `ledger`, `jobs`,
-`moderation`, `reports`; `connection` holds the plumbing and `migrations` the schema.
+`moderation`, `rules`, `reports`; `connection` holds the plumbing and `migrations` the schema.
 """
 
 from __future__ import annotations
@@ -25,13 +25,14 @@ from bot.store.postgres.ledger import LedgerQueries
 from bot.store.postgres.migrations import MIGRATIONS, SCHEMA_VERSION, apply_migrations
 from bot.store.postgres.moderation import ModerationQueries
 from bot.store.postgres.reports import ReportQueries
+from bot.store.postgres.rules import RuleQueries
 from bot.store.sqlite.migrations import Migration
 
 # A malformed URL is a ValueError (asyncpg's ClientConfigurationError): the bot cannot start.
 _OPEN_ERRORS: tuple[type[BaseException], ...] = (*DRIVER_ERRORS, ValueError)
 
 
-class PostgresStore(LedgerQueries, JobQueries, ModerationQueries, ReportQueries):
+class PostgresStore(LedgerQueries, JobQueries, ModerationQueries, RuleQueries, ReportQueries):
     """`bot.store.protocol.Store` on a PostgreSQL database. Create with
     `await PostgresStore.open(url)`; close with `await close()`. `now` arguments default to
     the injected clock."""

@@ -9,8 +9,8 @@ stops two tasks from interleaving statements on the shared connection, and `BEGI
 takes SQLite's write lock before the first read, so a check-then-insert (`reserve`) can never
 be raced by another connection or process either. Readers never block writers (WAL).
 
-The queries are grouped by concern, one mixin each: `ledger`, `jobs`, `moderation`, `reports`;
-`connection` holds the plumbing they share and `migrations` the schema.
+The queries are grouped by concern, one mixin each: `ledger`, `jobs`, `moderation`, `rules`,
+`reports`; `connection` holds the plumbing they share and `migrations` the schema.
 """
 
 from __future__ import annotations
@@ -30,9 +30,10 @@ from bot.store.sqlite.ledger import LedgerQueries
 from bot.store.sqlite.migrations import MIGRATIONS, Migration, apply_migrations
 from bot.store.sqlite.moderation import ModerationQueries
 from bot.store.sqlite.reports import ReportQueries
+from bot.store.sqlite.rules import RuleQueries
 
 
-class SqliteStore(LedgerQueries, JobQueries, ModerationQueries, ReportQueries):
+class SqliteStore(LedgerQueries, JobQueries, ModerationQueries, RuleQueries, ReportQueries):
     """`bot.store.protocol.Store` on one SQLite file. Create with `await SqliteStore.open(path)`;
     close with `await close()`. `now` arguments default to the injected clock."""
 
