@@ -16,9 +16,10 @@ Both the entry and the prompt go through `words()`, the entry then through `entr
 3. What is left splits into *words*: maximal runs of letters, digits and spacing marks (L, N,
    Mc). Everything else — spaces, punctuation, symbols, emoji — is a *separator*.
 
-An entry is reduced to its key: its words, with a separator kept only between two words of
-two or more characters (`b.a.d` is `bad`, `bad  word!` is `bad word`). The key's letters (its
-separators dropped) match a stretch of the prompt's letters (separators dropped too) only when
+An entry is reduced to its key: its words one space apart, spelled-out letters joined up
+(`b.a.d` is `bad`, `bad  word!` is `bad word`, `f.o.r.b.i.d.d.e.n fruit` is `forbidden
+fruit`). The key's letters (its spaces dropped) match a stretch of the prompt's letters (its
+separators dropped too) only when
 
 - the stretch starts where a prompt word starts and ends where a prompt word ends (so `bad`
   never bans `badge` or `notbad`; ban `badge` too if that is meant), and
@@ -81,17 +82,23 @@ def words(text: str) -> list[str]:
 
 
 def entry_key(entry: str) -> str:
-    """An entry as it is matched, stored and told apart from the others: its words, with a
-    space kept only between two words of two or more characters — spelled-out letters join
-    up (`b.a.d`, `B A D` and `ｂａｄ` are all `bad`; `bad word` stays `bad word`). "" when it
-    has no letter or digit at all, which is refused."""
-    parts = words(entry)
+    """An entry as it is matched, stored and told apart from the others: its words one space
+    apart, each run of one-character words joined into one word (spelled-out letters:
+    `b.a.d`, `B A D` and `ｂａｄ` are all `bad`, `f.o.r.b.i.d.d.e.n fruit` is `forbidden
+    fruit`). "" when it has no letter or digit at all, which is refused."""
     joined: list[str] = []
-    for i, part in enumerate(parts):
-        if i and len(part) > 1 and len(parts[i - 1]) > 1:
-            joined.append(" ")
+    spelled = ""
+    for part in words(entry):
+        if len(part) == 1:
+            spelled += part
+            continue
+        if spelled:
+            joined.append(spelled)
+            spelled = ""
         joined.append(part)
-    return "".join(joined)
+    if spelled:
+        joined.append(spelled)
+    return " ".join(joined)
 
 
 @dataclass(frozen=True, slots=True)

@@ -88,3 +88,15 @@ def test_channels_listed_or_their_threads_only_once_a_list_exists() -> None:
     assert channel_allowed(allowed, 99, 11)  # a thread of a listed channel
     assert not channel_allowed(allowed, 12, None)
     assert not channel_allowed(allowed, 99, 12)
+
+
+def test_a_spelled_out_entry_matches_the_plain_phrase_and_back() -> None:
+    assert (
+        entry_key("f.o.r.b.i.d.d.e.n fruit") == entry_key("Forbidden  Fruit") == ("forbidden fruit")
+    )
+    spelled = BannedWords(["f.o.r.b.i.d.d.e.n fruit"])
+    plain = BannedWords(["forbidden fruit"])
+    for prompt in ("the forbidden fruit", "f o r b i d d e n fruit", "FORBIDDEN-FRUIT"):
+        assert spelled.first_match(prompt) is not None, prompt
+        assert plain.first_match(prompt) is not None, prompt
+    assert plain.first_match("forbidden fruitcake") is None
