@@ -16,6 +16,7 @@ from discord.ext import commands
 from bot.chat import reports
 from bot.chat.intake import member_role_ids
 from bot.quota import GuildLimits, LimitDefaults, LimitOverride, Refusal, render_refusal
+from cogs.admin_rules import RuleCommands
 
 if TYPE_CHECKING:
     from bot.chat.app import VeoBot
@@ -72,7 +73,9 @@ class Quota(commands.Cog):
 
 @app_commands.guild_only()
 @app_commands.default_permissions(manage_guild=True)
-class VeoAdmin(commands.GroupCog, group_name="veo-admin", group_description="Moderate /veo"):
+class VeoAdmin(
+    RuleCommands, commands.GroupCog, group_name="veo-admin", group_description="Moderate /veo"
+):
     limits = app_commands.Group(name="limits", description="Show and set /veo limits")
 
     def __init__(self, bot: VeoBot) -> None:
@@ -197,7 +200,12 @@ class VeoAdmin(commands.GroupCog, group_name="veo-admin", group_description="Mod
             await store.exempt_roles(guild_id),
             await store.get_log_channel(guild_id),
         )
-        await interaction.followup.send(text, ephemeral=True)
+        rules = reports.rules_text(
+            await store.banned_words(guild_id),
+            await store.allowed_channels(guild_id),
+            await store.get_gallery_channel(guild_id),
+        )
+        await interaction.followup.send(reports.clip(f"{text}\n{rules}"), ephemeral=True)
 
     @limits.command(name="set", description="Server-wide limits (empty options stay as they are)")
     @app_commands.describe(

@@ -7,15 +7,18 @@ import logging
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
+from typing import Any
 
 import aiohttp
 import discord
 from discord import app_commands
 from discord.ext import commands
 
+from bot.chat.gallery import Gallery
 from bot.chat.ops import start_ops, stop_ops
 from bot.chat.output import DiscordOutput
 from bot.chat.replies import accepting_work, send_ephemeral, unexpected
+from bot.chat.rules import allowed_here
 from bot.config import Settings
 from bot.jobs import JobService
 from bot.ops.health import GatewayWatch
@@ -28,6 +31,8 @@ from bot.store import Store, open_store
 log = logging.getLogger(__name__)
 
 EXTENSIONS = ("cogs.veo", "cogs.admin", "cogs.image", "cogs.buttons")
+# Moderators' commands work in every channel, whatever channels the bot is kept to.
+ANYWHERE_COMMANDS = frozenset({"veo-admin"})
 
 # Exactly what the bot uses: reading the channel it answers in, posting and editing its own
 # messages with a video attached, and reading the message a member replied to.
@@ -45,7 +50,12 @@ class VeoTree(app_commands.CommandTree["VeoBot"]):
     """One handler for whatever a command did not handle itself."""
 
     async def interaction_check(self, interaction: discord.Interaction[VeoBot]) -> bool:
-        return await accepting_work(interaction)
+        if not await accepting_work(interaction):
+            return False
+        # The top-level name: `interaction.command` is not resolved yet at this point.
+        data: dict[str, Any] = dict(interaction.data or {})
+        name = data.get("name")
+        return name in ANYWHERE_COMMANDS or await allowed_here(interaction)
 
     async def on_error(
         self, interaction: discord.Interaction[VeoBot], error: app_commands.AppCommandError
@@ -73,6 +83,7 @@ class Services:
     jobs: JobService
     output: DiscordOutput
     session: aiohttp.ClientSession  # shared by everything that fetches from the web (images)
+    gallery: Gallery
 
 
 class VeoBot(commands.Bot):
@@ -155,9 +166,11 @@ class VeoBot(commands.Bot):
             settings, key, base_url, history_url=history_url, session=segmind_session
         )
         resources.push_async_callback(segmind.close)
+        gallery = Gallery(self, store)
         output = DiscordOutput(
             self,
             log_channel=store.get_log_channel,
+            announce=gallery.announce,
             edit_interval=settings.veo_edit_interval,
             mention_on_ready=settings.veo_mention_on_ready,
             demo=self.demo,
@@ -175,7 +188,7 @@ class VeoBot(commands.Bot):
             clock=self.clock,
             events=self.metrics,
         )
-        self._services = Services(store, segmind, jobs, output, session)
+        self._services = Services(store, segmind, jobs, output, session, gallery)
         return self._services
 
     async def _segmind_endpoint(self) -> tuple[str, str, str]:
