@@ -225,12 +225,24 @@ async def test_a_gallery_announcement_appears_on_delivery_and_goes_away_with_del
     await bot.wait_for_log("cannot post in the gallery channel")
     assert not second.original_message().deleted
 
+    # Again goes through the same rules: a word banned since is refused, privately.
+    await _admin(emu, "veo-admin banned-words add", {"entry": "harbour"})
+    submits = len(fake.submits)
+    video = second.original_message()
+    again = await emu.dispatch_component(f"veo:again:{_job_id(video)}", video, user=emu.member)
+    await again.wait_for_callback()
+    refusal = await private_answer(emu, again.token)
+    assert "“harbour”" in refusal.content and refusal.ephemeral
+    assert len(fake.submits) == submits
+    await _admin(emu, "veo-admin banned-words remove", {"entry": "harbour"})
+
     await _admin(emu, "veo-admin gallery", {})
     assert "Gallery: none" in await _admin(emu, "veo-admin limits show", {})
     assert "**gallery.set**" in await _admin(emu, "veo-admin audit", {})
 
 
 def _job_id(message: object) -> int:
+    """The job a video message's buttons name."""
     for row in getattr(message, "components", []):
         for component in row.get("components", []):
             custom_id = str(component.get("custom_id", ""))
