@@ -19,6 +19,7 @@ from bot.chat import approvals as lane_texts
 from bot.chat import reports, spend_report
 from bot.chat.intake import member_role_ids
 from bot.quota import GuildLimits, LimitDefaults, LimitOverride, Refusal, render_refusal
+from cogs.admin_rules import RuleCommands
 
 if TYPE_CHECKING:
     from bot.chat.app import VeoBot
@@ -77,7 +78,9 @@ class Quota(commands.Cog):
 
 @app_commands.guild_only()
 @app_commands.default_permissions(manage_guild=True)
-class VeoAdmin(commands.GroupCog, group_name="veo-admin", group_description="Moderate /veo"):
+class VeoAdmin(
+    RuleCommands, commands.GroupCog, group_name="veo-admin", group_description="Moderate /veo"
+):
     limits = app_commands.Group(name="limits", description="Show and set /veo limits")
     approvals = app_commands.Group(
         name="approvals", description="Have moderators approve requests before they cost money"
@@ -260,7 +263,12 @@ class VeoAdmin(commands.GroupCog, group_name="veo-admin", group_description="Mod
         lane = lane_texts.settings_text(
             await store.get_approval_settings(guild_id), _default_expiry(interaction)
         )
-        await interaction.followup.send(f"{text}\n{lane}"[:2000], ephemeral=True)
+        rules = reports.rules_text(
+            await store.banned_words(guild_id),
+            await store.allowed_channels(guild_id),
+            await store.get_gallery_channel(guild_id),
+        )
+        await interaction.followup.send(reports.clip(f"{text}\n{lane}\n{rules}"), ephemeral=True)
 
     @limits.command(name="set", description="Server-wide limits (empty options stay as they are)")
     @app_commands.describe(

@@ -261,6 +261,8 @@ class DeleteButton(_JobButton, template=r"veo:delete:(?P<job>.*)"):
             await send_ephemeral(interaction, "Discord would not let me delete that message.")
             return
         log.info("job %s: video message deleted by user %s", self.job_id, interaction.user.id)
+        if job is not None:
+            await interaction.client.services.gallery.withdraw(job)
         if job is not None and interaction.user.id != job.user_id and interaction.guild:
             await jobs.store.record_audit(
                 interaction.guild.id,

@@ -20,6 +20,7 @@ import discord
 from discord import app_commands
 from discord.ext import commands
 
+from bot.chat import rules
 from bot.chat.intake import (
     defer_public,
     find_image,
@@ -39,6 +40,7 @@ from bot.chat.presenter import (
 from bot.chat.replies import accepting_work, send_ephemeral, unexpected
 from bot.params import PROMPT_MAX_CHARS, Aspect
 from bot.request import ImageSource, VeoRequest
+from bot.store import StoreUnavailable
 
 if TYPE_CHECKING:
     from bot.chat.app import VeoBot
@@ -145,6 +147,9 @@ class ImageToVideo(commands.Cog):
         # A reply to one of the bot's messages "mentions" it too; only a written mention counts.
         if not mention.search(message.content):
             return
+        # Outside the channels a guild keeps the bot to, a mention gets no answer at all.
+        if not await self._works_here(message):
+            return
         retry_after = self.mention_cooldown.update_rate_limit(message)
         if retry_after:
             log.info(
@@ -159,6 +164,28 @@ class ImageToVideo(commands.Cog):
         except Exception as exc:
             # No nonce: a placeholder may exist already, and this must not come back as it.
             await reply_quietly(message, unexpected(f"the answer to mention {message.id}", exc))
+
+    async def _works_here(self, message: discord.Message) -> bool:
+        assert message.guild is not None
+        try:
+            outside = await rules.outside_allowed(
+                self.bot.services.store,
+                message.guild.id,
+                message.channel.id,
+                rules.parent_of(message.channel),
+            )
+        except StoreUnavailable:
+            # Answered: the job flow refuses it with the "database unavailable" message.
+            log.warning("message %s: allowed channels unknown (database unavailable)", message.id)
+            return True
+        if outside is not None:
+            log.info(
+                "message %s: mention in channel %s ignored (not an allowed channel)",
+                message.id,
+                message.channel.id,
+            )
+            return False
+        return True
 
     async def _from_mention(self, message: discord.Message, prompt: str) -> None:
         if not self.bot.services.jobs.accepting:

@@ -218,11 +218,13 @@ async def test_the_twin_of_an_event_stays_quiet_whichever_check_sees_the_first_j
     a different event of the same member is refused as ever."""
     store = await open_store(tmp_path / "veo.sqlite3")
     jobs = make_service(store, None, None, tmp_path / "work", defaults=LimitDefaults())  # type: ignore[arg-type]
-    # No approval lane in this guild: intake's reservation goes straight to the job core.
+    # No approval lane, no rules in this guild, credits left: intake's reservation goes
+    # straight to the job core.
     lane = SimpleNamespace(enqueue=jobs.enqueue)
-    bot = SimpleNamespace(
-        services=SimpleNamespace(jobs=jobs, approvals=lane), settings=load_settings(None)
+    services = SimpleNamespace(
+        store=store, jobs=jobs, approvals=lane, balance=SimpleNamespace(paused=False)
     )
+    bot = SimpleNamespace(services=services, settings=load_settings(None))
     told: list[str] = []
 
     async def refuse_with(text: str) -> None:
@@ -239,6 +241,7 @@ async def test_the_twin_of_an_event_stays_quiet_whichever_check_sees_the_first_j
             refuse_with,
             member=(GUILD, MEMBER, ()),
             event_id=event_id,
+            channel=(CHANNEL, None),
         )
 
     try:

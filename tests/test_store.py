@@ -1238,3 +1238,86 @@ async def test_identify_slots_space_sessions_per_bucket_across_stores(database_u
     finally:
         await first.close()
         await second.close()
+
+
+# ---------------------------------------------------------------------- moderators' rules
+
+
+async def test_banned_words_are_one_entry_per_normalised_form_and_capped(store: Store) -> None:
+    assert await store.add_banned_word(GUILD, "Bad", actor_id=99, max_entries=3) == "added"
+    # Full-width, spaced or dotted: the same entry, so not a second one.
+    assert await store.add_banned_word(GUILD, "ｂ.ａ.ｄ", actor_id=98, max_entries=3) == "exists"
+    assert await store.add_banned_word(GUILD, "worse word", actor_id=99, max_entries=3) == "added"
+    assert await store.add_banned_word(GUILD, "third", actor_id=99, max_entries=3) == "added"
+    assert await store.add_banned_word(GUILD, "fourth", actor_id=99, max_entries=3) == "full"
+    assert await store.banned_words(GUILD) == ["Bad", "worse word", "third"]
+    assert await store.banned_words(GUILD + 1) == []  # per guild
+    with pytest.raises(ValueError, match="letter or digit"):
+        await store.add_banned_word(GUILD, "…!", actor_id=99, max_entries=3)
+
+    assert await store.remove_banned_word(GUILD, "BAD", actor_id=99) == "Bad"  # as typed
+    assert await store.remove_banned_word(GUILD, "bad", actor_id=99) is None
+    assert await store.banned_words(GUILD) == ["worse word", "third"]
+    entries = await store.audit_entries(GUILD, limit=10)
+    assert [(e.action, e.detail) for e in reversed(entries)] == [
+        ("banned_word.add", {"entry": "Bad"}),
+        ("banned_word.add", {"entry": "worse word"}),
+        ("banned_word.add", {"entry": "third"}),
+        ("banned_word.remove", {"entry": "Bad"}),
+    ]  # refusals (exists, full, not banned) change nothing and audit nothing
+
+
+async def test_concurrent_banned_word_adds_never_pass_the_maximum(store: Store) -> None:
+    outcomes = await asyncio.gather(
+        *(store.add_banned_word(GUILD, f"word{i}", actor_id=99, max_entries=5) for i in range(20))
+    )
+    assert outcomes.count("added") == 5
+    assert len(await store.banned_words(GUILD)) == 5
+
+
+async def test_allowed_channels_and_the_gallery_channel(store: Store) -> None:
+    assert await store.allowed_channels(GUILD) == frozenset()
+    assert await store.allow_channel(GUILD, 201, actor_id=99, max_channels=2) == "added"
+    assert await store.allow_channel(GUILD, 201, actor_id=99, max_channels=2) == "exists"
+    assert await store.allow_channel(GUILD, 202, actor_id=99, max_channels=2) == "added"
+    assert await store.allow_channel(GUILD, 203, actor_id=99, max_channels=2) == "full"
+    assert await store.allowed_channels(GUILD) == {201, 202}
+    assert await store.remove_channel(GUILD, 201, actor_id=99)
+    assert not await store.remove_channel(GUILD, 201, actor_id=99)
+    assert await store.allowed_channels(GUILD) == {202}
+
+    await store.set_log_channel(GUILD, 555, actor_id=99)
+    await store.set_guild_limits(GUILD, GuildLimits(user_limit=4), actor_id=99)
+    assert await store.get_gallery_channel(GUILD) is None
+    await store.set_gallery_channel(GUILD, 777, actor_id=99)
+    assert await store.get_gallery_channel(GUILD) == 777
+    # One row of guild settings: neither setting overwrites the others.
+    assert await store.get_log_channel(GUILD) == 555
+    assert await store.get_guild_limits(GUILD) == GuildLimits(user_limit=4)
+    await store.set_gallery_channel(GUILD, None, actor_id=99)
+    assert await store.get_gallery_channel(GUILD) is None
+    assert await store.get_log_channel(GUILD) == 555
+    actions = [e.action for e in reversed(await store.audit_entries(GUILD, limit=20))]
+    assert actions == [
+        "channel.allow",
+        "channel.allow",
+        "channel.remove",
+        "log_channel.set",
+        "limits.set",
+        "gallery.set",
+        "gallery.set",
+    ]
+
+
+async def test_a_jobs_gallery_announcement_is_kept_with_it(store: Store) -> None:
+    job_id = await reserved(store, request())
+    await finish(store, job_id)
+    job = await store.get_job(job_id)
+    assert job is not None and (job.gallery_channel_id, job.gallery_message_id) == (None, None)
+    written = await store.transition(
+        job_id, "delivered", "delivered", gallery_channel_id=777, gallery_message_id=888
+    )
+    assert written is not None and written.gallery_message_id == 888
+    job = await store.get_job(job_id)
+    assert job is not None and (job.gallery_channel_id, job.gallery_message_id) == (777, 888)
+    assert (await store.recent_jobs(GUILD))[0].gallery_message_id == 888

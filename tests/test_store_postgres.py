@@ -52,6 +52,7 @@ async def test_nodes_starting_at_once_migrate_the_database_once(empty_url: str) 
     stores = await asyncio.gather(*(open_store(empty_url) for _ in range(4)))
     try:
         # Every migration exactly once (version numbers may have gaps between branches).
+        # Every migration of this backend, once each (numbering may have gaps).
         assert await applied_versions(empty_url) == [m.version for m in MIGRATIONS]
         outcome = await stores[0].reserve(request(), LimitDefaults())
         assert isinstance(outcome, Reserved)

@@ -20,6 +20,7 @@ from bot.balance import BalanceWatch, RecentSpend
 from bot.chat import spend_report
 from bot.chat.alerts import DiscordAlerts
 from bot.chat.approvals import DiscordCards
+from bot.chat.gallery import Gallery
 from bot.chat.notices import LogChannels
 from bot.chat.ops import start_ops, stop_ops
 from bot.chat.output import DiscordOutput
@@ -30,6 +31,7 @@ from bot.chat.replies import (
     send_ephemeral,
     unexpected,
 )
+from bot.chat.rules import allowed_here
 from bot.config import Settings
 from bot.jobs import JobService
 from bot.ops.health import GatewayWatch
@@ -45,6 +47,8 @@ from bot.store import Store, StoreUnavailable, open_store
 log = logging.getLogger(__name__)
 
 EXTENSIONS = ("cogs.veo", "cogs.admin", "cogs.image", "cogs.buttons", "cogs.approvals")
+# Moderators' commands work in every channel, whatever channels the bot is kept to.
+ANYWHERE_COMMANDS = frozenset({"veo-admin"})
 
 # Exactly what the bot uses: reading the channel it answers in, posting and editing its own
 # messages with a video attached, and reading the message a member replied to.
@@ -62,7 +66,12 @@ class VeoTree(app_commands.CommandTree["VeoBot"]):
     """One handler for whatever a command did not handle itself."""
 
     async def interaction_check(self, interaction: discord.Interaction[VeoBot]) -> bool:
-        return await accepting_work(interaction)
+        if not await accepting_work(interaction):
+            return False
+        # The top-level name: `interaction.command` is not resolved yet at this point.
+        data: dict[str, Any] = dict(interaction.data or {})
+        name = data.get("name")
+        return name in ANYWHERE_COMMANDS or await allowed_here(interaction)
 
     async def on_error(
         self, interaction: discord.Interaction[VeoBot], error: app_commands.AppCommandError
@@ -105,6 +114,7 @@ class Services:
     cards: DiscordCards  # the approval cards in the moderators' channel
     reconciler: Reconciler  # pages Segmind's history in the background
     balance: BalanceWatch  # the Segmind balance, its forecast, and the pause when it ran out
+    gallery: Gallery  # announces delivered videos in a guild's gallery channel
 
 
 class VeoBot(commands.Bot):
@@ -200,9 +210,11 @@ class VeoBot(commands.Bot):
             settings, key, base_url, history_url=history_url, session=segmind_session
         )
         resources.push_async_callback(segmind.close)
+        gallery = Gallery(self, store)
         output = DiscordOutput(
             self,
             log_channel=store.get_log_channel,
+            announce=gallery.announce,
             edit_interval=settings.veo_edit_interval,
             mention_on_ready=settings.veo_mention_on_ready,
             demo=self.demo,
@@ -252,7 +264,7 @@ class VeoBot(commands.Bot):
             clock=self.clock,
         )
         self._services = Services(
-            store, segmind, jobs, output, session, approvals, cards, reconciler, balance
+            store, segmind, jobs, output, session, approvals, cards, reconciler, balance, gallery
         )
         return self._services
 

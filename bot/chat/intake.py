@@ -2,9 +2,10 @@
 
 Two front doors, one hallway. An interaction (slash command, modal) has already been deferred
 publicly (the 3-second rule); a mention in a channel gets a placeholder reply at once, for the
-same reason. Then the same checks run in the same order — options, the input image (its head
-only), the limits — and anything refused is told to the member *before* anything is charged or
-sent to Segmind:
+same reason. Then the same checks run in the same order — the moderators' rules (allowed
+channels, banned words: `bot.chat.rules`), the limits (read-only), options, the input image
+(its head only), the limits for real — and anything refused is told to the member *before*
+anything is charged, fetched or sent to Segmind:
 
 - interaction: the public "thinking…" placeholder is removed and the refusal sent privately;
 - message: the placeholder reply is edited into the refusal. It stays in the channel (it is a
@@ -21,6 +22,8 @@ from typing import TYPE_CHECKING
 
 import discord
 
+from bot.chat import rules
+from bot.chat.presenter import STORE_DOWN
 from bot.chat.replies import acknowledged_elsewhere, note_acknowledged_elsewhere
 from bot.chat.reports import message_url
 from bot.jobs import AlreadyQueued
@@ -41,19 +44,18 @@ IMAGE_EXTENSIONS = (".png", ".jpg", ".jpeg", ".webp", ".gif", ".bmp", ".heic", "
 CHECKING_TEXT = "⏳ Checking the image…"
 # The same sentence as a submit that Segmind refused for credits (406): one source.
 OUT_OF_CREDITS = InsufficientCredits.default_message
-STORE_DOWN = (
-    "The bot cannot reach its database right now, so /veo is paused to keep limits exact. "
-    "Please try again later."
-)
 
 
 class Refused(Exception):
     """The request cannot go ahead; `str()` is the message for the member, `public` the one to
-    show where everyone can read it (the same unless it holds something private)."""
+    show where everyone can read it (the same unless it holds something private). `dm`: on a
+    public path the member is also sent `str()` by DM (it names a banned word, which the
+    channel must not read but the member must)."""
 
-    def __init__(self, text: str, *, public: str | None = None) -> None:
+    def __init__(self, text: str, *, public: str | None = None, dm: bool = False) -> None:
         super().__init__(text)
         self.public = text if public is None else public
+        self.dm = dm
 
 
 def image_of(attachment: discord.Attachment) -> ImageSource:
@@ -156,6 +158,22 @@ async def precheck(bot: VeoBot, guild_id: int, user_id: int, role_ids: tuple[int
         raise await _refused(bot, refusal)
 
 
+async def check_rules(
+    bot: VeoBot, guild_id: int, channel: tuple[int, int | None], prompt: str, user_id: int
+) -> None:
+    """The moderators' rules (`bot.chat.rules.screen`) as a `Refused`; a banned word is also
+    posted to the moderators' log channel. `channel` is (channel id, thread parent id)."""
+    try:
+        await rules.screen(bot.services.store, guild_id, *channel, prompt, user_id)
+    except StoreUnavailable:
+        log.exception("database unavailable; refusing a job from user %s", user_id)
+        raise Refused(STORE_DOWN) from None
+    except rules.RuleRefusal as exc:
+        if exc.log_line is not None:
+            await rules.tell_moderators(bot, bot.services.store, guild_id, exc.log_line)
+        raise Refused(str(exc), public=exc.public, dm=exc.log_line is not None) from None
+
+
 async def _refused(bot: VeoBot, refusal: Refusal) -> Refused:
     return Refused(
         await _with_link(bot, refusal), public=await _with_link(bot, refusal, public=True)
@@ -180,11 +198,16 @@ async def _start(
     *,
     member: tuple[int, int, tuple[int, ...]],
     event_id: int,
+    channel: tuple[int, int | None],
     public: bool = False,
+    tell_privately: Callable[[str], Awaitable[None]] | None = None,
 ) -> int | None:
-    """`member` is (guild id, user id, role ids); `event_id` the interaction or message that
-    asked (one job per event); `public`: `refuse_with` shows the channel."""
+    """`member` is (guild id, user id, role ids), `channel` (channel id, thread parent id);
+    `event_id` the interaction or message that asked (one job per event); `public`:
+    `refuse_with` shows the channel, and `tell_privately` reaches the member alone."""
+    guild_id, user_id, _ = member
     try:
+        await check_rules(bot, guild_id, channel, request.prompt, user_id)
         await precheck(bot, *member)
         params = await prepare_params(bot, request)
         return await reserve(bot, await build(params))
@@ -199,6 +222,8 @@ async def _start(
             _leave_to_twin(event_id, twin)
             return None
         await refuse_with(exc.public if public else str(exc))
+        if public and exc.dm and tell_privately is not None:
+            await tell_privately(str(exc))
         return None
 
 
@@ -260,7 +285,16 @@ async def start_job(
         await refuse(interaction, text)
 
     member = (guild_id, interaction.user.id, member_role_ids(interaction.user))
-    return await _start(bot, request, build, refuse_with, member=member, event_id=interaction.id)
+    channel = (channel_id, rules.parent_of(interaction.channel))
+    return await _start(
+        bot,
+        request,
+        build,
+        refuse_with,
+        member=member,
+        event_id=interaction.id,
+        channel=channel,
+    )
 
 
 async def defer_public(interaction: discord.Interaction[VeoBot]) -> bool:
@@ -382,7 +416,22 @@ async def start_job_from_message(
         except discord.HTTPException as exc:
             log.warning("message %s: refusal not shown (%s %s)", message.id, exc.status, exc.code)
 
+    async def tell_privately(text: str) -> None:
+        try:
+            await message.author.send(text, allowed_mentions=discord.AllowedMentions.none())
+        except discord.HTTPException as exc:
+            log.info("message %s: no DM to user %s (%s)", message.id, message.author.id, exc)
+
     member = (guild.id, message.author.id, member_role_ids(message.author))
+    channel = (message.channel.id, rules.parent_of(message.channel))
     return await _start(
-        bot, request, build, refuse_with, member=member, event_id=message.id, public=True
+        bot,
+        request,
+        build,
+        refuse_with,
+        member=member,
+        event_id=message.id,
+        channel=channel,
+        public=True,
+        tell_privately=tell_privately,
     )

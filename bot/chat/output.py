@@ -86,6 +86,7 @@ class DiscordOutput:
         client: discord.Client,
         *,
         log_channel: Callable[[int], Awaitable[int | None]],
+        announce: Callable[[Job], Awaitable[None]] | None = None,
         edit_interval: float,
         mention_on_ready: bool,
         demo: bool,
@@ -93,6 +94,7 @@ class DiscordOutput:
     ) -> None:
         self.client = client
         self.log_channel = log_channel  # a guild's moderator log channel, if it set one
+        self.announce = announce  # the gallery's, for a delivered job; never raises
         self.edit_interval = edit_interval
         self.mention_on_ready = mention_on_ready
         self.demo = demo
@@ -108,13 +110,16 @@ class DiscordOutput:
         return self._locks.setdefault(job_id, asyncio.Lock())
 
     async def finished(self, job: Job) -> None:
-        """Post the outcome to the guild's moderator log channel, if it has one, and forget
-        the job's throttle and lock (they would otherwise grow with every job)."""
+        """Announce a delivered video in the guild's gallery and post the outcome to its
+        moderator log channel, if it has them, and forget the job's throttle and lock (they
+        would otherwise grow with every job)."""
         # Retired first: a progress edit still in flight lands before whatever the caller
         # shows next (the Cancel button's "Cancelled"), and nothing is left to re-create state.
         await self.retire(job.id)
         self._locks.pop(job.id, None)
         self._closed.discard(job.id)
+        if self.announce is not None and job.state == "delivered":
+            await self.announce(job)
         channel_id = await self.log_channel(job.guild_id)
         if channel_id is None:
             return

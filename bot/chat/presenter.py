@@ -184,6 +184,10 @@ NO_IMAGE_MENU = (
     "embeds)."
 )
 NOT_ACCEPTING = "The bot is restarting — try again in a minute."
+STORE_DOWN = (
+    "The bot cannot reach its database right now, so /veo is paused to keep limits exact. "
+    "Please try again later."
+)
 
 
 def reply_without_image_hint(*, content_intent: bool) -> str:

@@ -266,5 +266,72 @@ def _cell(text: str) -> str:
     return "'" + text if text[:1] in ("=", "+", "-", "@", "\t", "\r") else text
 
 
+def clip(text: str, limit: int = 2000) -> str:
+    """The text cut at a line to fit one Discord message."""
+    return _clip(text, limit)
+
+
 def _clip(text: str, limit: int = 2000) -> str:
     return text if len(text) <= limit else text[: limit - 20].rsplit("\n", 1)[0] + "\n… (more)"
+
+
+# ------------------------------------------------------------------------ moderators' rules
+
+MESSAGE_MAX = 2000
+
+
+def rules_text(banned: list[str], allowed: frozenset[int], gallery: int | None) -> str:
+    """The rules' part of `/veo-admin limits show`."""
+    count = f"{len(banned)} (see /veo-admin banned-words list)" if banned else "none"
+    return "\n".join(
+        [
+            f"Banned words: {count}",
+            "Channels: " + (_channel_list(allowed) if allowed else "every channel"),
+            f"Gallery: {f'<#{gallery}>' if gallery else 'none'}",
+        ]
+    )
+
+
+def _channel_list(channels: frozenset[int]) -> str:
+    return ", ".join(f"<#{c}>" for c in sorted(channels))
+
+
+def banned_list_text(entries: list[str]) -> str:
+    if not entries:
+        return "No words or phrases are banned here."
+    lines = [f"**Banned words and phrases** ({len(entries)})"]
+    lines += [f"• {safe_text(entry)}" for entry in entries]
+    return "\n".join(lines)
+
+
+def banned_added_text(entry: str, outcome: str, maximum: int) -> str:
+    shown = safe_text(entry)
+    if outcome == "exists":
+        return f"“{shown}” is already banned (or a spelling of it is)."
+    if outcome == "full":
+        return f"This server already bans {maximum} entries, the most it can; remove one first."
+    return f"Prompts with “{shown}” will be refused (in any spelling, as whole words)."
+
+
+def banned_removed_text(entry: str, removed: str | None) -> str:
+    if removed is None:
+        return f"“{safe_text(entry)}” was not banned."
+    return f"“{safe_text(removed)}” is no longer banned."
+
+
+def channels_text(allowed: frozenset[int]) -> str:
+    if not allowed:
+        return "The bot works in every channel (no list is set)."
+    return f"The bot works only in {_channel_list(allowed)} and their threads."
+
+
+def channel_allowed_text(channel_id: int, outcome: str, allowed: frozenset[int]) -> str:
+    if outcome == "full":
+        return f"The list is full ({len(allowed)} channels); remove one first."
+    head = f"<#{channel_id}> was already allowed." if outcome == "exists" else "Saved."
+    return f"{head} {channels_text(allowed)}"
+
+
+def channel_removed_text(channel_id: int, removed: bool, allowed: frozenset[int]) -> str:
+    head = "Removed." if removed else f"<#{channel_id}> was not on the list."
+    return f"{head} {channels_text(allowed)}"

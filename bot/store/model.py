@@ -91,6 +91,9 @@ ReleaseOutcome = Literal["released", "charged", "already_settled", "no_such_job"
 # lifecycle knowing nothing was billed), or Segmind's own request history, which wins.
 BilledSource = Literal["metrics", "history"]
 BILLED_SOURCES: tuple[BilledSource, ...] = get_args(BilledSource)
+# What adding to a guild's list (banned words, allowed channels) did: "full" when the list
+# already holds its maximum, "exists" when the entry (or its normalised twin) is listed.
+ListAdd = Literal["added", "exists", "full"]
 
 
 class JobFields(TypedDict, total=False):
@@ -113,6 +116,8 @@ class JobFields(TypedDict, total=False):
     delivered_message_id: int | None
     delivery_method: str | None
     submit_started_at: float
+    gallery_channel_id: int | None
+    gallery_message_id: int | None
 
 
 # Column names cannot be SQL parameters, so only these names are ever formatted into a statement.
@@ -219,6 +224,8 @@ JOB_ROW: tuple[str, ...] = (
     "output_url",
     "submit_started_at",
     "event_id",
+    "gallery_channel_id",
+    "gallery_message_id",
 )
 LEDGER_ROW: tuple[str, ...] = ("status", "charged_amount", "reason")
 
@@ -255,6 +262,10 @@ class Job:
     output_url: str | None  # Segmind's result URL, kept so delivery can resume after a crash
     submit_started_at: float | None  # when the job entered `submitting` (None before schema 5)
     event_id: int | None  # the interaction or message that asked for it (unique per job)
+    # The gallery's announcement of the delivered video, so the member's Delete removes it
+    # too (its channel kept: the gallery may have moved since).
+    gallery_channel_id: int | None
+    gallery_message_id: int | None
     ledger_status: LedgerStatus | None  # None only for rows that predate the ledger
     charged_amount: float | None
     ledger_reason: str | None

@@ -27,6 +27,7 @@ from bot.store.model import (
     Job,
     JobFields,
     JobState,
+    ListAdd,
     NewDiscrepancy,
     QuotaView,
     ReleaseOutcome,
@@ -274,6 +275,68 @@ class ModerationStore(Protocol):
         ...
 
 
+class RuleStore(Protocol):
+    """Moderators' rules on content and place; every change is audited in the same transaction."""
+
+    async def banned_words(self, guild_id: int) -> list[str]:
+        """The guild's banned entries as moderators typed them, oldest first."""
+        ...
+
+    async def add_banned_word(
+        self,
+        guild_id: int,
+        entry: str,
+        *,
+        actor_id: int,
+        max_entries: int,
+        now: float | None = None,
+    ) -> ListAdd:
+        """Ban an entry, compared with the others by `bot.moderation.entry_key` (so `BAD` and
+        `b.a.d` are one entry): "exists" if one with the same key is banned, "full" if the
+        guild has `max_entries` already (checked in the same transaction). `ValueError` for
+        an entry without a letter or digit."""
+        ...
+
+    async def remove_banned_word(
+        self, guild_id: int, entry: str, *, actor_id: int, now: float | None = None
+    ) -> str | None:
+        """Lift the ban on the entry with `entry`'s key: the entry as it was typed, or None
+        when none was banned."""
+        ...
+
+    async def allowed_channels(self, guild_id: int) -> frozenset[int]:
+        """The channels the bot works in; empty: everywhere."""
+        ...
+
+    async def allow_channel(
+        self,
+        guild_id: int,
+        channel_id: int,
+        *,
+        actor_id: int,
+        max_channels: int,
+        now: float | None = None,
+    ) -> ListAdd:
+        """Add a channel to the allowed list (at most `max_channels`)."""
+        ...
+
+    async def remove_channel(
+        self, guild_id: int, channel_id: int, *, actor_id: int, now: float | None = None
+    ) -> bool:
+        """Take a channel off the allowed list; False if it was not on it."""
+        ...
+
+    async def get_gallery_channel(self, guild_id: int) -> int | None:
+        """The channel where delivered videos are announced, if set."""
+        ...
+
+    async def set_gallery_channel(
+        self, guild_id: int, channel_id: int | None, *, actor_id: int, now: float | None = None
+    ) -> None:
+        """Set (or with None clear) the guild's gallery channel."""
+        ...
+
+
 class ReportStore(Protocol):
     """What moderators read: usage, heaviest users, job listings, the audit log."""
 
@@ -437,6 +500,7 @@ class Store(
     ReconcileStore,
     ApprovalStore,
     GatewayStore,
+    RuleStore,
     Protocol,
 ):
     """The bot's database, whatever the backend. Close it once, on shutdown."""

@@ -10,6 +10,8 @@ check and the insert are exact across tasks, pools and nodes (see `ledger`).
 The queries are grouped by concern as on SQLite, one mixin each: `ledger`, `spend`, `jobs`,
 `moderation`, `reports`, `reconcile`; `connection` holds the plumbing and `migrations` the
 schema.
+The queries are grouped by concern as on SQLite, one mixin each: `ledger`, `jobs`,
+`moderation`, `rules`, `reports`; `connection` holds the plumbing and `migrations` the schema.
 """
 
 from __future__ import annotations
@@ -29,6 +31,7 @@ from bot.store.postgres.migrations import MIGRATIONS, SCHEMA_VERSION, apply_migr
 from bot.store.postgres.moderation import ModerationQueries
 from bot.store.postgres.reconcile import ReconcileQueries
 from bot.store.postgres.reports import ReportQueries
+from bot.store.postgres.rules import RuleQueries
 from bot.store.postgres.spend import SpendQueries
 from bot.store.sqlite.migrations import Migration
 
@@ -45,6 +48,7 @@ class PostgresStore(
     ReconcileQueries,
     ApprovalQueries,
     GatewayQueries,
+    RuleQueries,
 ):
     """`bot.store.protocol.Store` on a PostgreSQL database. Create with
     `await PostgresStore.open(url)`; close with `await close()`. `now` arguments default to

@@ -11,6 +11,8 @@ be raced by another connection or process either. Readers never block writers (W
 
 The queries are grouped by concern, one mixin each: `ledger`, `spend`, `jobs`, `moderation`,
 `reports`, `reconcile`; `connection` holds the plumbing they share and `migrations` the schema.
+The queries are grouped by concern, one mixin each: `ledger`, `jobs`, `moderation`, `rules`,
+`reports`; `connection` holds the plumbing they share and `migrations` the schema.
 """
 
 from __future__ import annotations
@@ -33,6 +35,7 @@ from bot.store.sqlite.migrations import MIGRATIONS, Migration, apply_migrations
 from bot.store.sqlite.moderation import ModerationQueries
 from bot.store.sqlite.reconcile import ReconcileQueries
 from bot.store.sqlite.reports import ReportQueries
+from bot.store.sqlite.rules import RuleQueries
 from bot.store.sqlite.spend import SpendQueries
 
 
@@ -45,6 +48,7 @@ class SqliteStore(
     ReconcileQueries,
     ApprovalQueries,
     GatewayQueries,
+    RuleQueries,
 ):
     """`bot.store.protocol.Store` on one SQLite file. Create with `await SqliteStore.open(path)`;
     close with `await close()`. `now` arguments default to the injected clock."""

@@ -270,7 +270,7 @@ MIGRATIONS: tuple[Migration, ...] = (
         ),
     ),
     Migration(
-        8,  # numbers 4-7 belong to other branches (gaps are fine)
+        8,
         "approval lane: the awaiting_approval state, guild lane settings, held requests",
         (
             # SQLite cannot ALTER a CHECK, and rebuilding `jobs` needs foreign keys off, which
@@ -313,6 +313,37 @@ MIGRATIONS: tuple[Migration, ...] = (
             "CREATE INDEX approvals_due ON approvals (expires_at) WHERE decision IS NULL",
         ),
         bump_schema_version=True,
+    ),
+    Migration(
+        9,
+        "moderation: banned words, allowed channels, the gallery channel and its posts",
+        (
+            # `entry_key` is the normalised form (bot.moderation.entry_key): two spellings of
+            # one word are one entry; `entry` is kept as typed, to show.
+            """
+            CREATE TABLE banned_words (
+                id INTEGER PRIMARY KEY AUTOINCREMENT,  -- the order they were added in
+                guild_id INTEGER NOT NULL,
+                entry_key TEXT NOT NULL CHECK (entry_key <> ''),
+                entry TEXT NOT NULL,
+                added_by INTEGER NOT NULL,
+                created_at REAL NOT NULL,
+                UNIQUE (guild_id, entry_key)
+            )
+            """,
+            """
+            CREATE TABLE allowed_channels (
+                guild_id INTEGER NOT NULL,
+                channel_id INTEGER NOT NULL,
+                added_by INTEGER NOT NULL,
+                created_at REAL NOT NULL,
+                PRIMARY KEY (guild_id, channel_id)
+            )
+            """,
+            "ALTER TABLE guild_settings ADD COLUMN gallery_channel_id INTEGER",
+            "ALTER TABLE jobs ADD COLUMN gallery_channel_id INTEGER",
+            "ALTER TABLE jobs ADD COLUMN gallery_message_id INTEGER",
+        ),
     ),
 )
 SCHEMA_VERSION = MIGRATIONS[-1].version
