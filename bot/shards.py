@@ -19,6 +19,11 @@ from dataclasses import dataclass
 
 # Discord: "one IDENTIFY per bucket per 5 seconds" (Gateway › Sharding › Max Concurrency).
 IDENTIFY_SPACING = 5.0
+# What a node claims per IDENTIFY: the slot is claimed before the websocket connects and
+# Discord's HELLO arrives, and that takes a different time on every connection, so two
+# IDENTIFYs claimed exactly 5 s apart can reach Discord closer than that (seen under load as
+# an op 9). A second of margin absorbs that jitter.
+IDENTIFY_CLAIM_SPACING = IDENTIFY_SPACING + 1.0
 # A shard count this large is a typo, not a bot (Discord's largest bots run tens of thousands).
 MAX_SHARDS = 1 << 16
 

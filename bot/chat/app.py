@@ -41,7 +41,7 @@ from bot.pricing import PriceBook
 from bot.quota import LimitDefaults
 from bot.reconcile import Reconciler
 from bot.segmind import client as sm
-from bot.shards import IDENTIFY_SPACING, ShardPlan, identify_bucket
+from bot.shards import IDENTIFY_CLAIM_SPACING, IDENTIFY_SPACING, ShardPlan, identify_bucket
 from bot.store import Store, StoreUnavailable, open_store
 
 log = logging.getLogger(__name__)
@@ -349,7 +349,7 @@ class VeoBot(commands.Bot):
         store = self._services.store
         while True:
             try:
-                wait = await store.claim_identify_slot(bucket, IDENTIFY_SPACING)
+                wait = await store.claim_identify_slot(bucket, IDENTIFY_CLAIM_SPACING)
             except StoreUnavailable as exc:
                 # Not a money path: wait out a full slot locally and go (at worst Discord
                 # answers op 9 and discord.py identifies again).
