@@ -13,6 +13,7 @@ import discord
 from discord import app_commands
 from discord.ext import commands
 
+from bot.billing import Billing
 from bot.chat.ops import start_ops, stop_ops
 from bot.chat.output import DiscordOutput
 from bot.chat.replies import accepting_work, send_ephemeral, unexpected
@@ -21,6 +22,7 @@ from bot.jobs import JobService
 from bot.ops.health import GatewayWatch
 from bot.ops.http import OpsServer
 from bot.ops.metrics import Metrics
+from bot.pricing import PriceBook
 from bot.quota import LimitDefaults
 from bot.segmind import client as sm
 from bot.store import Store, open_store
@@ -73,6 +75,7 @@ class Services:
     jobs: JobService
     output: DiscordOutput
     session: aiohttp.ClientSession  # shared by everything that fetches from the web (images)
+    billing: Billing  # the one price book, and every bill recorded through it
 
 
 class VeoBot(commands.Bot):
@@ -155,8 +158,11 @@ class VeoBot(commands.Bot):
             settings, key, base_url, history_url=history_url, session=segmind_session
         )
         resources.push_async_callback(segmind.close)
+        # Quotes without evidence start at the owner's setting (the top of Segmind's range).
+        billing = Billing(store, PriceBook(published_max=settings.veo_price_per_job))
         output = DiscordOutput(
             self,
+            quote_of=billing.quote_of,
             log_channel=store.get_log_channel,
             edit_interval=settings.veo_edit_interval,
             mention_on_ready=settings.veo_mention_on_ready,
@@ -174,8 +180,9 @@ class VeoBot(commands.Bot):
             deadline=settings.veo_job_deadline,
             clock=self.clock,
             events=self.metrics,
+            billing=billing,
         )
-        self._services = Services(store, segmind, jobs, output, session)
+        self._services = Services(store, segmind, jobs, output, session, billing)
         return self._services
 
     async def _segmind_endpoint(self) -> tuple[str, str, str]:

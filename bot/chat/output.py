@@ -46,6 +46,7 @@ from bot.jobs import (
     checkpoint_route,
 )
 from bot.media.encode import UploadPlan, encoded_path, plan_upload
+from bot.pricing import Quote
 from bot.progress import Progress, Stage
 from bot.store import Job
 
@@ -86,6 +87,7 @@ class DiscordOutput:
         client: discord.Client,
         *,
         log_channel: Callable[[int], Awaitable[int | None]],
+        quote_of: Callable[[Job], Quote | None] = lambda job: None,
         edit_interval: float,
         mention_on_ready: bool,
         demo: bool,
@@ -93,6 +95,7 @@ class DiscordOutput:
     ) -> None:
         self.client = client
         self.log_channel = log_channel  # a guild's moderator log channel, if it set one
+        self.quote_of = quote_of  # what the job is held at against the owner's spend caps
         self.edit_interval = edit_interval
         self.mention_on_ready = mention_on_ready
         self.demo = demo
@@ -144,7 +147,7 @@ class DiscordOutput:
     async def progress(self, job: Job, progress: Progress) -> None:
         if job.id in self._closed:
             return
-        text = progress_text(job.params_model, progress, demo=self.demo)
+        text = progress_text(job.params_model, progress, demo=self.demo, quote=self.quote_of(job))
         if progress.stage in (Stage.SUBMITTING, Stage.WAITING, Stage.GENERATING):
             text = with_cancel_note(text)
         throttle = self._throttles.setdefault(job.id, _Throttle())
