@@ -177,7 +177,8 @@ _DAY_COUNTS_GUILD = _DAY_COUNTS.format(where="guild_id = $1")
 
 # One pass over the owner's spend ledger since the earlier of the rolling day's and the
 # month's start: global and guild spend over each. A job counts at its bill once known, at its
-# held quote until then — refunded or not. $1 guild, $2 day start, $3 month start.
+# held quote until then — refunded or not. $1 guild, $2 day start, $3 month start, $4 the
+# earliest row read.
 _SPENT = "COALESCE(billed, quoted)"
 _SPEND_TOTALS = f"""
     SELECT COALESCE(SUM({_SPENT}) FILTER (WHERE held_at > $2), 0),
@@ -185,7 +186,7 @@ _SPEND_TOTALS = f"""
            COALESCE(SUM({_SPENT}) FILTER (WHERE held_at >= $3), 0),
            COALESCE(SUM({_SPENT}) FILTER (WHERE held_at >= $3 AND guild_id = $1), 0)
     FROM spend_ledger
-    WHERE {{where}} AND held_at >= LEAST($2, $3)
+    WHERE {{where}} AND held_at >= $4
 """  # noqa: S608  # fixed SQL fragments only
 _SPEND_TOTALS_GLOBAL = _SPEND_TOTALS.format(where="TRUE")
 _SPEND_TOTALS_GUILD = _SPEND_TOTALS.format(where="guild_id = $1")
@@ -202,7 +203,10 @@ async def _spend(
         sql = _SPEND_TOTALS_GUILD
     else:
         return 0.0, 0.0, 0.0, 0.0
-    row = await conn.fetchrow(sql, guild_id, now - DAY_SECONDS, month_start(now))
+    day, month = now - DAY_SECONDS, month_start(now)
+    # Without a monthly cap the month's rows are not read at all (its sums are then unused).
+    monthly = limits.global_monthly_cap is not None or limits.guild_monthly_budget is not None
+    row = await conn.fetchrow(sql, guild_id, day, month, min(day, month) if monthly else day)
     assert row is not None  # an aggregate always yields one row
     return float(row[0]), float(row[1]), float(row[2]), float(row[3])
 

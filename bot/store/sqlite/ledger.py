@@ -163,7 +163,10 @@ def _spend(
     """(global day, guild day, global month, guild month) spend, reading only the scopes
     whose caps apply."""
     day, month = now - DAY_SECONDS, month_start(now)
-    args = {"guild": guild_id, "day": day, "month": month, "since": min(day, month)}
+    # Without a monthly cap the month's rows are not read at all (its sums are then unused).
+    monthly = limits.global_monthly_cap is not None or limits.guild_monthly_budget is not None
+    since = min(day, month) if monthly else day
+    args = {"guild": guild_id, "day": day, "month": month, "since": since}
     if limits.global_spend_cap is not None or limits.global_monthly_cap is not None:
         totals = conn.execute(_SPEND_TOTALS_GLOBAL, args).fetchone()
     elif limits.guild_spend_cap is not None or limits.guild_monthly_budget is not None:
