@@ -24,7 +24,9 @@ async def _make(emu: DiscordEmulator, bot: BotProcess, prompt: str) -> tuple[str
 
 # The fake bills $0.60 a video. The first is quoted at $1.20 (nothing billed yet), later ones
 # at the $0.60 learned: $1.50 lets the undelivered one and one more fit, never a third.
-@pytest.mark.bot_env({"VEO_DAILY_SPEND_CAP": "1.50", "VEO_USER_LIMIT": "10"})
+@pytest.mark.bot_env(
+    {"VEO_DAILY_SPEND_CAP": "1.50", "VEO_USER_LIMIT": "10", "VEO_GUILD_MONTHLY_BUDGET_MAX": "50"}
+)
 async def test_a_billed_undelivered_video_is_refunded_but_counts_against_the_owners_cap(
     emu: DiscordEmulator, fake: FakeSegmind, bot: BotProcess
 ) -> None:
@@ -51,3 +53,16 @@ async def test_a_billed_undelivered_video_is_refunded_but_counts_against_the_own
     await quota.wait_for_callback()
     view = await private_answer(emu, quota.token)
     assert "used **1 of 10**" in view.content, view.content
+
+    # A moderator cannot give the server more than the owner allows, and sees the month's spend.
+    too_much = await emu.dispatch_slash_command(
+        "veo-admin limits set", {"monthly_budget": 80}, user=emu.moderator
+    )
+    callback = await too_much.wait_for_callback()
+    refused = (callback.json or {}).get("data", {}).get("content", "")
+    assert refused.startswith("Not saved: $80.00 a month is above"), refused
+    show = await emu.dispatch_slash_command("veo-admin limits show", {}, user=emu.moderator)
+    await show.wait_for_callback()
+    limits = (await private_answer(emu, show.token)).content
+    assert "Server budget per month (UTC): $50.00 (default)" in limits, limits
+    assert "spent this month: $1.20" in limits, limits
