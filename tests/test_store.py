@@ -221,6 +221,36 @@ async def test_migrates_a_version_1_database_with_data(tmp_path: Path, clock: Ma
         assert [(d.held, d.held_jobs, d.billed_jobs) for d in days] == [(pytest.approx(2.4), 3, 0)]
 
 
+async def test_migration_4_starts_the_owners_ledger_from_what_is_known(tmp_path: Path) -> None:
+    """Jobs from before the spend ledger: a reported cost is the bill, a job never sent bills
+    nothing, anything else (a lost submit answer, no cost recorded) stays held at its estimate."""
+    path = tmp_path / "veo.sqlite3"
+    async with aiosqlite.connect(path, isolation_level=None) as conn:
+        assert await apply_migrations(conn, MIGRATIONS[:3]) == 3
+        for job_id, state, request_id, cost in (
+            (1, "delivered", "req-1", 0.6),
+            (2, "cancelled", None, None),
+            (3, "unknown", None, None),
+            (4, "failed", "req-4", None),
+        ):
+            await conn.execute(
+                "INSERT INTO jobs (id, guild_id, channel_id, user_id, prompt, params, state, "
+                "request_id, cost, queue_seq, created_at, updated_at) "
+                "VALUES (?, ?, ?, 1, 'old', '{}', ?, ?, ?, ?, ?, ?)",
+                (job_id, GUILD, CHANNEL, state, request_id, cost, job_id, NOW, NOW),
+            )
+            await conn.execute(
+                "INSERT INTO quota_ledger (job_id, guild_id, user_id, status, amount, "
+                "reserved_at) VALUES (?, ?, 1, 'released', 0.8, ?)",
+                (job_id, GUILD, NOW),
+            )
+    async with await SqliteStore.open(path) as store:
+        [day] = await store.spend_by_day(GUILD, 0.0)
+        assert (day.billed, day.billed_jobs) == (0.6, 1)
+        assert (day.held, day.held_jobs) == (pytest.approx(1.6), 2)  # jobs 3 and 4
+        assert await store.record_billed(1, 0.55, source="history")
+
+
 async def test_failed_migration_rolls_back_entirely(tmp_path: Path) -> None:
     broken = (
         *MIGRATIONS[:1],
