@@ -23,6 +23,7 @@ from bot.quota import (
     next_free_at,
     next_month_start,
     render_refusal,
+    spend_frees_at,
 )
 
 NOW = 1_700_000_000.0
@@ -307,3 +308,19 @@ def test_monthly_settings_reach_the_defaults() -> None:
     assert (defaults.monthly_spend_cap, defaults.guild_monthly_budget_max) == (300, 50)
     # The quote of options never billed: the top of Segmind's published range.
     assert defaults.price_per_job == 1.20
+
+
+def test_a_rolling_spend_cap_says_when_enough_rolls_off() -> None:
+    rows = [(NOW - 5 * HOUR, 1.0), (NOW - 2 * HOUR, 0.6), (NOW, 0.4)]
+    assert spend_frees_at(rows, 2.0, 1.0, 2.0) == NOW - 5 * HOUR + DAY_SECONDS
+    assert spend_frees_at(rows, 2.0, 1.2, 2.0) == NOW - 2 * HOUR + DAY_SECONDS
+    assert spend_frees_at(rows, 2.0, 2.5, 2.0) is None  # the job alone is over the cap
+    refusal = Refusal(kind="spend_cap", limit=2.0, spent=2.0, next_free_at=NOW + 60)
+    assert render_refusal(refusal) == (
+        "Today's video budget is spent — enough frees up <t:1700000060:R>, as the last 24 "
+        "hours move on"
+    )
+    guild = Refusal(kind="guild_spend_cap", limit=2.0, spent=2.0, next_free_at=NOW + 60)
+    assert render_refusal(guild).startswith(
+        "This server's video budget for today is spent — enough"
+    )

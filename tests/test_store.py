@@ -788,6 +788,25 @@ async def test_billed_undelivered_job_counts_for_the_owner_while_the_member_is_r
     assert isinstance(await store.reserve(quoted(user_id=3), limits), Reserved)
 
 
+async def test_a_spend_cap_refusal_says_when_enough_rolls_off(store: Store) -> None:
+    limits = LimitDefaults(user_limit=100, concurrency=100, daily_spend_cap=2.0)
+    for user_id, quote, at in ((1, 1.0, NOW - 5 * HOUR), (2, 0.6, NOW - 2 * HOUR), (3, 0.4, NOW)):
+        await reserved(store, quoted(user_id, quote, now=at), limits)
+    refusal = await store.reserve(quoted(4, 1.2, now=NOW), limits)
+    assert isinstance(refusal, Refusal)
+    # The $1.00 leaving at NOW - 5 h + 24 h is not enough for $1.20; the $0.60 after it is.
+    assert (refusal.kind, refusal.next_free_at) == ("spend_cap", NOW - 2 * HOUR + DAY)
+    view = await store.quota_view(GUILD, 4, (), limits, NOW, quote=1.0)  # what /veo-quota says
+    assert isinstance(view.decision, Refusal)
+    assert view.decision.next_free_at == NOW - 5 * HOUR + DAY
+    # A server's own daily cap counts only its own spend.
+    await store.set_guild_limits(7, GuildLimits(spend_cap=1.0), actor_id=99)
+    await reserved(store, quoted(5, 0.8, now=NOW - HOUR, guild_id=7), SPEND)
+    refusal = await store.reserve(quoted(6, 0.8, now=NOW, guild_id=7), SPEND)
+    assert isinstance(refusal, Refusal)
+    assert (refusal.kind, refusal.next_free_at) == ("guild_spend_cap", NOW - HOUR + DAY)
+
+
 async def test_monthly_caps_count_the_calendar_month_utc(store: Store, clock: ManualClock) -> None:
     # NOW is 2023-11-14 22:13 UTC; the month renews on 2023-12-01 00:00 UTC.
     december = 1_701_388_800.0
