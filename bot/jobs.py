@@ -41,10 +41,12 @@ from pathlib import Path
 from typing import Any, Literal, Protocol
 
 from bot.balance import NO_SIGNAL, CreditsSignal
+from bot.billing import Billing, billed_by_failure
 from bot.discrepancies import Alerts, post_pending
 from bot.logs import job_context
 from bot.media.encode import NotAVideo, encoded_path, probe_video
 from bot.ops.events import NO_EVENTS, JobEvents
+from bot.pricing import PUBLISHED_MIN, PriceBook
 from bot.progress import Progress, Stage
 from bot.quota import LimitDefaults, Refusal
 from bot.recovery import Fingerprint
@@ -197,8 +199,11 @@ class JobService:
         recovery_interval: float = RECOVERY_INTERVAL,
         alerts: Alerts | None = None,
         credits_signal: CreditsSignal = NO_SIGNAL,
+        billing: Billing | None = None,
     ) -> None:
         self.store = store
+        # The bot passes its own; a bare service (tools, tests) quotes from an empty book.
+        self.billing = billing or Billing(store, PriceBook())
         self.segmind = segmind
         self.output = output
         self.limit_defaults = limit_defaults
@@ -234,6 +239,7 @@ class JobService:
         settled = await self.store.settle_terminal(self.limit_defaults)
         if settled:
             log.info("settled %d reservations left open by the last run", settled)
+        await self.billing.load()
         durations = await self.store.recent_durations(200)
         for seconds in durations:
             self.segmind.observe_duration(seconds)
@@ -262,15 +268,20 @@ class JobService:
         self._tasks.clear()
 
     async def enqueue(self, request: ReserveRequest) -> int | Refusal:
-        """Check the limits and queue the job in one transaction; returns its id or why not.
+        """Quote the job, check the limits and queue it in one transaction, the quote held
+        against every spend cap; returns its id or why not.
 
         Raises `StoreUnavailable` when the database cannot be used (the caller refuses), and
         `AlreadyQueued` when the request's event made a job before (the caller stays quiet)."""
-        outcome = await self.store.reserve(replace(request, now=self.clock()), self.limit_defaults)
+        quote = self.billing.quote(request.params)
+        outcome = await self.store.reserve(
+            replace(request, now=self.clock(), quote=quote.amount), self.limit_defaults
+        )
         if isinstance(outcome, Refusal):
             return outcome
         if outcome.existing:
             raise AlreadyQueued(outcome.job_id)
+        self.billing.given(outcome.job_id, quote)
         self.wake()
         return outcome.job_id
 
@@ -285,7 +296,11 @@ class JobService:
 
         Lets the caller refuse before it fetches anything; `enqueue` still decides atomically.
         Raises `StoreUnavailable` when the database cannot be used (the caller refuses)."""
-        view = await self.store.quota_view(guild_id, user_id, role_ids, self.limit_defaults)
+        # The options are not known yet: the cheapest price Segmind publishes, so a spend cap
+        # refuses here only when no video at all would fit; `enqueue` holds the real quote.
+        view = await self.store.quota_view(
+            guild_id, user_id, role_ids, self.limit_defaults, quote=PUBLISHED_MIN
+        )
         return view.decision if isinstance(view.decision, Refusal) else None
 
     def wake(self) -> None:
@@ -320,6 +335,7 @@ class JobService:
             outcome: CancelOutcome = "too_late" if current.state in IN_FLIGHT_STATES else "finished"
             return CancelResult(outcome, current)
         await self.store.release(job_id, "cancelled", self.limit_defaults)
+        await self.billing.record_billed(job, 0.0, source="metrics")  # never sent to Segmind
         if actor_id != job.user_id:
             await self.store.record_audit(
                 job.guild_id, actor_id, "job.cancel", {"job_id": job_id, "user_id": job.user_id}
@@ -400,7 +416,8 @@ class JobService:
         except sm.SegmindError as exc:
             if isinstance(exc, sm.InsufficientCredits):
                 self.credits_signal.note_out_of_credits()
-            await self._fail(job, "failed", exc, release_reason="not_submitted")
+            # Refused before Segmind created a job: nothing was billed.
+            await self._fail(job, "failed", exc, release_reason="not_submitted", billed=0.0)
             return
         finally:
             self._submitting.discard(job_id)
@@ -512,11 +529,27 @@ class JobService:
                 await self._fail(job, "expired", exc, release_reason="expired")
             return
         except sm.ContentBlocked as exc:
-            await self._fail(job, "failed", exc, release_reason="content_blocked")
+            await self._fail(
+                job,
+                "failed",
+                exc,
+                release_reason="content_blocked",
+                billed=billed_by_failure(exc.raw),
+            )
+            return
+        except sm.GenerationFailed as exc:
+            await self._fail(
+                job, "failed", exc, release_reason="failed", billed=billed_by_failure(exc.raw)
+            )
             return
         except sm.SegmindError as exc:
+            # Deadline, lost job, polls refused: Segmind may have made (and billed) it, so the
+            # quote stays held until its history says what it billed.
             await self._fail(job, "failed", exc, release_reason="failed")
             return
+        if result.cost is not None:
+            # Billed once it finished, whether or not the member gets the video.
+            await self.billing.record_billed(job, result.cost, source="metrics")
         took = self.clock() - started
         video_url = result.video_url  # the first http(s) entry: a data: URL is never fetched
         if video_url is None:
@@ -728,7 +761,11 @@ class JobService:
         exc: BaseException,
         *,
         release_reason: ReleaseReason,
+        billed: float | None = None,
     ) -> None:
+        """End the job as `state`, refund the member per `release_reason`, tell them. `billed`:
+        what Segmind billed when the lifecycle knows it (0 for a job it never made); None
+        leaves the quote held against the owner's caps."""
         message = user_message(exc)
         log.warning("job %s %s: %s (%s)", job.id, state, message, type(exc).__name__)
         action = OWNER_ACTIONS.get(type(exc))
@@ -743,6 +780,8 @@ class JobService:
         refunded = moved and (
             await self.store.release(job.id, release_reason, self.limit_defaults) == "released"
         )
+        if moved and billed is not None:
+            await self.billing.record_billed(job, billed, source="metrics")
         shown = f"{message} {NOT_COUNTED}" if refunded else message
         await self._safely(self.output.failed(job, shown), job.id)
         if moved:
@@ -892,6 +931,7 @@ class JobService:
 
     async def _finished(self, job: Job | None) -> None:
         if job is not None:
+            self.billing.forget(job.id)
             self.events.finished(job)
             await self._safely(self.output.finished(job), job.id)
 

@@ -330,6 +330,21 @@ def month_start(now: float) -> float:
     return datetime(today.year, today.month, 1, tzinfo=UTC).timestamp()
 
 
+def spend_frees_at(
+    rows: Iterable[tuple[float, float]], spent: float, price: float, cap: float
+) -> float | None:
+    """When a rolling-24 h spend cap lets a job of `price` through again, if nothing else is
+    spent meanwhile: `rows` are the window's (held_at, amount) oldest first, `spent` their sum.
+    None when no amount of waiting helps (the job alone is above the cap)."""
+    if price > cap + 1e-9:
+        return None
+    for held_at, amount in rows:
+        spent -= amount
+        if spent + price <= cap + 1e-9:
+            return held_at + DAY_SECONDS
+    return None
+
+
 def next_free_at(usage: WindowUsage, limit: int, window_seconds: float) -> float | None:
     """When one more reservation fits under `limit` again: the pivot's expiry.
 
@@ -463,12 +478,20 @@ def render_refusal(refusal: Refusal, *, public: bool = False) -> str:
         text = "The bot's daily limit is reached"
         return f"{text} — try again {_when(refusal.next_free_at)}" if refusal.next_free_at else text
     if kind == "guild_spend_cap":
-        return "This server's video budget for today is spent — try again later"
+        text = "This server's video budget for today is spent"
+        return (
+            f"{text} — {_rolling(refusal)}" if refusal.next_free_at else f"{text} — try again later"
+        )
     if kind == "guild_monthly_budget":
         return f"This server's video budget for this month is spent — {_month(refusal)}"
     if kind == "monthly_spend_cap":
         return f"The bot's video budget for this month is spent — {_month(refusal)}"
-    return "Today's video budget is spent — try again later"
+    text = "Today's video budget is spent"
+    return f"{text} — {_rolling(refusal)}" if refusal.next_free_at else f"{text} — try again later"
+
+
+def _rolling(refusal: Refusal) -> str:
+    return f"enough frees up {_when(refusal.next_free_at)}, as the last 24 hours move on"
 
 
 def _month(refusal: Refusal) -> str:

@@ -18,7 +18,15 @@ from discord.ext import commands
 from bot.chat import approvals as lane_texts
 from bot.chat import reports, spend_report
 from bot.chat.intake import member_role_ids
-from bot.quota import GuildLimits, LimitDefaults, LimitOverride, Refusal, render_refusal
+from bot.quota import (
+    GuildLimits,
+    LimitDefaults,
+    LimitOverride,
+    Refusal,
+    budget_over_max,
+    month_start,
+    render_refusal,
+)
 from cogs.admin_rules import RuleCommands
 
 if TYPE_CHECKING:
@@ -69,6 +77,7 @@ class Quota(commands.Cog):
         if usage.in_flight_job_ids:
             in_flight = len(usage.in_flight_job_ids)
             lines.append(f"In progress: {in_flight} (at most {limits.concurrency} at once).")
+        lines += reports.monthly_budget_lines(limits, usage)
         if isinstance(view.decision, Refusal):
             lines.append("Right now: " + render_refusal(view.decision) + ".")
         else:
@@ -252,6 +261,7 @@ class VeoAdmin(
     async def limits_show(self, interaction: Interaction) -> None:
         await interaction.response.defer(ephemeral=True)
         store, guild_id = _store(interaction), _guild_id(interaction)
+        month = await store.spend_by_day(guild_id, month_start(interaction.client.clock()))
         text = reports.limits_text(
             await store.get_guild_limits(guild_id),
             _defaults(interaction),
@@ -259,6 +269,7 @@ class VeoAdmin(
             await store.user_overrides(guild_id),
             await store.exempt_roles(guild_id),
             await store.get_log_channel(guild_id),
+            month_spent=sum(day.billed + day.held for day in month),
         )
         lane = lane_texts.settings_text(
             await store.get_approval_settings(guild_id), _default_expiry(interaction)
@@ -277,6 +288,7 @@ class VeoAdmin(
         at_once="Jobs one member may have in progress",
         daily_cap="Videos per day for the whole server (0 = none)",
         spend_cap="Dollars per day for the whole server (0 = none)",
+        monthly_budget="Dollars per calendar month (UTC) for the whole server (0 = none)",
     )
     async def limits_set(
         self,
@@ -286,8 +298,16 @@ class VeoAdmin(
         at_once: app_commands.Range[int, 1, 20] | None = None,
         daily_cap: app_commands.Range[int, 0, 100000] | None = None,
         spend_cap: app_commands.Range[float, 0.0, 100000.0] | None = None,
+        monthly_budget: app_commands.Range[float, 0.0, 100000.0] | None = None,
     ) -> None:
         store, guild_id = _store(interaction), _guild_id(interaction)
+        defaults = _defaults(interaction)
+        if budget_over_max(monthly_budget, defaults):
+            # Refused whole: saving the other options alone would look like the budget took.
+            await interaction.response.send_message(
+                reports.budget_over_max_text(monthly_budget or 0.0, defaults), ephemeral=True
+            )
+            return
         current = await store.get_guild_limits(guild_id)
         updated = GuildLimits(
             user_limit=current.user_limit if videos is None else videos,
@@ -295,10 +315,13 @@ class VeoAdmin(
             concurrency=current.concurrency if at_once is None else at_once,
             daily_limit=current.daily_limit if daily_cap is None else (daily_cap or None),
             spend_cap=current.spend_cap if spend_cap is None else (spend_cap or None),
+            monthly_budget=current.monthly_budget
+            if monthly_budget is None
+            else (monthly_budget or None),
         )
         await store.set_guild_limits(guild_id, updated, actor_id=interaction.user.id)
         await interaction.response.send_message(
-            "Saved. " + _guild_summary(updated, _defaults(interaction)), ephemeral=True
+            "Saved. " + _guild_summary(updated, defaults), ephemeral=True
         )
 
     @limits.command(name="role", description="Limits for members with a role")

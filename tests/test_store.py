@@ -225,6 +225,36 @@ async def test_migrates_a_version_1_database_with_data(tmp_path: Path, clock: Ma
         assert [(d.held, d.held_jobs, d.billed_jobs) for d in days] == [(pytest.approx(2.4), 3, 0)]
 
 
+async def test_migration_4_starts_the_owners_ledger_from_what_is_known(tmp_path: Path) -> None:
+    """Jobs from before the spend ledger: a reported cost is the bill, a job never sent bills
+    nothing, anything else (a lost submit answer, no cost recorded) stays held at its estimate."""
+    path = tmp_path / "veo.sqlite3"
+    async with aiosqlite.connect(path, isolation_level=None) as conn:
+        assert await apply_migrations(conn, MIGRATIONS[:3]) == 3
+        for job_id, state, request_id, cost in (
+            (1, "delivered", "req-1", 0.6),
+            (2, "cancelled", None, None),
+            (3, "unknown", None, None),
+            (4, "failed", "req-4", None),
+        ):
+            await conn.execute(
+                "INSERT INTO jobs (id, guild_id, channel_id, user_id, prompt, params, state, "
+                "request_id, cost, queue_seq, created_at, updated_at) "
+                "VALUES (?, ?, ?, 1, 'old', '{}', ?, ?, ?, ?, ?, ?)",
+                (job_id, GUILD, CHANNEL, state, request_id, cost, job_id, NOW, NOW),
+            )
+            await conn.execute(
+                "INSERT INTO quota_ledger (job_id, guild_id, user_id, status, amount, "
+                "reserved_at) VALUES (?, ?, 1, 'released', 0.8, ?)",
+                (job_id, GUILD, NOW),
+            )
+    async with await SqliteStore.open(path) as store:
+        [day] = await store.spend_by_day(GUILD, 0.0)
+        assert (day.billed, day.billed_jobs) == (0.6, 1)
+        assert (day.held, day.held_jobs) == (pytest.approx(1.6), 2)  # jobs 3 and 4
+        assert await store.record_billed(1, 0.55, source="history")
+
+
 async def test_failed_migration_rolls_back_entirely(tmp_path: Path) -> None:
     broken = (
         *MIGRATIONS[:1],
@@ -760,6 +790,25 @@ async def test_billed_undelivered_job_counts_for_the_owner_while_the_member_is_r
     # Segmind's record says it billed nothing after all: the hold goes, the cap frees.
     assert await store.record_billed(lost, 0.0, source="history")
     assert isinstance(await store.reserve(quoted(user_id=3), limits), Reserved)
+
+
+async def test_a_spend_cap_refusal_says_when_enough_rolls_off(store: Store) -> None:
+    limits = LimitDefaults(user_limit=100, concurrency=100, daily_spend_cap=2.0)
+    for user_id, quote, at in ((1, 1.0, NOW - 5 * HOUR), (2, 0.6, NOW - 2 * HOUR), (3, 0.4, NOW)):
+        await reserved(store, quoted(user_id, quote, now=at), limits)
+    refusal = await store.reserve(quoted(4, 1.2, now=NOW), limits)
+    assert isinstance(refusal, Refusal)
+    # The $1.00 leaving at NOW - 5 h + 24 h is not enough for $1.20; the $0.60 after it is.
+    assert (refusal.kind, refusal.next_free_at) == ("spend_cap", NOW - 2 * HOUR + DAY)
+    view = await store.quota_view(GUILD, 4, (), limits, NOW, quote=1.0)  # what /veo-quota says
+    assert isinstance(view.decision, Refusal)
+    assert view.decision.next_free_at == NOW - 5 * HOUR + DAY
+    # A server's own daily cap counts only its own spend.
+    await store.set_guild_limits(7, GuildLimits(spend_cap=1.0), actor_id=99)
+    await reserved(store, quoted(5, 0.8, now=NOW - HOUR, guild_id=7), SPEND)
+    refusal = await store.reserve(quoted(6, 0.8, now=NOW, guild_id=7), SPEND)
+    assert isinstance(refusal, Refusal)
+    assert (refusal.kind, refusal.next_free_at) == ("guild_spend_cap", NOW - HOUR + DAY)
 
 
 async def test_monthly_caps_count_the_calendar_month_utc(store: Store, clock: ManualClock) -> None:

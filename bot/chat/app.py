@@ -17,6 +17,7 @@ from discord.ext import commands
 
 from bot.approvals import ApprovalLane
 from bot.balance import BalanceWatch, RecentSpend
+from bot.billing import Billing
 from bot.chat import spend_report
 from bot.chat.alerts import DiscordAlerts
 from bot.chat.approvals import DiscordCards
@@ -37,12 +38,13 @@ from bot.jobs import JobService
 from bot.ops.health import GatewayWatch
 from bot.ops.http import OpsServer
 from bot.ops.metrics import Metrics
+from bot.params import VeoParams
 from bot.pricing import PriceBook
 from bot.quota import LimitDefaults
-from bot.reconcile import Reconciler
+from bot.reconcile import Reconciler, RecordBilled
 from bot.segmind import client as sm
 from bot.shards import IDENTIFY_CLAIM_SPACING, IDENTIFY_SPACING, ShardPlan, identify_bucket
-from bot.store import Store, StoreUnavailable, open_store
+from bot.store import BilledSource, Store, StoreUnavailable, open_store
 
 log = logging.getLogger(__name__)
 
@@ -115,6 +117,7 @@ class Services:
     reconciler: Reconciler  # pages Segmind's history in the background
     balance: BalanceWatch  # the Segmind balance, its forecast, and the pause when it ran out
     gallery: Gallery  # announces delivered videos in a guild's gallery channel
+    billing: Billing  # the one price book, and every bill recorded through it
 
 
 class VeoBot(commands.Bot):
@@ -210,9 +213,12 @@ class VeoBot(commands.Bot):
             settings, key, base_url, history_url=history_url, session=segmind_session
         )
         resources.push_async_callback(segmind.close)
+        # Quotes without evidence start at the owner's setting (the top of Segmind's range).
+        billing = Billing(store, PriceBook(published_max=settings.veo_price_per_job))
         gallery = Gallery(self, store)
         output = DiscordOutput(
             self,
+            quote_of=billing.quote_of,
             log_channel=store.get_log_channel,
             announce=gallery.announce,
             edit_interval=settings.veo_edit_interval,
@@ -221,7 +227,7 @@ class VeoBot(commands.Bot):
             clock=self.clock,
         )
         alerts = DiscordAlerts(self, log_channel=store.get_log_channel)
-        balance = self._balance_watch(store, segmind)
+        balance = self._balance_watch(store, segmind, billing)
         jobs = JobService(
             store,
             segmind,
@@ -237,18 +243,15 @@ class VeoBot(commands.Bot):
             recovery_interval=settings.veo_recovery_interval_seconds,
             alerts=alerts,
             credits_signal=balance,
+            billing=billing,
         )
         cards = DiscordCards(self, output)
-        # The quote of the approval lane. Its one seam: point `quote` at the bot's shared
-        # PriceBook (fed with observed costs) once there is one; a fresh book quotes the top
-        # of Segmind's published range, which errs toward asking a moderator.
-        price_book = PriceBook()
         approvals = ApprovalLane(
             store,
             jobs,
             output,
             cards,
-            quote=price_book.quote,
+            quote=billing.quote,  # the same book that quotes the reservation
             default_expiry=settings.veo_approval_expiry_hours * 3600,
             sweep_interval=settings.veo_approval_sweep_seconds,
             clock=self.clock,
@@ -256,7 +259,7 @@ class VeoBot(commands.Bot):
         reconciler = Reconciler(
             store,
             segmind,
-            record_billed=store.record_billed,
+            record_billed=self._history_bills(store, billing),
             quote=lambda job: store.job_quote(job.id),
             alerts=alerts,
             interval=settings.veo_reconcile_interval_seconds,
@@ -264,13 +267,27 @@ class VeoBot(commands.Bot):
             clock=self.clock,
         )
         self._services = Services(
-            store, segmind, jobs, output, session, approvals, cards, reconciler, balance, gallery
+            store,
+            segmind,
+            jobs,
+            output,
+            session,
+            approvals,
+            cards,
+            reconciler,
+            balance,
+            gallery,
+            billing,
         )
         return self._services
 
-    def _balance_watch(self, store: Store, segmind: sm.SegmindClient) -> BalanceWatch:
+    def _balance_watch(
+        self, store: Store, segmind: sm.SegmindClient, billing: Billing
+    ) -> BalanceWatch:
         """The balance watch over this bot's Segmind account, spend ledger and log channels."""
         settings = self.settings
+        # The options a member gets without choosing any: what "one video" costs by default.
+        default_video = VeoParams(prompt="the default options")
 
         async def read_balance() -> float:
             credits = await segmind.credits(background=True)
@@ -285,14 +302,28 @@ class VeoBot(commands.Bot):
         return BalanceWatch(
             read_balance=read_balance,
             spent_since=spent_since,
-            # Until a week has bills: the quote of options never billed (the top of Segmind's
-            # range), so the first forecast errs toward fewer videos left.
-            fallback_price=lambda: settings.veo_price_per_job,
+            # Until a week has bills: the price book's quote for the default options (the top
+            # of Segmind's range until such a video was billed), so the first forecast errs
+            # toward fewer videos left.
+            fallback_price=lambda: billing.quote(default_video).amount,
             announce=LogChannels(self, store.get_log_channel).post_all,
             interval=settings.veo_balance_check_seconds,
             warn_videos=settings.veo_balance_warn_videos,
             clock=self.clock,
         )
+
+    @staticmethod
+    def _history_bills(store: Store, billing: Billing) -> RecordBilled:
+        """The reconciler's writer of Segmind's bills: through the price book, so quotes learn
+        from history rows as they do from `metrics.cost`."""
+
+        async def record(
+            job_id: int, amount: float, *, source: BilledSource, now: float | None = None
+        ) -> bool:
+            job = await store.get_job(job_id)
+            return job is not None and await billing.record_billed(job, amount, source=source)
+
+        return record
 
     async def _segmind_endpoint(self) -> tuple[str, str, str]:
         """Segmind's base URL, the key and the request-history URL: the settings', or in demo

@@ -46,6 +46,7 @@ from bot.jobs import (
     checkpoint_route,
 )
 from bot.media.encode import UploadPlan, encoded_path, plan_upload
+from bot.pricing import Quote
 from bot.progress import Progress, Stage
 from bot.store import Job
 
@@ -87,6 +88,7 @@ class DiscordOutput:
         *,
         log_channel: Callable[[int], Awaitable[int | None]],
         announce: Callable[[Job], Awaitable[None]] | None = None,
+        quote_of: Callable[[Job], Quote | None] = lambda job: None,
         edit_interval: float,
         mention_on_ready: bool,
         demo: bool,
@@ -95,6 +97,7 @@ class DiscordOutput:
         self.client = client
         self.log_channel = log_channel  # a guild's moderator log channel, if it set one
         self.announce = announce  # the gallery's, for a delivered job; never raises
+        self.quote_of = quote_of  # what the job is held at against the owner's spend caps
         self.edit_interval = edit_interval
         self.mention_on_ready = mention_on_ready
         self.demo = demo
@@ -149,7 +152,7 @@ class DiscordOutput:
     async def progress(self, job: Job, progress: Progress) -> None:
         if job.id in self._closed:
             return
-        text = progress_text(job.params_model, progress, demo=self.demo)
+        text = progress_text(job.params_model, progress, demo=self.demo, quote=self.quote_of(job))
         if progress.stage in (Stage.SUBMITTING, Stage.WAITING, Stage.GENERATING):
             text = with_cancel_note(text)
         throttle = self._throttles.setdefault(job.id, _Throttle())

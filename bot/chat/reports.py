@@ -9,7 +9,14 @@ from datetime import UTC, datetime
 
 from bot.chat.presenter import safe_text
 from bot.discrepancies import describe
-from bot.quota import GuildLimits, LimitDefaults, LimitOverride
+from bot.quota import (
+    EffectiveLimits,
+    GuildLimits,
+    LimitDefaults,
+    LimitOverride,
+    UsageSnapshot,
+    guild_monthly_budget,
+)
 from bot.store import AuditEntry, Discrepancy, Job, UsageSummary, UserUsage
 
 DISCORD_WEB = "https://discord.com/channels"
@@ -172,7 +179,11 @@ def limits_text(
     users: dict[int, LimitOverride],
     exempt: frozenset[int],
     log_channel: int | None,
+    *,
+    month_spent: float | None = None,
 ) -> str:
+    """`month_spent`: the server's spend this calendar month (billed plus held quotes)."""
+
     def pick(value: object, default: object) -> str:
         return f"{value} (server)" if value is not None else f"{default} (default)"
 
@@ -183,6 +194,10 @@ def limits_text(
         f"At once per user: {pick(guild.concurrency, defaults.concurrency)}",
         f"Server daily cap: {pick(guild.daily_limit, defaults.guild_daily_limit or 'none')}",
         f"Server spend cap per day: {pick(guild.spend_cap, defaults.daily_spend_cap or 'none')}",
+        _monthly_line(guild, defaults, month_spent),
+        "Bot-wide spend caps: "
+        f"{_dollars(defaults.daily_spend_cap)} per rolling 24 h, "
+        f"{_dollars(defaults.monthly_spend_cap)} per calendar month (UTC)",
         f"Log channel: {f'<#{log_channel}>' if log_channel else 'none'}",
     ]
     if roles:
@@ -335,3 +350,47 @@ def channel_allowed_text(channel_id: int, outcome: str, allowed: frozenset[int])
 def channel_removed_text(channel_id: int, removed: bool, allowed: frozenset[int]) -> str:
     head = "Removed." if removed else f"<#{channel_id}> was not on the list."
     return f"{head} {channels_text(allowed)}"
+
+
+def _dollars(amount: float | None) -> str:
+    return "none" if amount is None else money(amount)
+
+
+def _monthly_line(guild: GuildLimits, defaults: LimitDefaults, spent: float | None) -> str:
+    budget = guild_monthly_budget(guild, defaults)
+    source = "server" if guild.monthly_budget is not None else "default"
+    text = f"Server budget per month (UTC): {_dollars(budget)}"
+    if budget is not None:
+        text += f" ({source})"
+        if guild.monthly_budget is not None and budget < guild.monthly_budget:
+            text += f" — the server asked for {money(guild.monthly_budget)}, above the maximum"
+    if defaults.guild_monthly_budget_max is not None:
+        text += f"; the owner allows at most {money(defaults.guild_monthly_budget_max)}"
+    if spent is not None:
+        text += f"; spent this month: {money(spent)}"
+    return text
+
+
+def budget_over_max_text(budget: float, defaults: LimitDefaults) -> str:
+    """The moderator's answer when a monthly budget is above the owner's maximum."""
+    cap = defaults.guild_monthly_budget_max
+    return (
+        f"Not saved: {money(budget)} a month is above the most the bot's owner allows per "
+        f"server ({money(cap or 0.0)}). Choose {money(cap or 0.0)} or less."
+    )
+
+
+def monthly_budget_lines(limits: EffectiveLimits, usage: UsageSnapshot) -> list[str]:
+    """For a member's quota view: this month's budgets in force and how much is used."""
+    lines = []
+    if limits.guild_monthly_budget is not None:
+        lines.append(
+            f"This server's video budget this month: {money(usage.guild_month_spend)} of "
+            f"{money(limits.guild_monthly_budget)} used (renews on the 1st, UTC)."
+        )
+    if limits.global_monthly_cap is not None:
+        lines.append(
+            f"The bot's video budget this month: {money(usage.global_month_spend)} of "
+            f"{money(limits.global_monthly_cap)} used (renews on the 1st, UTC)."
+        )
+    return lines

@@ -15,6 +15,7 @@ reservation holds its quote there until Segmind's bill replaces it; no refund to
 from __future__ import annotations
 
 from collections.abc import Iterable
+from dataclasses import replace
 from typing import Any, cast
 
 from bot.quota import (
@@ -31,6 +32,7 @@ from bot.quota import (
     decide,
     effective_limits,
     month_start,
+    spend_frees_at,
 )
 from bot.store.model import (
     NONTERMINAL_STATES,
@@ -178,7 +180,8 @@ _DAY_COUNTS_GUILD = _DAY_COUNTS.format(where="guild_id = $1")
 
 # One pass over the owner's spend ledger since the earlier of the rolling day's and the
 # month's start: global and guild spend over each. A job counts at its bill once known, at its
-# held quote until then — refunded or not. $1 guild, $2 day start, $3 month start.
+# held quote until then — refunded or not. $1 guild, $2 day start, $3 month start, $4 the
+# earliest row read.
 _SPENT = "COALESCE(billed, quoted)"
 _SPEND_TOTALS = f"""
     SELECT COALESCE(SUM({_SPENT}) FILTER (WHERE held_at > $2), 0),
@@ -186,7 +189,7 @@ _SPEND_TOTALS = f"""
            COALESCE(SUM({_SPENT}) FILTER (WHERE held_at >= $3), 0),
            COALESCE(SUM({_SPENT}) FILTER (WHERE held_at >= $3 AND guild_id = $1), 0)
     FROM spend_ledger
-    WHERE {{where}} AND held_at >= LEAST($2, $3)
+    WHERE {{where}} AND held_at >= $4
 """  # noqa: S608  # fixed SQL fragments only
 _SPEND_TOTALS_GLOBAL = _SPEND_TOTALS.format(where="TRUE")
 _SPEND_TOTALS_GUILD = _SPEND_TOTALS.format(where="guild_id = $1")
@@ -203,7 +206,10 @@ async def _spend(
         sql = _SPEND_TOTALS_GUILD
     else:
         return 0.0, 0.0, 0.0, 0.0
-    row = await conn.fetchrow(sql, guild_id, now - DAY_SECONDS, month_start(now))
+    day, month = now - DAY_SECONDS, month_start(now)
+    # Without a monthly cap the month's rows are not read at all (its sums are then unused).
+    monthly = limits.global_monthly_cap is not None or limits.guild_monthly_budget is not None
+    row = await conn.fetchrow(sql, guild_id, day, month, min(day, month) if monthly else day)
     assert row is not None  # an aggregate always yields one row
     return float(row[0]), float(row[1]), float(row[2]), float(row[3])
 
@@ -264,6 +270,29 @@ async def _snapshot(
     )
 
 
+async def _with_spend_free_at(
+    conn: Connection, refusal: Refusal, guild_id: int, quote: float, now: float
+) -> Refusal:
+    """A rolling-day spend refusal with the moment enough of the day's spend rolls off (read
+    only on this rare path, under the same locks as the decision)."""
+    if refusal.kind not in ("spend_cap", "guild_spend_cap") or refusal.limit is None:
+        return refusal
+    if refusal.kind == "guild_spend_cap":
+        rows = await conn.fetch(
+            f"SELECT held_at, {_SPENT} FROM spend_ledger WHERE guild_id = $1 AND held_at > $2 "  # noqa: S608
+            "ORDER BY held_at",
+            guild_id,
+            now - DAY_SECONDS,
+        )
+    else:
+        rows = await conn.fetch(
+            f"SELECT held_at, {_SPENT} FROM spend_ledger WHERE held_at > $1 ORDER BY held_at",  # noqa: S608
+            now - DAY_SECONDS,
+        )
+    frees = spend_frees_at(((r[0], r[1]) for r in rows), refusal.spent or 0.0, quote, refusal.limit)
+    return replace(refusal, next_free_at=frees)
+
+
 class LedgerQueries(PostgresBase):
     """Check-and-reserve, the quota view, and settling reservations."""
 
@@ -305,7 +334,7 @@ class LedgerQueries(PostgresBase):
             quote = limits.price_per_job if request.quote is None else request.quote
             decision = decide(limits, usage, now, quote)
             if isinstance(decision, Refusal):
-                return decision  # nothing was written; the commit is empty
+                return await _with_spend_free_at(conn, decision, guild_id, quote, now)
             row = await conn.fetchrow(
                 """
                 INSERT INTO jobs (guild_id, channel_id, user_id, prompt, params, image_url,
@@ -387,7 +416,11 @@ class LedgerQueries(PostgresBase):
                 conn, guild_id, user_id, role_ids, defaults
             )
             usage = await _snapshot(conn, guild_id, user_id, limits, block, reset_at, now)
-        return QuotaView(limits, usage, decide(limits, usage, now, quote))
+            price = limits.price_per_job if quote is None else quote
+            decision = decide(limits, usage, now, price)
+            if isinstance(decision, Refusal):
+                decision = await _with_spend_free_at(conn, decision, guild_id, price, now)
+        return QuotaView(limits, usage, decision)
 
     # -- quota: settle -----------------------------------------------------------------------
 

@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import sqlite3
 from collections.abc import Iterable
+from dataclasses import replace
 from functools import partial
 from typing import Any, cast
 
@@ -31,6 +32,7 @@ from bot.quota import (
     decide,
     effective_limits,
     month_start,
+    spend_frees_at,
 )
 from bot.store.model import (
     NONTERMINAL_STATES,
@@ -164,7 +166,10 @@ def _spend(
     """(global day, guild day, global month, guild month) spend, reading only the scopes
     whose caps apply."""
     day, month = now - DAY_SECONDS, month_start(now)
-    args = {"guild": guild_id, "day": day, "month": month, "since": min(day, month)}
+    # Without a monthly cap the month's rows are not read at all (its sums are then unused).
+    monthly = limits.global_monthly_cap is not None or limits.guild_monthly_budget is not None
+    since = min(day, month) if monthly else day
+    args = {"guild": guild_id, "day": day, "month": month, "since": since}
     if limits.global_spend_cap is not None or limits.global_monthly_cap is not None:
         totals = conn.execute(_SPEND_TOTALS_GLOBAL, args).fetchone()
     elif limits.guild_spend_cap is not None or limits.guild_monthly_budget is not None:
@@ -226,6 +231,24 @@ def _snapshot(
     )
 
 
+def _with_spend_free_at(
+    conn: sqlite3.Connection, refusal: Refusal, guild_id: int, quote: float, now: float
+) -> Refusal:
+    """A rolling-day spend refusal with the moment enough of the day's spend rolls off (read
+    only on this rare path, oldest first, until enough is found)."""
+    if refusal.kind not in ("spend_cap", "guild_spend_cap") or refusal.limit is None:
+        return refusal
+    where = "guild_id = ? AND " if refusal.kind == "guild_spend_cap" else ""
+    args = (guild_id,) if where else ()
+    rows = conn.execute(
+        f"SELECT held_at, {_SPENT} FROM spend_ledger WHERE {where}held_at > ? "  # noqa: S608
+        "ORDER BY held_at",
+        (*args, now - DAY_SECONDS),
+    )
+    frees = spend_frees_at(rows, refusal.spent or 0.0, quote, refusal.limit)
+    return replace(refusal, next_free_at=frees)
+
+
 def _reserve(
     conn: sqlite3.Connection, request: ReserveRequest, defaults: LimitDefaults, now: float
 ) -> Reserved | Refusal:
@@ -246,7 +269,7 @@ def _reserve(
     quote = limits.price_per_job if request.quote is None else request.quote
     decision = decide(limits, usage, now, quote)
     if isinstance(decision, Refusal):
-        return decision  # nothing was written; the commit is empty
+        return _with_spend_free_at(conn, decision, request.guild_id, quote, now)
     job_id, queue_seq = conn.execute(
         """
         INSERT INTO jobs (guild_id, channel_id, user_id, prompt, params, image_url,
@@ -329,7 +352,11 @@ class LedgerQueries(SqliteBase):
         def body(conn: sqlite3.Connection) -> QuotaView:
             limits, block, reset_at = _load_limits(conn, guild_id, user_id, role_ids, defaults)
             usage = _snapshot(conn, guild_id, user_id, limits, block, reset_at, now)
-            return QuotaView(limits, usage, decide(limits, usage, now, quote))
+            price = limits.price_per_job if quote is None else quote
+            decision = decide(limits, usage, now, price)
+            if isinstance(decision, Refusal):
+                decision = _with_spend_free_at(conn, decision, guild_id, price, now)
+            return QuotaView(limits, usage, decision)
 
         # A read transaction: one consistent snapshot without taking SQLite's write lock.
         return await self._run(body, begin="BEGIN")
