@@ -103,6 +103,8 @@ async def run(
                     role_ids=(1, 2, 3),
                     params=params,
                     now=now + i * 1e-3,
+                    # As the bot sends: the Discord event's id, unique per job (and checked).
+                    event_id=1_000_000 * (index + 1) + i,
                 )
                 done += isinstance(await store.reserve(request, defaults), Reserved)
             return done

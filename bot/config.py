@@ -6,13 +6,15 @@ import ipaddress
 from pathlib import Path
 from typing import Annotated, Any, Literal, get_args
 
-from pydantic import Field, SecretStr, ValidationError, field_validator
+from pydantic import Field, SecretStr, ValidationError, field_validator, model_validator
 from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
 
 from bot.database_url import backend_of, sqlite_url
 from bot.media.images import DEFAULT_IMAGE_HOSTS
 from bot.params import Aspect, Duration, Fps, Resolution
+from bot.pricing import PUBLISHED_MAX
 from bot.segmind.history import DEFAULT_HISTORY_URL
+from bot.shards import MAX_SHARDS, ShardPlan, ShardSpecError, parse_shard_ids
 
 DISCORD_API_BASE_URL = "https://discord.com/api/v10"
 DISCORD_GATEWAY_URL = "wss://gateway.discord.gg/"
@@ -44,6 +46,11 @@ class Settings(BaseSettings):
     discord_gateway_url: str = DISCORD_GATEWAY_URL
     discord_dev_guild_id: int | None = None
     discord_message_content_intent: bool = False
+    # Sharding (unset: one gateway connection, as a bot in fewer than 2,500 guilds needs).
+    # DISCORD_SHARD_IDS (`0-3`, `0,2`) splits DISCORD_SHARD_COUNT shards between nodes; without
+    # it a node with a count runs all of them.
+    discord_shard_count: int | None = Field(default=None, ge=1, le=MAX_SHARDS)
+    discord_shard_ids: Annotated[tuple[int, ...] | None, NoDecode] = None
 
     # Segmind
     segmind_api_key: SecretStr | None = None
@@ -89,16 +96,40 @@ class Settings(BaseSettings):
     veo_user_concurrency: int = Field(default=1, ge=1)
     veo_guild_daily_limit: int | None = Field(default=None, ge=0)
     veo_global_daily_limit: int | None = Field(default=None, ge=0)
+    # The owner's spend caps: rolling 24 h, and per calendar month UTC (1st 00:00 to 1st).
     veo_daily_spend_cap: float | None = Field(default=None, ge=0)
-    veo_price_per_job: float = Field(default=0.80, ge=0)
+    veo_monthly_spend_cap: float | None = Field(default=None, ge=0)
+    # The most a moderator may set as a guild's monthly budget (and the budget of a guild that
+    # set none); None: no per-guild maximum beyond the monthly cap.
+    veo_guild_monthly_budget_max: float | None = Field(default=None, ge=0)
+    # The quote of options never billed yet: the top of Segmind's published range, so a cap
+    # trips before the owner is overspent; learned quotes replace it (`bot.pricing`).
+    veo_price_per_job: float = Field(default=PUBLISHED_MAX, gt=0)
     veo_blocked_prompt_cap: int = Field(default=3, ge=0)
+    # Balance watch: how often the Segmind balance is read (one request of the shared budget
+    # each time), and how many videos' worth left makes the log channels hear of it (0 = only
+    # when it runs out).
+    veo_balance_check_seconds: float = Field(default=600.0, gt=0)
+    veo_balance_warn_videos: int = Field(default=25, ge=0)
     veo_max_concurrent_jobs: int = Field(default=4, ge=1)
+    # The approval lane (/veo-admin approvals): how long a held request waits for a moderator
+    # when the guild set no time of its own, and how often lapsed ones are looked for.
+    veo_approval_expiry_hours: float = Field(default=24.0, gt=0)
+    veo_approval_sweep_seconds: float = Field(default=30.0, gt=0)
     veo_max_image_bytes: int = Field(default=20 * 1024 * 1024, gt=0)
     # Hosts input images may be fetched from (comma-separated in the environment): Discord's.
     veo_image_hosts: Annotated[tuple[str, ...], NoDecode] = DEFAULT_IMAGE_HOSTS
     veo_max_video_bytes: int = Field(default=500 * 1024 * 1024, gt=0)
     # Seconds the whole download of a finished video may take (retries included).
     veo_download_timeout: float = Field(default=300.0, gt=0)
+
+    # Money truth. A submit whose answer was lost is looked for in Segmind's request history
+    # for this long after it began (its row lands a little after the request), every
+    # VEO_RECOVERY_INTERVAL_SECONDS; past it, with no match, the member is refunded.
+    veo_recovery_window_seconds: float = Field(default=300.0, ge=0)
+    veo_recovery_interval_seconds: float = Field(default=15.0, gt=0)
+    # How often the history is paged to record what Segmind billed and flag disagreements.
+    veo_reconcile_interval_seconds: float = Field(default=900.0, gt=0)
 
     # Operations: health checks and metrics over HTTP (off unless a port is set; 0 = any free
     # port, logged), and the log format a log shipper reads.
@@ -126,6 +157,26 @@ class Settings(BaseSettings):
                 raise ValueError("list host names only, without scheme, port or path")
             return hosts
         return value
+
+    @field_validator("discord_shard_ids", mode="before")
+    @classmethod
+    def _shard_ids(cls, value: Any) -> Any:
+        if isinstance(value, str):
+            try:
+                return parse_shard_ids(value)
+            except ShardSpecError as exc:
+                raise ValueError(str(exc)) from None
+        return value
+
+    @model_validator(mode="after")
+    def _shards_fit_the_count(self) -> Settings:
+        if self.discord_shard_ids is not None and self.discord_shard_count is None:
+            raise ValueError("DISCORD_SHARD_IDS needs DISCORD_SHARD_COUNT (the total shards)")
+        try:
+            self.shard_plan  # noqa: B018  # built here so a bad pair stops start-up
+        except ShardSpecError as exc:
+            raise ValueError(f"DISCORD_SHARD_IDS: {exc}") from None
+        return self
 
     @field_validator("veo_database_url")
     @classmethod
@@ -164,6 +215,14 @@ class Settings(BaseSettings):
         return sqlite_url(self.veo_db_path)
 
     @property
+    def shard_plan(self) -> ShardPlan | None:
+        """The shards this node runs; None when sharding is not configured (one connection)."""
+        if self.discord_shard_count is None:
+            return None
+        ids = self.discord_shard_ids or tuple(range(self.discord_shard_count))
+        return ShardPlan(self.discord_shard_count, ids)
+
+    @property
     def demo_mode(self) -> bool:
         """No Segmind key: the built-in fake serves test clips and nothing is billed."""
         return self.segmind_api_key is None or not self.segmind_api_key.get_secret_value()
@@ -188,10 +247,12 @@ def load_settings(env_file: str | Path | None = ".env", **overrides: Any) -> Set
         return Settings(_env_file=env_file, **overrides)  # type: ignore[call-arg]
     except ValidationError as exc:
         first = exc.errors()[0]
-        name = str(first["loc"][0]).upper() if first.get("loc") else "settings"
         reason = first.get("msg", "invalid value")
         count = exc.error_count()
         more = f" (and {count - 1} more)" if count > 1 else ""
+        if not first.get("loc"):  # a rule across settings: the reason names them
+            raise SettingsError(f"settings are invalid: {reason}{more}") from None
+        name = str(first["loc"][0]).upper()
         raise SettingsError(f"setting {name} is invalid: {reason}{more}") from None
 
 

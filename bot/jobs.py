@@ -7,8 +7,13 @@ tell what already happened:
     queued → submitting → submitted → completed → delivering → delivered
                     ↘ unknown            ↘ failed / expired        (cancelled from queued)
 
-- `submitting` without a request id after a crash means the POST may or may not have reached
-  Segmind: it is never re-sent (a second POST is a second bill); the job becomes `unknown`.
+- `submitting` without a request id (a lost answer, or a crash while the POST was on the wire)
+  means the POST may or may not have reached Segmind: it is never re-sent (a second POST is a
+  second bill). Its request is looked for in Segmind's history by fingerprint (`_recover`):
+  found, it is adopted and delivered; not found in time, or found several times, the job
+  becomes `unknown` and the member is refunded.
+- A job Segmind's status route no longer knows (results are kept an hour) is settled from its
+  history row, which is kept for good (`_from_history`).
 - Delivery is exactly once. Before each delivery route is tried, its name is written to the
   job (`delivery_method`, still in `delivering`): a write-ahead note of where the video may have
   landed. Every attempt — the first, a retry after a transient error, or the resume of a
@@ -31,19 +36,27 @@ import time
 from collections.abc import Awaitable, Callable
 from contextvars import ContextVar
 from dataclasses import dataclass, replace
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any, Literal, Protocol
 
+from bot.balance import NO_SIGNAL, CreditsSignal
+from bot.billing import Billing, billed_by_failure
+from bot.discrepancies import Alerts, post_pending
 from bot.logs import job_context
 from bot.media.encode import NotAVideo, encoded_path, probe_video
 from bot.ops.events import NO_EVENTS, JobEvents
+from bot.pricing import PUBLISHED_MIN, PriceBook
 from bot.progress import Progress, Stage
 from bot.quota import LimitDefaults, Refusal
+from bot.recovery import Fingerprint
 from bot.segmind import client as sm
+from bot.segmind.history import HistoryRow, HistoryStatus, dedupe
 from bot.store import (
     IN_FLIGHT_STATES,
     Fenced,
     Job,
+    NewDiscrepancy,
     ReleaseReason,
     ReserveRequest,
     Store,
@@ -60,6 +73,10 @@ DELIVERY_BACKOFF = 2.0  # seconds before the 2nd attempt; doubles each time
 # `RECORD_RETRY_CAP` between tries once Segmind has answered, until the database is back.
 SUBMITTED_WRITE_DELAYS = (0.2, 0.5, 1.0, 2.0)
 RECORD_RETRY_CAP = 10.0
+# A submit whose answer was lost is looked for in Segmind's history until this long after the
+# POST began (its row lands a little after the request), every `RECOVERY_INTERVAL` seconds.
+RECOVERY_WINDOW = 300.0
+RECOVERY_INTERVAL = 15.0
 
 
 def may_act_on(job: Job | None, actor_id: int, *, moderator: bool) -> bool:
@@ -144,6 +161,16 @@ class DeliveryUnclear(Exception):
     own placeholder, say): the video may be in front of the member."""
 
 
+class AlreadyQueued(Exception):
+    """The request's Discord event had already made job `job_id`: another gateway session of
+    the same shard (a deploy's overlap) got it first. Nothing was reserved; the caller says
+    nothing more, the other session answers the member."""
+
+    def __init__(self, job_id: int) -> None:
+        super().__init__(f"the event already made job {job_id}")
+        self.job_id = job_id
+
+
 CancelOutcome = Literal["cancelled", "not_allowed", "too_late", "finished", "missing"]
 
 
@@ -175,8 +202,15 @@ class JobService:
         deadline: float,
         clock: Callable[[], float] = time.time,
         events: JobEvents = NO_EVENTS,
+        recovery_window: float = RECOVERY_WINDOW,
+        recovery_interval: float = RECOVERY_INTERVAL,
+        alerts: Alerts | None = None,
+        credits_signal: CreditsSignal = NO_SIGNAL,
+        billing: Billing | None = None,
     ) -> None:
         self.store = store
+        # The bot passes its own; a bare service (tools, tests) quotes from an empty book.
+        self.billing = billing or Billing(store, PriceBook())
         self.segmind = segmind
         self.output = output
         self.limit_defaults = limit_defaults
@@ -186,6 +220,12 @@ class JobService:
         self.deadline = deadline
         self.clock = clock
         self.events = events
+        self.recovery_window = recovery_window
+        self.recovery_interval = recovery_interval
+        self.alerts = alerts  # None: disagreements are recorded and logged, not posted
+        # Segmind's own word on the balance (a submit accepted, or refused with 406) moves the
+        # balance watch's pause at once, not at its next check.
+        self.credits_signal = credits_signal
         # The store the running side writes through: the lease's fenced view once taken over.
         self._runs: Store = store
         self._running = False
@@ -229,6 +269,7 @@ class JobService:
         settled = await self._runs.settle_terminal(self.limit_defaults)
         if settled:
             log.info("settled %d reservations left open by the last run", settled)
+        await self.billing.load()
         durations = await self._runs.recent_durations(200)
         for seconds in durations:
             self.segmind.observe_duration(seconds)
@@ -279,14 +320,26 @@ class JobService:
         self._tasks.clear()
 
     async def enqueue(self, request: ReserveRequest) -> int | Refusal:
-        """Check the limits and queue the job in one transaction; returns its id or why not.
+        """Quote the job, check the limits and queue it in one transaction, the quote held
+        against every spend cap; returns its id or why not.
 
-        Raises `StoreUnavailable` when the database cannot be used (the caller refuses)."""
-        outcome = await self.store.reserve(replace(request, now=self.clock()), self.limit_defaults)
+        Raises `StoreUnavailable` when the database cannot be used (the caller refuses), and
+        `AlreadyQueued` when the request's event made a job before (the caller stays quiet)."""
+        quote = self.billing.quote(request.params)
+        outcome = await self.store.reserve(
+            replace(request, now=self.clock(), quote=quote.amount), self.limit_defaults
+        )
         if isinstance(outcome, Refusal):
             return outcome
+        if outcome.existing:
+            raise AlreadyQueued(outcome.job_id)
+        self.billing.given(outcome.job_id, quote)
         self.wake()
         return outcome.job_id
+
+    async def job_for_event(self, event_id: int) -> Job | None:
+        """The job a Discord interaction or message already made, if any."""
+        return await self.store.job_for_event(event_id)
 
     async def precheck(
         self, guild_id: int, user_id: int, role_ids: tuple[int, ...]
@@ -295,7 +348,11 @@ class JobService:
 
         Lets the caller refuse before it fetches anything; `enqueue` still decides atomically.
         Raises `StoreUnavailable` when the database cannot be used (the caller refuses)."""
-        view = await self.store.quota_view(guild_id, user_id, role_ids, self.limit_defaults)
+        # The options are not known yet: the cheapest price Segmind publishes, so a spend cap
+        # refuses here only when no video at all would fit; `enqueue` holds the real quote.
+        view = await self.store.quota_view(
+            guild_id, user_id, role_ids, self.limit_defaults, quote=PUBLISHED_MIN
+        )
         return view.decision if isinstance(view.decision, Refusal) else None
 
     def wake(self) -> None:
@@ -311,7 +368,7 @@ class JobService:
         return await self.store.get_job(job_id)
 
     async def cancel(self, job_id: int, *, actor_id: int, moderator: bool) -> CancelResult:
-        """Drop a job still waiting in the bot's own queue and refund it.
+        """Drop a job still waiting in the bot's own queue (or for a moderator) and refund it.
 
         Only the requester or a moderator may. Segmind has no cancel call, so once the job
         left the queue (`submitting` or later) it can no longer be cancelled."""
@@ -321,12 +378,16 @@ class JobService:
         if not may_act_on(job, actor_id, moderator=moderator):
             return CancelResult("not_allowed", job)
         if not await self.store.transition(
-            job_id, ("queued",), "cancelled", error="cancelled before it was sent to Veo"
+            job_id,
+            ("queued", "awaiting_approval"),
+            "cancelled",
+            error="cancelled before it was sent to Veo",
         ):
             current = await self.store.get_job(job_id) or job
             outcome: CancelOutcome = "too_late" if current.state in IN_FLIGHT_STATES else "finished"
             return CancelResult(outcome, current)
         await self.store.release(job_id, "cancelled", self.limit_defaults)
+        await self.billing.record_billed(job, 0.0, source="metrics")  # never sent to Segmind
         if actor_id != job.user_id:
             await self.store.record_audit(
                 job.guild_id, actor_id, "job.cancel", {"job_id": job_id, "user_id": job.user_id}
@@ -416,18 +477,28 @@ class JobService:
         try:
             submitted = await self.segmind.submit(job.params_model)
         except sm.SubmitUncertain as exc:
-            await self._unknown(job, exc)
+            self._submitting.discard(job_id)
+            await self._recover(job, exc)
             return
         except sm.SegmindError as exc:
-            await self._fail(job, "failed", exc, release_reason="not_submitted")
+            if isinstance(exc, sm.InsufficientCredits):
+                self.credits_signal.note_out_of_credits()
+            # Refused before Segmind created a job: nothing was billed.
+            await self._fail(job, "failed", exc, release_reason="not_submitted", billed=0.0)
             return
         finally:
             self._submitting.discard(job_id)
+        self.credits_signal.note_submitted()
         # Logged before anything else can fail: with it a moderator can always find the job.
         log.info("job %s: Segmind accepted it as request %s", job_id, submitted.request_id)
         self.events.submitted(job_id)
-        now = self.clock()
-        self._unrecorded[job_id] = (submitted.request_id, now)
+        await self._accepted(job, submitted, self.clock())
+
+    async def _accepted(self, job: Job, submitted: sm.SubmittedJob, submitted_at: float) -> None:
+        """Segmind has the job as `submitted.request_id`: record that (retrying a busy
+        database, following in memory meanwhile), then follow it to delivery."""
+        job_id = job.id
+        self._unrecorded[job_id] = (submitted.request_id, submitted_at)
         for delay in (*SUBMITTED_WRITE_DELAYS, None):
             if await self._record_submitted(job_id):
                 break
@@ -440,7 +511,10 @@ class JobService:
                 )
                 await self._follow(
                     dataclasses.replace(
-                        job, state="submitted", request_id=submitted.request_id, submitted_at=now
+                        job,
+                        state="submitted",
+                        request_id=submitted.request_id,
+                        submitted_at=submitted_at,
                     ),
                     submitted,
                 )
@@ -518,14 +592,31 @@ class JobService:
                 job, submitted, on_status=on_status, deadline=self.deadline, started_at=started
             )
         except sm.NotFound as exc:
-            await self._fail(job, "expired", exc, release_reason="expired")
+            if not await self._from_history(job, started):
+                await self._fail(job, "expired", exc, release_reason="expired")
             return
         except sm.ContentBlocked as exc:
-            await self._fail(job, "failed", exc, release_reason="content_blocked")
+            await self._fail(
+                job,
+                "failed",
+                exc,
+                release_reason="content_blocked",
+                billed=billed_by_failure(exc.raw),
+            )
+            return
+        except sm.GenerationFailed as exc:
+            await self._fail(
+                job, "failed", exc, release_reason="failed", billed=billed_by_failure(exc.raw)
+            )
             return
         except sm.SegmindError as exc:
+            # Deadline, lost job, polls refused: Segmind may have made (and billed) it, so the
+            # quote stays held until its history says what it billed.
             await self._fail(job, "failed", exc, release_reason="failed")
             return
+        if result.cost is not None:
+            # Billed once it finished, whether or not the member gets the video.
+            await self.billing.record_billed(job, result.cost, source="metrics")
         took = self.clock() - started
         video_url = result.video_url  # the first http(s) entry: a data: URL is never fetched
         if video_url is None:
@@ -548,6 +639,48 @@ class JobService:
             log.warning("job %s: ended while Segmind finished it; not delivering", job.id)
             return
         await self._deliver(completed, video_url, took, result.cost)
+
+    async def _from_history(self, job: Job, started: float) -> bool:
+        """The status or result route no longer knows the job (Segmind keeps those an hour);
+        its history row, of any age, may still say how it ended. True when that settled the
+        job: delivered from the row's `generation_url`, or failed as the row says (a failed
+        request is not billed). False: no row, or one still pending — expire as before."""
+        assert job.request_id is not None
+        try:
+            row = await self.segmind.history_row(job.request_id)
+        except sm.SegmindError as exc:
+            log.warning("job %s: the history cannot say how it ended (%s)", job.id, exc)
+            return False
+        if row is None:
+            log.info("job %s: Segmind's history has no row for %s", job.id, job.request_id)
+            return False
+        if row.status is HistoryStatus.FAILED:
+            reason = row.error
+            kind = sm.ContentBlocked if sm.looks_blocked(reason) else sm.GenerationFailed
+            failure = kind(reason, request_id=job.request_id)
+            log.info("job %s: past the retention; the history says it failed", job.id)
+            blocked = isinstance(failure, sm.ContentBlocked)
+            await self._fail(
+                job, "failed", failure, release_reason="content_blocked" if blocked else "failed"
+            )
+            return True
+        if row.status is not HistoryStatus.COMPLETED or not row.generation_url:
+            log.info("job %s: the history row says %s, without a video", job.id, row.status)
+            return False
+        log.info("job %s: past the retention; delivering from the history's video", job.id)
+        completed = await self._runs.transition(
+            job.id,
+            ("submitted",),
+            "completed",
+            completed_at=self.clock(),
+            cost=row.billed,
+            output_url=row.generation_url,
+        )
+        if completed is None:
+            log.warning("job %s: ended while the history was read; not delivering", job.id)
+            return True
+        await self._deliver(completed, row.generation_url, self.clock() - started, row.billed)
+        return True
 
     async def _deliver(self, job: Job, output_url: str, took: float, cost: float | None) -> None:
         """From `completed` (or `delivering` after a restart): download once, deliver once."""
@@ -695,7 +828,11 @@ class JobService:
         exc: BaseException,
         *,
         release_reason: ReleaseReason,
+        billed: float | None = None,
     ) -> None:
+        """End the job as `state`, refund the member per `release_reason`, tell them. `billed`:
+        what Segmind billed when the lifecycle knows it (0 for a job it never made); None
+        leaves the quote held against the owner's caps."""
         message = user_message(exc)
         log.warning("job %s %s: %s (%s)", job.id, state, message, type(exc).__name__)
         action = OWNER_ACTIONS.get(type(exc))
@@ -710,22 +847,107 @@ class JobService:
         refunded = moved and (
             await self._runs.release(job.id, release_reason, self.limit_defaults) == "released"
         )
+        if moved and billed is not None:
+            await self.billing.record_billed(job, billed, source="metrics")
         shown = f"{message} {NOT_COUNTED}" if refunded else message
         await self._safely(self.output.failed(job, shown), job.id)
         if moved:
             await self._finished(await self._runs.get_job(job.id))
 
-    async def _unknown(self, job: Job, exc: BaseException | None) -> None:
-        message = (
-            "Segmind did not answer in time, so this request may or may not have started. "
-            "It was not sent again (that could bill twice) and it does not count against your "
-            "limit. A moderator can check the job in the logs."
-        )
-        log.error(
-            "job %s unknown: the submit's outcome is unknown (%s); not resubmitting — a "
-            "moderator should check Segmind's dashboard for a request made at this time",
+    async def _recover(self, job: Job, exc: BaseException | None) -> None:
+        """From `submitting` with no request id: the POST may have reached Segmind (its answer
+        was lost, or the process died while it was on the wire). Never re-sent; instead its
+        request is looked for in Segmind's history by fingerprint (`bot.recovery`) until
+        `recovery_window` after the submit began. One match is adopted and followed like any
+        submitted job; none is refunded as `unknown`; several are not guessed between: the
+        member is refunded and moderators are told."""
+        await self._progress(job, Progress(Stage.RECOVERING))
+        start = job.submit_started_at or job.updated_at
+        until = start + self.recovery_window
+        fingerprint = Fingerprint.of(job.params_model, start=start, end=until)
+        log.warning(
+            "job %s: the submit's answer was lost (%s); looking for its request in "
+            "Segmind's history until %.0f s after it began",
             job.id,
             type(exc).__name__ if exc else "crash during submit",
+            self.recovery_window,
+        )
+        looked = False
+        while True:
+            matches = await self._history_matches(job, fingerprint)
+            looked = looked or matches is not None
+            if matches is not None and len(matches) == 1:
+                (row,) = matches
+                log.info("job %s: found as Segmind request %s; adopting it", job.id, row.request_id)
+                self.events.submitted(job.id)
+                landed = row.created_at.timestamp() if row.created_at else start
+                await self._accepted(job, self.segmind.job(row.request_id), landed)
+                return
+            if matches:
+                await self._ambiguous(job, matches)
+                return
+            if self.clock() >= until:
+                break
+            await asyncio.sleep(min(self.recovery_interval, max(until - self.clock(), 0.0)))
+        await self._unknown(job, exc, looked=looked)
+
+    async def _history_matches(self, job: Job, fingerprint: Fingerprint) -> list[HistoryRow] | None:
+        """The history rows that fit the job, those another job adopted left out; None when
+        the history cannot be read right now."""
+        first = datetime.fromtimestamp(fingerprint.start, tz=UTC).date() - timedelta(days=1)
+        last = datetime.fromtimestamp(min(fingerprint.end, self.clock()), tz=UTC).date()
+        last = max(first, last) + timedelta(days=1)  # UTC dates at Segmind: a day's slack
+        try:
+            rows = [row async for row in self.segmind.history(first, last)]
+        except sm.SegmindError as exc:
+            log.warning("job %s: cannot read Segmind's history (%s)", job.id, exc)
+            return None
+        found: list[HistoryRow] = []
+        for row in dedupe(r for r in rows if fingerprint.matches(r)).values():
+            owner = await self._runs.job_by_request_id(row.request_id)
+            if owner is None or owner.id == job.id:
+                found.append(row)
+        return found
+
+    async def _ambiguous(self, job: Job, matches: list[HistoryRow]) -> None:
+        ids = ", ".join(row.request_id for row in matches)
+        log.error(
+            "job %s unknown: the lost submit matches %d Segmind requests (%s); not guessing — "
+            "refunding the member, a moderator should check them",
+            job.id,
+            len(matches),
+            ids,
+        )
+        for row in matches:
+            await self._runs.record_discrepancy(
+                NewDiscrepancy(
+                    "ambiguous_recovery",
+                    row.request_id,
+                    job_id=job.id,
+                    guild_id=job.guild_id,
+                    billed=row.billed,
+                    detail=f"{len(matches)} requests match: {ids}",
+                )
+            )
+        moved = await self._runs.transition(job.id, ("submitting",), "unknown", error=AMBIGUOUS)
+        if moved:
+            await self._runs.release(job.id, "unknown", self.limit_defaults)
+        await self._safely(self.output.failed(job, AMBIGUOUS), job.id)
+        if self.alerts is not None:
+            await self._safely(post_pending(self.store, self.alerts), job.id)
+        if moved:
+            await self._finished(await self._runs.get_job(job.id))
+
+    async def _unknown(self, job: Job, exc: BaseException | None, *, looked: bool) -> None:
+        """No request found for a lost submit: refunded. `looked`: Segmind's history was read
+        and had none (so nothing was made); otherwise it could not be read at all."""
+        message = NOT_FOUND if looked else UNCERTAIN
+        log.error(
+            "job %s unknown: the submit's outcome is unknown (%s) and %s; not resubmitting — "
+            "a moderator should check Segmind's dashboard for a request made at this time",
+            job.id,
+            type(exc).__name__ if exc else "crash during submit",
+            "Segmind's history shows no such request" if looked else "the history was unreadable",
         )
         moved = await self._runs.transition(job.id, ("submitting",), "unknown", error=message)
         if moved:
@@ -738,10 +960,13 @@ class JobService:
 
     async def _resume(self) -> None:
         for job in await self._runs.nonterminal_jobs():
-            if job.state == "queued":
-                continue  # the dispatcher takes it in order
+            if job.state in ("queued", "awaiting_approval"):
+                # The dispatcher takes queued jobs in order; held ones wait for a moderator
+                # (or the approval lane's expiry sweep), whatever happened to this process.
+                continue
             if job.state == "submitting":
-                await self._unknown(job, None)
+                # The POST may have left before the crash: find it, never re-send it.
+                self._spawn(job.id, self._recover(job, None))
             elif job.state == "submitted" and job.request_id:
                 submitted = self.segmind.job(job.request_id)
                 log.info("job %s: resuming Segmind request %s", job.id, job.request_id)
@@ -766,8 +991,14 @@ class JobService:
             raise LookupError(f"job {job_id} vanished from the database")
         return job
 
+    async def ended(self, job: Job) -> None:
+        """A job ended outside this service's own flow (a moderator denied it, or it lapsed
+        in the approval lane): counted and shown like any other ending."""
+        await self._finished(job)
+
     async def _finished(self, job: Job | None) -> None:
         if job is not None:
+            self.billing.forget(job.id)
             self.events.finished(job)
             await self._safely(self.output.finished(job), job.id)
 
@@ -802,6 +1033,21 @@ async def _check_playable(job_id: int, video: Path) -> None:
 
 
 NOT_COUNTED = "This does not count against your limit."
+UNCERTAIN = (
+    "Segmind did not answer in time, so this request may or may not have started. "
+    "It was not sent again (that could bill twice) and it does not count against your "
+    "limit. A moderator can check the job in the logs."
+)
+NOT_FOUND = (
+    "Segmind's answer to this request was lost, and its record shows no such request: nothing "
+    "was made. It was not sent again (that could bill twice) and it does not count against "
+    "your limit."
+)
+AMBIGUOUS = (
+    "Segmind's answer to this request was lost, and its record shows more than one request "
+    "exactly like it, so the bot did not guess which is yours. It does not count against your "
+    "limit; a moderator has been told."
+)
 MAYBE_DELIVERED = (
     "Discord kept failing while the bot sent this video, and the bot cannot tell whether it "
     "arrived — it may already be in this channel or your DMs. A moderator has been told in the "

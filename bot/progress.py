@@ -7,8 +7,10 @@ from enum import StrEnum
 
 
 class Stage(StrEnum):
+    AWAITING_APPROVAL = "awaiting_approval"  # held for a moderator (the approval lane)
     QUEUED = "queued"
     SUBMITTING = "submitting"
+    RECOVERING = "recovering"  # the submit's answer was lost: looking it up in Segmind's record
     WAITING = "waiting"  # accepted by Segmind, not yet started
     GENERATING = "generating"
     DOWNLOADING = "downloading"

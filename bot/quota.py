@@ -16,9 +16,12 @@ Decisions, in the order they are checked (the first that fails is reported):
                       skip this check only.
 4. `guild_daily`    — the guild's cap over a rolling 24 h (window resets do not touch it).
 5. `global_daily`   — the owner's cap over all guilds, rolling 24 h.
-6. `guild_spend_cap`/`spend_cap` — dollars over a rolling 24 h, per guild / over all guilds:
-                      charged jobs at their real cost, reserved ones at their estimate, plus this
-                      job's estimate, must stay within the cap.
+6. `guild_spend_cap`/`spend_cap` — dollars over a rolling 24 h, per guild / over all guilds.
+7. `guild_monthly_budget`/`monthly_spend_cap` — dollars per calendar month (UTC), per guild /
+                      over all guilds.
+                      Spend is the OWNER's ledger, not the member's quota: what Segmind billed,
+                      plus the held quote of every job whose bill is not known yet, plus this
+                      job's quote, must stay within the cap. A member's refund never lowers it.
 
 Limits resolve per field, most specific first: user override > member's roles > guild settings
 > bot settings (`Settings.veo_*`). Among several roles the MOST GENEROUS wins: an exempt role
@@ -31,6 +34,7 @@ from __future__ import annotations
 
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
+from datetime import UTC, datetime
 from typing import TYPE_CHECKING, Literal
 
 if TYPE_CHECKING:
@@ -46,6 +50,8 @@ RefusalKind = Literal[
     "global_daily",
     "guild_spend_cap",
     "spend_cap",
+    "guild_monthly_budget",
+    "monthly_spend_cap",
 ]
 
 
@@ -58,8 +64,14 @@ class LimitDefaults:
     concurrency: int = 1
     guild_daily_limit: int | None = None
     global_daily_limit: int | None = None
-    daily_spend_cap: float | None = None  # over all guilds: the owner's wallet
-    price_per_job: float = 0.80  # estimate reserved until Segmind reports the real cost
+    daily_spend_cap: float | None = None  # over all guilds: the owner's wallet, rolling 24 h
+    monthly_spend_cap: float | None = None  # over all guilds, per calendar month UTC
+    # The most a moderator may set as a guild's monthly budget; it is also the budget of a
+    # guild that set none. None: no per-guild maximum beyond `monthly_spend_cap`.
+    guild_monthly_budget_max: float | None = None
+    # The quote of a reservation whose request carries none (tools, tests); the bot always
+    # quotes from `bot.pricing.PriceBook`, whose evidence-free quote is this same setting.
+    price_per_job: float = 0.80
     blocked_prompt_cap: int = 3  # content-blocked refunds per user per guild per 24 h
 
     @classmethod
@@ -72,6 +84,8 @@ class LimitDefaults:
             guild_daily_limit=settings.veo_guild_daily_limit,
             global_daily_limit=settings.veo_global_daily_limit,
             daily_spend_cap=settings.veo_daily_spend_cap,
+            monthly_spend_cap=settings.veo_monthly_spend_cap,
+            guild_monthly_budget_max=settings.veo_guild_monthly_budget_max,
             price_per_job=settings.veo_price_per_job,
             blocked_prompt_cap=settings.veo_blocked_prompt_cap,
         )
@@ -86,6 +100,7 @@ class GuildLimits:
     concurrency: int | None = None
     daily_limit: int | None = None
     spend_cap: float | None = None  # dollars per rolling 24 h for this guild
+    monthly_budget: float | None = None  # dollars per calendar month UTC, ≤ the owner's max
 
 
 @dataclass(frozen=True, slots=True)
@@ -112,6 +127,8 @@ class EffectiveLimits:
     guild_spend_cap: float | None
     global_daily_limit: int | None
     global_spend_cap: float | None
+    guild_monthly_budget: float | None
+    global_monthly_cap: float | None
     price_per_job: float
     blocked_prompt_cap: int
     # Which rule set the count: "default", "guild", "role:<id>", "exempt:<id>", "exempt", "user".
@@ -169,8 +186,11 @@ class UsageSnapshot:
     user_window: WindowUsage = WindowUsage()  # after the moderator's last reset, if any
     guild_day: WindowUsage = WindowUsage()
     global_day: WindowUsage = WindowUsage()
+    # The owner's spend (billed, else the held quote) over the rolling day / this UTC month.
     guild_spend: float = 0.0
     global_spend: float = 0.0
+    guild_month_spend: float = 0.0
+    global_month_spend: float = 0.0
 
 
 @dataclass(frozen=True, slots=True)
@@ -273,10 +293,56 @@ def effective_limits(
         guild_spend_cap=guild.spend_cap,
         global_daily_limit=defaults.global_daily_limit,
         global_spend_cap=defaults.daily_spend_cap,
+        guild_monthly_budget=guild_monthly_budget(guild, defaults),
+        global_monthly_cap=defaults.monthly_spend_cap,
         price_per_job=defaults.price_per_job,
         blocked_prompt_cap=defaults.blocked_prompt_cap,
         source=source,
     )
+
+
+def guild_monthly_budget(guild: GuildLimits, defaults: LimitDefaults) -> float | None:
+    """The guild's monthly budget in force: its moderator's, never above the owner's maximum
+    (lowered later, the maximum wins); the maximum itself when the guild set none."""
+    budgets = [
+        b for b in (guild.monthly_budget, defaults.guild_monthly_budget_max) if b is not None
+    ]
+    return min(budgets) if budgets else None
+
+
+def budget_over_max(budget: float | None, defaults: LimitDefaults) -> bool:
+    """Whether a moderator's monthly budget is above what the owner allows per guild."""
+    cap = defaults.guild_monthly_budget_max
+    return budget is not None and cap is not None and budget > cap + 1e-9
+
+
+def next_month_start(now: float) -> float:
+    """Epoch seconds of the 1st of the next calendar month, 00:00 UTC: when a monthly cap
+    frees up."""
+    today = datetime.fromtimestamp(now, UTC)
+    year, month = (today.year + 1, 1) if today.month == 12 else (today.year, today.month + 1)
+    return datetime(year, month, 1, tzinfo=UTC).timestamp()
+
+
+def month_start(now: float) -> float:
+    """Epoch seconds of the 1st of this calendar month, 00:00 UTC."""
+    today = datetime.fromtimestamp(now, UTC)
+    return datetime(today.year, today.month, 1, tzinfo=UTC).timestamp()
+
+
+def spend_frees_at(
+    rows: Iterable[tuple[float, float]], spent: float, price: float, cap: float
+) -> float | None:
+    """When a rolling-24 h spend cap lets a job of `price` through again, if nothing else is
+    spent meanwhile: `rows` are the window's (held_at, amount) oldest first, `spent` their sum.
+    None when no amount of waiting helps (the job alone is above the cap)."""
+    if price > cap + 1e-9:
+        return None
+    for held_at, amount in rows:
+        spent -= amount
+        if spent + price <= cap + 1e-9:
+            return held_at + DAY_SECONDS
+    return None
 
 
 def next_free_at(usage: WindowUsage, limit: int, window_seconds: float) -> float | None:
@@ -292,7 +358,8 @@ def next_free_at(usage: WindowUsage, limit: int, window_seconds: float) -> float
 def decide(
     limits: EffectiveLimits, usage: UsageSnapshot, now: float, estimated_cost: float | None = None
 ) -> Decision:
-    """Allow or refuse one new job; `estimated_cost` defaults to the configured price per job.
+    """Allow or refuse one new job; `estimated_cost` is its quote (default: the configured
+    price per job), held against every spend cap.
 
     The windows in `usage` were counted at `now` by whoever built it (the store, in the same
     transaction that reserves); `now` is kept for policies that need the moment itself."""
@@ -343,6 +410,24 @@ def decide(
         limits.global_spend_cap + epsilon
     ):
         return Refusal(kind="spend_cap", limit=limits.global_spend_cap, spent=usage.global_spend)
+    if limits.guild_monthly_budget is not None and usage.guild_month_spend + price > (
+        limits.guild_monthly_budget + epsilon
+    ):
+        return Refusal(
+            kind="guild_monthly_budget",
+            limit=limits.guild_monthly_budget,
+            spent=usage.guild_month_spend,
+            next_free_at=next_month_start(now),
+        )
+    if limits.global_monthly_cap is not None and usage.global_month_spend + price > (
+        limits.global_monthly_cap + epsilon
+    ):
+        return Refusal(
+            kind="monthly_spend_cap",
+            limit=limits.global_monthly_cap,
+            spent=usage.global_month_spend,
+            next_free_at=next_month_start(now),
+        )
 
     return Allowed(used=user.count + 1, limit=limits.user_limit)
 
@@ -393,5 +478,25 @@ def render_refusal(refusal: Refusal, *, public: bool = False) -> str:
         text = "The bot's daily limit is reached"
         return f"{text} — try again {_when(refusal.next_free_at)}" if refusal.next_free_at else text
     if kind == "guild_spend_cap":
-        return "This server's video budget for today is spent — try again later"
-    return "Today's video budget is spent — try again later"
+        text = "This server's video budget for today is spent"
+        return (
+            f"{text} — {_rolling(refusal)}" if refusal.next_free_at else f"{text} — try again later"
+        )
+    if kind == "guild_monthly_budget":
+        return f"This server's video budget for this month is spent — {_month(refusal)}"
+    if kind == "monthly_spend_cap":
+        return f"The bot's video budget for this month is spent — {_month(refusal)}"
+    text = "Today's video budget is spent"
+    return f"{text} — {_rolling(refusal)}" if refusal.next_free_at else f"{text} — try again later"
+
+
+def _rolling(refusal: Refusal) -> str:
+    return f"enough frees up {_when(refusal.next_free_at)}, as the last 24 hours move on"
+
+
+def _month(refusal: Refusal) -> str:
+    when = refusal.next_free_at
+    if when is None:
+        return "it renews on the 1st of next month (UTC)"
+    day = datetime.fromtimestamp(when, UTC).strftime("%-d %B %Y")
+    return f"it renews on {day} (UTC), {_when(when)}"

@@ -23,7 +23,7 @@ from discord.ext import commands
 
 from bot.chat.intake import defer_public, refuse, start_job
 from bot.chat.presenter import NOT_CANCELLABLE, cancelled_text
-from bot.chat.replies import accepting_work, send_ephemeral, unexpected
+from bot.chat.replies import accepting_work, first_response, send_ephemeral, unexpected
 from bot.jobs import may_act_on
 from bot.params import PROMPT_MAX_CHARS
 from bot.request import VeoRequest
@@ -134,12 +134,14 @@ class CancelButton(_JobButton, template=r"veo:cancel:(?P<job>.*)"):
 
     async def callback(self, interaction: discord.Interaction[VeoBot]) -> None:  # type: ignore[override]
         bot = interaction.client
-        await interaction.response.defer()
+        if not await first_response(interaction, interaction.response.defer()):
+            return  # another gateway session answered the press and acts on it
         moderator = _is_moderator(interaction)
         result = await bot.services.jobs.cancel(
             self.job_id, actor_id=interaction.user.id, moderator=moderator
         )
         if result.outcome == "cancelled" and result.job is not None:
+            await bot.services.approvals.withdrawn(result.job)  # a held one: its card too
             # The service's end of the job already retired it in the output (no progress edit
             # can land on top of this one) and forgot it; retiring here would leak its state.
             by_moderator = interaction.user.id != result.job.user_id
@@ -167,7 +169,8 @@ class AgainButton(_JobButton, template=r"veo:again:(?P<job>.*)"):
 
     async def callback(self, interaction: discord.Interaction[VeoBot]) -> None:  # type: ignore[override]
         # A new public placeholder, before any I/O (the 3-second rule).
-        await defer_public(interaction)
+        if not await defer_public(interaction):
+            return  # another gateway session answered it and runs it
         await _start_again(interaction, self.job_id, prompt=None)
 
 
@@ -223,9 +226,9 @@ class EditPromptButton(_JobButton, template=r"veo:edit:(?P<job>.*)"):
         if job is None:
             await send_ephemeral(interaction, "That video is no longer in the bot's records.")
             return
-        await interaction.response.send_modal(
-            edit_prompt_modal(self.job_id, job.params_model.prompt)
-        )
+        modal = edit_prompt_modal(self.job_id, job.params_model.prompt)
+        # False: another gateway session opened the form; nothing more to do here.
+        await first_response(interaction, interaction.response.send_modal(modal))
 
 
 class DeleteButton(_JobButton, template=r"veo:delete:(?P<job>.*)"):
@@ -237,7 +240,9 @@ class DeleteButton(_JobButton, template=r"veo:delete:(?P<job>.*)"):
 
     async def callback(self, interaction: discord.Interaction[VeoBot]) -> None:  # type: ignore[override]
         jobs = interaction.client.services.jobs
-        await interaction.response.defer(ephemeral=True, thinking=True)
+        thinking = interaction.response.defer(ephemeral=True, thinking=True)
+        if not await first_response(interaction, thinking):
+            return  # another gateway session answered the press and acts on it
         job = await jobs.get(self.job_id)
         if not may_act_on(job, interaction.user.id, moderator=_is_moderator(interaction)):
             await send_ephemeral(
@@ -256,6 +261,8 @@ class DeleteButton(_JobButton, template=r"veo:delete:(?P<job>.*)"):
             await send_ephemeral(interaction, "Discord would not let me delete that message.")
             return
         log.info("job %s: video message deleted by user %s", self.job_id, interaction.user.id)
+        if job is not None:
+            await interaction.client.services.gallery.withdraw(job)
         if job is not None and interaction.user.id != job.user_id and interaction.guild:
             await jobs.store.record_audit(
                 interaction.guild.id,
@@ -306,7 +313,8 @@ class Buttons(commands.Cog):
         try:
             if not await accepting_work(interaction):
                 return
-            await defer_public(interaction)
+            if not await defer_public(interaction):
+                return  # another gateway session answered it and runs it
             prompt = submitted_value(data.get("components"), "prompt") or ""
             await _start_again(interaction, int(match["job"]), prompt=prompt)
         except Exception as exc:

@@ -20,9 +20,11 @@ import discord
 from discord import app_commands
 from discord.ext import commands
 
+from bot.chat import rules
 from bot.chat.intake import (
     defer_public,
     find_image,
+    reply_nonce,
     reply_quietly,
     start_job,
     start_job_from_message,
@@ -38,6 +40,7 @@ from bot.chat.presenter import (
 from bot.chat.replies import accepting_work, send_ephemeral, unexpected
 from bot.params import PROMPT_MAX_CHARS, Aspect
 from bot.request import ImageSource, VeoRequest
+from bot.store import StoreUnavailable
 
 if TYPE_CHECKING:
     from bot.chat.app import VeoBot
@@ -93,7 +96,8 @@ class AnimateModal(discord.ui.Modal):
 
     async def on_submit(self, interaction: discord.Interaction[VeoBot]) -> None:  # type: ignore[override]
         # Discord allows 3 s for the first answer: acknowledge before any I/O.
-        await defer_public(interaction)
+        if not await defer_public(interaction):
+            return  # another gateway session answered it and runs it
         choice = self.aspect.values[0] if self.aspect.values else FOLLOW_IMAGE
         aspect = None if choice == FOLLOW_IMAGE else Aspect(choice)
         request = VeoRequest(prompt=self.prompt.value, aspect=aspect, image=self.image)
@@ -143,6 +147,9 @@ class ImageToVideo(commands.Cog):
         # A reply to one of the bot's messages "mentions" it too; only a written mention counts.
         if not mention.search(message.content):
             return
+        # Outside the channels a guild keeps the bot to, a mention gets no answer at all.
+        if not await self._works_here(message):
+            return
         retry_after = self.mention_cooldown.update_rate_limit(message)
         if retry_after:
             log.info(
@@ -155,24 +162,51 @@ class ImageToVideo(commands.Cog):
         try:
             await self._from_mention(message, mention.sub(" ", message.content).strip())
         except Exception as exc:
+            # No nonce: a placeholder may exist already, and this must not come back as it.
             await reply_quietly(message, unexpected(f"the answer to mention {message.id}", exc))
+
+    async def _works_here(self, message: discord.Message) -> bool:
+        assert message.guild is not None
+        try:
+            outside = await rules.outside_allowed(
+                self.bot.services.store,
+                message.guild.id,
+                message.channel.id,
+                rules.parent_of(message.channel),
+            )
+        except StoreUnavailable:
+            # Answered: the job flow refuses it with the "database unavailable" message.
+            log.warning("message %s: allowed channels unknown (database unavailable)", message.id)
+            return True
+        if outside is not None:
+            log.info(
+                "message %s: mention in channel %s ignored (not an allowed channel)",
+                message.id,
+                message.channel.id,
+            )
+            return False
+        return True
 
     async def _from_mention(self, message: discord.Message, prompt: str) -> None:
         if not self.bot.services.jobs.accepting:
-            await reply_quietly(message, NOT_ACCEPTING)
+            await reply_quietly(message, NOT_ACCEPTING, nonce=reply_nonce(message))
             return
         image = find_image(message)
         if image is None and message.reference is not None:
             image = await self._replied_image(message)
             if image is None:
                 intent = self.bot.settings.discord_message_content_intent
-                await reply_quietly(message, reply_without_image_hint(content_intent=intent))
+                await reply_quietly(
+                    message,
+                    reply_without_image_hint(content_intent=intent),
+                    nonce=reply_nonce(message),
+                )
                 return
         if image is None:
-            await reply_quietly(message, MENTION_USAGE)
+            await reply_quietly(message, MENTION_USAGE, nonce=reply_nonce(message))
             return
         if not prompt:
-            await reply_quietly(message, NO_PROMPT)
+            await reply_quietly(message, NO_PROMPT, nonce=reply_nonce(message))
             return
         await start_job_from_message(self.bot, message, VeoRequest(prompt=prompt, image=image))
 

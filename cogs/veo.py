@@ -60,7 +60,8 @@ class Veo(commands.Cog):
         image: discord.Attachment | None = None,
     ) -> None:
         # Discord allows 3 s for the first answer: acknowledge before any I/O.
-        await defer_public(interaction)
+        if not await defer_public(interaction):
+            return  # another gateway session answered it and runs it
         request = VeoRequest(
             prompt=prompt,
             aspect=Aspect(aspect.value) if aspect else None,

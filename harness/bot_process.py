@@ -59,6 +59,7 @@ class BotProcess:
             "DISCORD_GATEWAY_URL": self.emu.gateway_url,
             "SEGMIND_BASE_URL": self.fake.base_url,
             "SEGMIND_API_KEY": FAKE_KEY,
+            "SEGMIND_HISTORY_URL": self.fake.history_url,
             "SEGMIND_MAX_RPM": "6000",
             "VEO_DB_PATH": str(self.workdir / "veo.sqlite3"),
             "VEO_WORK_DIR": str(self.workdir / "work"),

@@ -13,7 +13,9 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Literal
 
+from bot.balance import NO_SIGNAL, CreditsSignal
 from bot.chat.output import DiscordOutput
+from bot.discrepancies import Alerts
 from bot.jobs import (
     Finished,
     JobOutput,
@@ -74,6 +76,7 @@ def make_segmind(fake: FakeSegmind) -> SegmindClient:
     return SegmindClient(
         SEGMIND_KEY,
         fake.base_url,
+        history_url=fake.history_url,
         max_rpm=60_000,
         poll_floor=0.02,
         poll_ceiling=0.05,
@@ -93,8 +96,13 @@ def make_service(
     deadline: float = 60.0,
     max_video_bytes: int = 50 * MIB,
     clock: Callable[[], float] = time.time,
+    credits_signal: CreditsSignal = NO_SIGNAL,
+    recovery_window: float = 3.0,
+    recovery_interval: float = 0.05,
+    alerts: Alerts | None = None,
 ) -> JobService:
-    """The one place a test builds a `JobService`."""
+    """The one place a test builds a `JobService`. A lost submit is looked for in the history
+    for a few seconds (the fake's rows land one second after the request)."""
     return JobService(
         store,
         segmind,
@@ -105,6 +113,10 @@ def make_service(
         max_video_bytes=max_video_bytes,
         deadline=deadline,
         clock=clock,
+        credits_signal=credits_signal,
+        recovery_window=recovery_window,
+        recovery_interval=recovery_interval,
+        alerts=alerts,
     )
 
 

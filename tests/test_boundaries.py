@@ -14,6 +14,7 @@ import pytest
 DISCORD_FREE = (
     "bot.jobs",
     "bot.lease",
+    "bot.approvals",
     "bot.progress",
     "bot.store",
     "bot.segmind.client",
@@ -21,6 +22,11 @@ DISCORD_FREE = (
     "bot.quota",
     "bot.request",
     "bot.cli",
+    "bot.balance",
+    "bot.charts",
+    "bot.recovery",
+    "bot.reconcile",
+    "bot.discrepancies",
 )
 
 

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import asyncio
 import io
+import json
 import re
 from collections.abc import AsyncIterator
 from typing import Any
@@ -58,7 +59,7 @@ class PanelView(discord.ui.View):
 class EmuBot(commands.Bot):
     """A stand-in for the Veo bot: one slash command, answered like the real one will be."""
 
-    def __init__(self, *, message_content: bool = False) -> None:
+    def __init__(self, *, message_content: bool = False, **options: Any) -> None:
         intents = discord.Intents.default()
         intents.message_content = message_content
         super().__init__(
@@ -66,6 +67,7 @@ class EmuBot(commands.Bot):
             intents=intents,
             guild_ready_timeout=0.05,
             allowed_mentions=discord.AllowedMentions.none(),
+            **options,  # shard_id / shard_count: one shard's session
         )
         self.outcomes: asyncio.Queue[Any] = asyncio.Queue()
         self.seen_messages: asyncio.Queue[discord.Message] = asyncio.Queue()
@@ -476,3 +478,147 @@ def _set_on_event(event: asyncio.Event) -> Any:
         event.set()
 
     return listener
+
+
+# ------------------------------------------------------------------------------------- shards
+
+
+@pytest.fixture
+async def sharded_emu() -> AsyncIterator[DiscordEmulator]:
+    saved = discord.http.Route.BASE, discord.gateway.DiscordWebSocket.DEFAULT_GATEWAY
+    async with DiscordEmulator(shard_count=2, max_concurrency=2) as emulator:
+        point_discord_py_at(emulator.api_base, emulator.gateway_url)
+        yield emulator
+    discord.http.Route.BASE, discord.gateway.DiscordWebSocket.DEFAULT_GATEWAY = saved
+
+
+async def start_shard_bots(emu: DiscordEmulator, *shards: tuple[int, int]) -> list[EmuBot]:
+    bots = []
+    for shard_id, count in shards:
+        client = EmuBot(shard_id=shard_id, shard_count=count)
+        await client.login(emu.token)
+        client.loop.create_task(client.connect(reconnect=False))
+        await asyncio.wait_for(client.wait_until_ready(), 5)
+        bots.append(client)
+    return bots
+
+
+async def test_each_shard_session_gets_only_its_guilds_events_and_dms_go_to_shard_0(
+    sharded_emu: DiscordEmulator,
+) -> None:
+    emu = sharded_emu
+    first = emu.add_guild_on_shard("Shard Zero Guild", shard=0, owner=emu.owner)
+    second = emu.add_guild_on_shard("Shard One Guild", shard=1, owner=emu.owner)
+    zero, one = await start_shard_bots(emu, (0, 2), (1, 2))
+    try:
+        await emu.wait_for_command("veo")
+        assert sorted(emu.connected_shards()) == [(0, 2), (1, 2)]
+        expected: dict[int, set[int]] = {0: set(), 1: set()}
+        for guild_id in emu.world.guilds:
+            expected[emu.shard_of(guild_id)].add(guild_id)
+        assert first.id in expected[0] and second.id in expected[1]
+        assert {g.id for g in zero.guilds} == expected[0]
+        assert {g.id for g in one.guilds} == expected[1]
+
+        # A command in the shard-1 guild reaches only the shard-1 session.
+        handle = await emu.dispatch_slash_command(
+            "veo", {"prompt": "on shard one"}, user=emu.owner, guild_id=second.id
+        )
+        await asyncio.wait_for(one.outcomes.get(), 5)
+        assert handle.original_message().attachments
+        assert zero.outcomes.empty()
+
+        # So does a message there; a DM goes to shard 0.
+        channel = next(iter(second.channels.values()))
+        await emu.post_user_message(channel.id, "hello shard one", emu.owner)
+        seen = await asyncio.wait_for(one.seen_messages.get(), 5)
+        assert seen.guild is not None and seen.guild.id == second.id
+        dm = await emu.dispatch_slash_command("veo", {"prompt": "a dm"}, dm=True)
+        await asyncio.wait_for(zero.outcomes.get(), 5)
+        assert dm.original_message().attachments
+        assert one.outcomes.empty()
+        seen_by_zero = [zero.seen_messages.get_nowait() for _ in range(zero.seen_messages.qsize())]
+        assert seen_by_zero and all(m.guild is None for m in seen_by_zero)  # the DM answer only
+        emu.assert_no_violations()
+    finally:
+        for client in (zero, one):
+            await client.close()
+
+
+async def test_gateway_bot_serves_the_shard_count_and_max_concurrency(
+    sharded_emu: DiscordEmulator,
+) -> None:
+    client = discord.AutoShardedClient(intents=discord.Intents.none())
+    await client.login(sharded_emu.token)
+    try:
+        limits = await client.fetch_session_start_limits()
+        shards, url, _ = await client.http.get_bot_gateway()
+        assert (shards, limits.max_concurrency) == (2, 2)
+        assert url == sharded_emu.gateway_url.rstrip("/")
+    finally:
+        await client.close()
+
+
+async def _identify(
+    http: aiohttp.ClientSession, emu: DiscordEmulator, shard: list[int]
+) -> tuple[int | None, Any]:
+    """One raw session: HELLO, then IDENTIFY on `shard`; the op of the answer (None when the
+    socket was closed instead) and its data, or the close code."""
+    async with http.ws_connect(emu.gateway_url) as ws:
+        hello = await ws.receive_json(timeout=5)
+        assert hello["op"] == 10
+        await ws.send_json({"op": 2, "d": {"token": emu.token, "intents": 1, "shard": shard}})
+        msg = await ws.receive(timeout=5)
+        if msg.type == aiohttp.WSMsgType.TEXT:
+            frame = json.loads(msg.data)
+            return frame["op"], frame.get("t") or frame.get("d")
+        return None, ws.close_code
+
+
+async def test_an_identify_too_soon_in_its_bucket_is_answered_invalid_session() -> None:
+    async with (
+        DiscordEmulator(
+            shard_count=4, max_concurrency=2, identify_interval=5.0, validate=False
+        ) as emu,
+        aiohttp.ClientSession() as http,
+    ):
+        assert await _identify(http, emu, [0, 4]) == (0, "READY")
+        # Shard 2 is in bucket 0 too (2 % 2): within 5 s it is refused, resumable False.
+        assert await _identify(http, emu, [2, 4]) == (9, False)
+        assert emu.identify_refusals == 1
+        assert await _identify(http, emu, [1, 4]) == (0, "READY")  # bucket 1 is free
+        emu.advance(5.0)
+        assert await _identify(http, emu, [2, 4]) == (0, "READY")
+        assert await _identify(http, emu, [4, 4]) == (None, 4010)  # no such shard
+
+
+async def test_two_sessions_on_one_shard_both_get_the_interaction_and_one_answer_wins(
+    sharded_emu: DiscordEmulator,
+) -> None:
+    """A deploy's overlap: the old and the new process both run shard 1. Both receive the
+    interaction; Discord takes the first callback and answers the second 400 40060."""
+    emu = sharded_emu
+    guild = emu.add_guild_on_shard("Shard One Guild", shard=1, owner=emu.owner)
+    old, new = await start_shard_bots(emu, (1, 2), (1, 2))
+    try:
+        await emu.wait_for_command("veo")
+        assert emu.connected_shards() == [(1, 2), (1, 2)]
+        handle = await emu.dispatch_slash_command(
+            "veo", {"prompt": "twice"}, user=emu.owner, guild_id=guild.id
+        )
+        await emu.wait_for(lambda r: r.route == CALLBACK and r.status == 400, timeout=5)
+        answers = sorted(
+            (r.status, (r.response or {}).get("code"))
+            for r in emu.requests(CALLBACK)
+            if r.params.get("interaction_token") == handle.token
+        )
+        assert answers == [(200, None), (400, 40060)]
+        waits = [asyncio.ensure_future(b.outcomes.get()) for b in (old, new)]
+        done, pending = await asyncio.wait(waits, timeout=5, return_when=asyncio.FIRST_COMPLETED)
+        for waiting in pending:
+            waiting.cancel()
+        assert len(done) == 1  # exactly one session answered
+        assert handle.original_message().attachments
+    finally:
+        for client in (old, new):
+            await client.close()

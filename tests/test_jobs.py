@@ -185,6 +185,31 @@ async def test_a_submit_segmind_refuses_is_refunded_and_the_owner_told(
     assert "the bot owner must act" in caplog.text and "top it up" in caplog.text
 
 
+class CreditsRecorder:
+    def __init__(self) -> None:
+        self.noted: list[str] = []
+
+    def note_submitted(self) -> None:
+        self.noted.append("submitted")
+
+    def note_out_of_credits(self) -> None:
+        self.noted.append("out_of_credits")
+
+
+async def test_segmind_word_on_credits_reaches_the_balance_watch(
+    services: Services, output: RecordingOutput
+) -> None:
+    # A 406 pauses /veo at once (not at the next balance check); an accepted submit lifts it.
+    recorder = CreditsRecorder()
+    service = await services.start(credits_signal=recorder)
+    refused = await enqueue(service, "a fox [fake:credits]")
+    await output.settled(refused)
+    assert recorder.noted == ["out_of_credits"]
+    accepted = await enqueue(service, "a calm fox", user_id=77)
+    await output.settled(accepted)
+    assert recorder.noted == ["out_of_credits", "submitted"]
+
+
 async def test_a_content_block_is_refunded_under_the_daily_cap(
     services: Services, store: Store, output: RecordingOutput
 ) -> None:
@@ -248,7 +273,7 @@ async def test_a_video_too_large_to_download_is_refunded(
     assert output.of("deliver") == []
 
 
-async def test_a_submit_whose_answer_was_lost_is_never_resent_and_is_refunded(
+async def test_a_submit_whose_answer_was_lost_is_found_in_the_history_and_delivered_once(
     services: Services, store: Store, output: RecordingOutput, fake: FakeSegmind
 ) -> None:
     fake.inject("submit", Fault(drop=True))  # Segmind took (and billed) it; the answer is lost
@@ -257,12 +282,12 @@ async def test_a_submit_whose_answer_was_lost_is_never_resent_and_is_refunded(
     await output.settled(job_id)
 
     done = await job(store, job_id)
-    assert done.state == "unknown"
-    assert (done.ledger_status, done.ledger_reason) == ("released", "unknown")
-    assert not await counts_against_limit(store)
-    assert posts(fake) == 1 and len(fake.submits) == 1
-    (told,) = [c.detail for c in output.of("failed", job_id)]
-    assert "not sent again" in told and "does not count against your limit" in told
+    assert done.state == "delivered"
+    assert done.request_id in fake.jobs  # the request Segmind made, adopted
+    assert done.ledger_status == "charged"
+    assert posts(fake) == 1 and len(fake.submits) == 1  # never sent again
+    assert len(output.of("deliver", job_id)) == 1
+    assert Stage.RECOVERING in output.stages(job_id)  # the member saw it being looked up
 
 
 async def test_the_job_deadline_stops_the_wait_and_refunds(
@@ -473,7 +498,7 @@ async def test_stop_lets_a_submit_on_the_wire_land_and_the_next_start_follows_it
     assert posts(fake) == 1
 
 
-async def test_a_submit_cut_off_by_shutdown_becomes_unknown_on_the_next_start(
+async def test_a_submit_cut_off_by_shutdown_is_found_on_the_next_start(
     services: Services,
     store: Store,
     output: RecordingOutput,
@@ -481,7 +506,7 @@ async def test_a_submit_cut_off_by_shutdown_becomes_unknown_on_the_next_start(
     monkeypatch: pytest.MonkeyPatch,
 ) -> None:
     monkeypatch.setattr(bot.jobs, "SUBMIT_DRAIN_SECONDS", 0.05)
-    fake.inject("submit", Fault(delay=2.0))
+    fake.inject("submit", Fault(delay=2.0))  # created and billed at once, answered too late
     first = await services.start()
     job_id = await enqueue(first)
     await _submitting(output, job_id)
@@ -491,12 +516,11 @@ async def test_a_submit_cut_off_by_shutdown_becomes_unknown_on_the_next_start(
     await services.start()
     await output.settled(job_id)
     done = await job(store, job_id)
-    assert done.state == "unknown"
-    assert (done.ledger_status, done.ledger_reason) == ("released", "unknown")
-    assert not await counts_against_limit(store)
-    (told,) = [c.detail for c in output.of("failed", job_id)]
-    assert "not sent again" in told
-    assert posts(fake) == 1  # the one that may have been billed; never a second
+    assert done.state == "delivered"
+    assert done.ledger_status == "charged"
+    assert done.request_id == next(iter(fake.jobs))
+    assert posts(fake) == 1  # the one that was billed; never a second
+    assert len(output.of("deliver", job_id)) == 1
 
 
 async def _crashed_at(

@@ -21,12 +21,14 @@ import discord.http
 import pytest
 from discord import app_commands
 
+from bot.chat.alerts import DiscordAlerts
 from bot.chat.output import DiscordOutput
+from bot.discrepancies import post_pending
 from bot.jobs import DeliveryUnclear, Finished, delivery_checkpoint
 from bot.params import VeoParams
 from bot.quota import LimitDefaults
 from bot.segmind.fake.video import VideoSpec, ensure_rendered, probe
-from bot.store import Job, ReserveRequest, Store, open_store
+from bot.store import Job, NewDiscrepancy, ReserveRequest, Store, open_store
 from harness.discord_emulator import DiscordEmulator, point_discord_py_at
 from harness.discord_emulator.world import Channel
 from tests.lifecycle_support import MIB, WAIT, OutputUnavailable, Progress, Stage, make_output
@@ -491,6 +493,34 @@ async def test_a_video_over_the_limit_is_re_encoded_to_fit(
     assert kept.read_bytes() == attachment.data
 
 
+async def test_a_guild_on_another_nodes_shard_gets_the_limit_stored_with_its_job(
+    emu: DiscordEmulator,
+    client: OutputClient,
+    store: Store,
+    output: DiscordOutput,
+    tmp_path: Path,
+) -> None:
+    """The runner may not hold the guild in its cache (another node runs that guild's shard)
+    and the interaction token may be past use: the upload limit recorded when the job was
+    accepted decides, not a default the runner would guess."""
+    job = await a_job(
+        emu,
+        client,
+        store,
+        upload_limit=MIB,
+        guild_id=emu.new_id(),  # a guild this client never received
+        interaction_created_at=time.time() - 3600,  # the token is of no use any more
+    )
+    assert client.get_guild(job.guild_id) is None
+    done = finished(tmp_path, job, noise_mb=2)
+    assert done.size > MIB
+    receipt, _ = await deliver_recording_routes(output, job, done)
+
+    assert receipt.method != "interaction"  # delivered with the bot token
+    attachment = emu.message(receipt.message_id).attachment(f"veo-{job.id}.mp4")
+    assert attachment.size <= MIB  # fitted to the stored limit, not Discord's 10 MiB default
+
+
 async def test_a_job_without_a_placeholder_is_posted_in_its_channel(
     emu: DiscordEmulator,
     client: OutputClient,
@@ -637,3 +667,28 @@ async def test_finished_posts_the_outcome_to_the_log_channel(
     emu.deny_channel(log_channel.id, 50013)
     await output.finished(replace(job, state="failed"))  # refused: logged, never raised
     assert len(emu.channel_messages(log_channel.id)) == 1
+
+
+async def test_a_discrepancy_is_posted_once_to_the_log_channels_that_concern_it(
+    emu: DiscordEmulator, client: OutputClient, store: Store, log_channel: Channel
+) -> None:
+    alerts = DiscordAlerts(client, log_channel=store.get_log_channel)
+    job = await a_job(emu, client, store)
+    await store.record_discrepancy(
+        NewDiscrepancy(
+            "billed_but_refunded", "rq-1", job_id=job.id, guild_id=emu.guild.id, billed=0.8
+        )
+    )
+    assert await post_pending(store, alerts) == 0  # no log channel yet: kept for later
+    assert len(await store.unposted_discrepancies()) == 1
+
+    await store.set_log_channel(emu.guild.id, log_channel.id, actor_id=emu.moderator.id)
+    # A billed request no job made concerns every guild's moderators.
+    await store.record_discrepancy(NewDiscrepancy("unknown_request", "rq-9", billed=1.2))
+    assert await post_pending(store, alerts) == 2
+    assert await post_pending(store, alerts) == 0  # never twice
+    first, second = emu.channel_messages(log_channel.id)
+    assert f"job {job.id}" in first.content and "$0.80" in first.content
+    assert "refunded" in first.content
+    assert "`rq-9`" in second.content and "no job of this bot" in second.content
+    assert first.mentions == [] and second.mentions == []

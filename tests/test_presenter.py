@@ -11,9 +11,11 @@ from bot.chat.presenter import (
     final_text,
     ordinal,
     progress_text,
+    quote_line,
     safe_prompt,
 )
 from bot.params import VeoParams
+from bot.pricing import Quote
 from bot.progress import Progress, Stage
 
 PINGS = (
@@ -153,3 +155,19 @@ def test_hardening_13_segmind_error_text_is_escaped_in_the_log_channel() -> None
     assert not _would_ping(error)
     assert "**policy**" not in error and "~~this~~" not in error
     assert line.startswith("❌ `#7` <@3> **failed**")  # our own markup stays
+
+
+def test_the_placeholder_shows_what_the_video_is_counted_at() -> None:
+    params = VeoParams(prompt="a cat")
+    queued = Progress(Stage.QUEUED, position=1)
+    published = progress_text(params, queued, quote=Quote(1.2, "published"))
+    assert "≈ $1.20, the most Segmind bills for these options" in published
+    observed = progress_text(params, queued, quote=Quote(0.8, "observed", samples=5))
+    assert "about $0.80, from the last 5 videos with these options" in observed
+    assert "from the last video with" in quote_line(Quote(0.8, "observed", samples=1))
+    assert "similar options" in quote_line(Quote(0.9, "inferred"))
+    # Demo mode bills nothing, so no price is shown.
+    demo = progress_text(params, queued, demo=True, quote=Quote(1.2, "published"))
+    assert "$" not in demo and "Demo mode" in demo
+    long = progress_text(VeoParams(prompt="x" * 900), queued, quote=Quote(1.2, "published"))
+    assert len(long) <= CONTENT_LIMIT

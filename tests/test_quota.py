@@ -16,10 +16,14 @@ from bot.quota import (
     UsageSnapshot,
     WindowUsage,
     blocked_refund_allowed,
+    budget_over_max,
     decide,
     effective_limits,
+    month_start,
     next_free_at,
+    next_month_start,
     render_refusal,
+    spend_frees_at,
 )
 
 NOW = 1_700_000_000.0
@@ -239,4 +243,84 @@ def test_render_user_window_matches_the_spec_wording() -> None:
     later = Refusal(kind="user_window", used=1, limit=1, window_hours=1.5, next_free_at=10.2)
     assert (
         render_refusal(later) == "You have used 1 of 1 videos in the last 1.5 h — next one <t:11:R>"
+    )
+
+
+DECEMBER_1 = 1_701_388_800.0  # 2023-12-01 00:00 UTC; NOW is 2023-11-14 22:13 UTC
+
+
+def test_monthly_spend_cap_frees_on_the_first_of_next_month() -> None:
+    limits = effective_limits(LimitDefaults(monthly_spend_cap=20.0))
+    assert isinstance(decide(limits, UsageSnapshot(global_month_spend=18.8), NOW, 1.2), Allowed)
+    refusal = decide(limits, UsageSnapshot(global_month_spend=19.0), NOW, 1.2)
+    assert refusal == Refusal(
+        kind="monthly_spend_cap", limit=20.0, spent=19.0, next_free_at=DECEMBER_1
+    )
+    assert render_refusal(refusal) == (
+        "The bot's video budget for this month is spent — it renews on 1 December 2023 (UTC), "
+        "<t:1701388800:R>"
+    )
+
+
+def test_the_daily_caps_are_checked_before_the_monthly_ones() -> None:
+    limits = effective_limits(LimitDefaults(daily_spend_cap=5.0, monthly_spend_cap=20.0))
+    usage = UsageSnapshot(global_spend=5.0, global_month_spend=20.0)
+    refusal = decide(limits, usage, NOW, 0.4)
+    assert isinstance(refusal, Refusal) and refusal.kind == "spend_cap"
+
+
+def test_guild_monthly_budget_is_the_moderators_up_to_the_owners_maximum() -> None:
+    owner_max = LimitDefaults(guild_monthly_budget_max=10.0)
+    assert effective_limits(owner_max, GuildLimits(monthly_budget=4.0)).guild_monthly_budget == 4.0
+    # Set before the owner lowered the maximum: the maximum wins.
+    assert effective_limits(owner_max, GuildLimits(monthly_budget=25.0)).guild_monthly_budget == 10
+    # A server that set none gets the owner's maximum; without a maximum, no budget.
+    assert effective_limits(owner_max).guild_monthly_budget == 10.0
+    assert effective_limits(DEFAULTS).guild_monthly_budget is None
+    assert budget_over_max(10.01, owner_max) and not budget_over_max(10.0, owner_max)
+    assert not budget_over_max(1e6, DEFAULTS) and not budget_over_max(None, owner_max)
+
+    limits = effective_limits(owner_max, GuildLimits(monthly_budget=4.0))
+    refusal = decide(limits, UsageSnapshot(guild_month_spend=3.5), NOW, 0.8)
+    assert isinstance(refusal, Refusal)
+    assert (refusal.kind, refusal.limit, refusal.next_free_at) == (
+        "guild_monthly_budget",
+        4.0,
+        DECEMBER_1,
+    )
+    assert render_refusal(refusal).startswith(
+        "This server's video budget for this month is spent — it renews on 1 December 2023"
+    )
+
+
+def test_month_boundaries_in_utc() -> None:
+    assert month_start(NOW) == 1_698_796_800.0  # 2023-11-01 00:00 UTC
+    assert next_month_start(NOW) == DECEMBER_1
+    assert next_month_start(DECEMBER_1) == 1_704_067_200.0  # December rolls into January
+    assert month_start(DECEMBER_1 - 0.5) == month_start(NOW)
+
+
+def test_monthly_settings_reach_the_defaults() -> None:
+    settings = load_settings(
+        env_file=None, veo_monthly_spend_cap=300, veo_guild_monthly_budget_max=50
+    )
+    defaults = LimitDefaults.from_settings(settings)
+    assert (defaults.monthly_spend_cap, defaults.guild_monthly_budget_max) == (300, 50)
+    # The quote of options never billed: the top of Segmind's published range.
+    assert defaults.price_per_job == 1.20
+
+
+def test_a_rolling_spend_cap_says_when_enough_rolls_off() -> None:
+    rows = [(NOW - 5 * HOUR, 1.0), (NOW - 2 * HOUR, 0.6), (NOW, 0.4)]
+    assert spend_frees_at(rows, 2.0, 1.0, 2.0) == NOW - 5 * HOUR + DAY_SECONDS
+    assert spend_frees_at(rows, 2.0, 1.2, 2.0) == NOW - 2 * HOUR + DAY_SECONDS
+    assert spend_frees_at(rows, 2.0, 2.5, 2.0) is None  # the job alone is over the cap
+    refusal = Refusal(kind="spend_cap", limit=2.0, spent=2.0, next_free_at=NOW + 60)
+    assert render_refusal(refusal) == (
+        "Today's video budget is spent — enough frees up <t:1700000060:R>, as the last 24 "
+        "hours move on"
+    )
+    guild = Refusal(kind="guild_spend_cap", limit=2.0, spent=2.0, next_free_at=NOW + 60)
+    assert render_refusal(guild).startswith(
+        "This server's video budget for today is spent — enough"
     )

@@ -251,6 +251,24 @@ async def test_pages_are_paced_inside_the_shared_budget(fake: FakeSegmind, ft: F
     assert all(gap >= 30.5 for gap in gaps)
 
 
+async def test_readers_at_once_share_one_pace(fake: FakeSegmind, ft: FakeTime) -> None:
+    """The reconciler and a lost submit being looked up page at the same time: together they
+    stay inside the history's share, so job polling keeps the rest of the budget."""
+    backfill(fake, 30, days=2)
+    async with make_client(fake, ft, max_rpm=8, history_share=0.25) as paced:
+        paced.limiter.grant_log = []
+        since = TODAY - timedelta(days=2)
+        both = await asyncio.gather(
+            collect(paced, since, TODAY, per_page=10), collect(paced, since, TODAY, per_page=10)
+        )
+        grants = paced.limiter.grant_log
+
+    assert [len(rows) for rows in both] == [30, 30]
+    assert len(grants) == 8  # 4 pages each (the last one empty)
+    gaps = [later - earlier for earlier, later in itertools.pairwise(grants)]
+    assert all(gap >= 30.5 for gap in gaps), gaps
+
+
 async def test_a_rate_limited_page_waits_for_the_reset_and_retries(
     client: SegmindClient, fake: FakeSegmind, ft: FakeTime
 ) -> None:

@@ -14,8 +14,9 @@ import pytest
 from bot.params import VeoParams
 from bot.quota import LimitDefaults
 from bot.store import Reserved, ReserveRequest, StoreError, StoreUnavailable, open_store
-from bot.store.postgres import MIGRATIONS, PostgresStore
+from bot.store.postgres import PostgresStore
 from bot.store.postgres.ledger import user_lock
+from bot.store.postgres.migrations import MIGRATIONS
 from bot.store.sqlite.migrations import Migration
 from harness.postgres import PostgresServer
 
@@ -50,6 +51,7 @@ async def applied_versions(url: str) -> list[int]:
 async def test_nodes_starting_at_once_migrate_the_database_once(empty_url: str) -> None:
     stores = await asyncio.gather(*(open_store(empty_url) for _ in range(4)))
     try:
+        # Every migration of this backend, once each (numbering may have gaps).
         assert await applied_versions(empty_url) == [m.version for m in MIGRATIONS]
         outcome = await stores[0].reserve(request(), LimitDefaults())
         assert isinstance(outcome, Reserved)
@@ -166,6 +168,45 @@ async def test_a_closed_store_is_unavailable(postgres_server: PostgresServer) ->
         await store.reserve(request(), LimitDefaults())
     with pytest.raises(StoreUnavailable):
         await store.get_job(1)
+
+
+async def test_migration_4_starts_the_owners_ledger_from_what_is_known(empty_url: str) -> None:
+    """Jobs from before the spend ledger: a reported cost is the bill, a job never sent bills
+    nothing, anything else (a lost submit answer, no cost recorded) stays held at its estimate."""
+    before = await PostgresStore.open(empty_url, migrations=MIGRATIONS[:2])
+    await before.close()
+    conn = await asyncpg.connect(empty_url)
+    try:
+        for job_id, state, request_id, cost in (
+            (1, "delivered", "req-1", 0.6),
+            (2, "cancelled", None, None),
+            (3, "unknown", None, None),
+            (4, "failed", "req-4", None),
+        ):
+            await conn.execute(
+                "INSERT INTO jobs (id, guild_id, channel_id, user_id, prompt, params, state, "
+                "request_id, cost, created_at, updated_at) "
+                "VALUES ($1, 100, 200, 1, 'old', '{}', $2, $3, $4, $5, $5)",
+                job_id,
+                state,
+                request_id,
+                cost,
+                NOW,
+            )
+            await conn.execute(
+                "INSERT INTO quota_ledger (job_id, guild_id, user_id, status, amount, "
+                "reserved_at) VALUES ($1, 100, 1, 'released', 0.8, $2)",
+                job_id,
+                NOW,
+            )
+    finally:
+        await conn.close()
+    async with await open_store(empty_url) as store:
+        [day] = await store.spend_by_day(100, 0.0)
+        assert (day.billed, day.billed_jobs) == (0.6, 1)
+        assert (day.held, day.held_jobs) == (pytest.approx(1.6), 2)  # jobs 3 and 4
+        # A history figure can still replace a backfilled one.
+        assert await store.record_billed(1, 0.55, source="history")
 
 
 async def test_renewals_never_wait_for_runner_writes_but_a_takeover_does(

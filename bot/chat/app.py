@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
 import logging
 import os
@@ -10,28 +11,50 @@ import socket
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
+from typing import Any
 
 import aiohttp
 import discord
 from discord import app_commands
 from discord.ext import commands
 
+from bot.approvals import ApprovalLane
+from bot.balance import BalanceWatch, RecentSpend
+from bot.billing import Billing
+from bot.chat import spend_report
+from bot.chat.alerts import DiscordAlerts
+from bot.chat.approvals import DiscordCards
+from bot.chat.gallery import Gallery
+from bot.chat.notices import LogChannels
 from bot.chat.ops import start_ops, stop_ops
 from bot.chat.output import DiscordOutput
-from bot.chat.replies import accepting_work, send_ephemeral, unexpected
+from bot.chat.replies import (
+    accepting_work,
+    acknowledged_elsewhere,
+    note_acknowledged_elsewhere,
+    send_ephemeral,
+    unexpected,
+)
+from bot.chat.rules import allowed_here
 from bot.config import Settings
 from bot.jobs import JobService
 from bot.lease import BudgetRecorder, RunnerLease, lease_name
 from bot.ops.health import GatewayWatch
 from bot.ops.http import OpsServer
 from bot.ops.metrics import Metrics
+from bot.params import VeoParams
+from bot.pricing import PriceBook
 from bot.quota import LimitDefaults
+from bot.reconcile import Reconciler, RecordBilled
 from bot.segmind import client as sm
-from bot.store import Lease, Store, open_store
+from bot.shards import IDENTIFY_CLAIM_SPACING, IDENTIFY_SPACING, ShardPlan, identify_bucket
+from bot.store import BilledSource, Lease, Store, StoreUnavailable, open_store
 
 log = logging.getLogger(__name__)
 
-EXTENSIONS = ("cogs.veo", "cogs.admin", "cogs.image", "cogs.buttons")
+EXTENSIONS = ("cogs.veo", "cogs.admin", "cogs.image", "cogs.buttons", "cogs.approvals")
+# Moderators' commands work in every channel, whatever channels the bot is kept to.
+ANYWHERE_COMMANDS = frozenset({"veo-admin"})
 
 # Exactly what the bot uses: reading the channel it answers in, posting and editing its own
 # messages with a video attached, and reading the message a member replied to.
@@ -49,11 +72,20 @@ class VeoTree(app_commands.CommandTree["VeoBot"]):
     """One handler for whatever a command did not handle itself."""
 
     async def interaction_check(self, interaction: discord.Interaction[VeoBot]) -> bool:
-        return await accepting_work(interaction)
+        if not await accepting_work(interaction):
+            return False
+        # The top-level name: `interaction.command` is not resolved yet at this point.
+        data: dict[str, Any] = dict(interaction.data or {})
+        name = data.get("name")
+        return name in ANYWHERE_COMMANDS or await allowed_here(interaction)
 
     async def on_error(
         self, interaction: discord.Interaction[VeoBot], error: app_commands.AppCommandError
     ) -> None:
+        if acknowledged_elsewhere(error):
+            # Another gateway session of this shard answered first (a deploy's overlap).
+            note_acknowledged_elsewhere(interaction)
+            return
         if isinstance(error, app_commands.CheckFailure):
             text = str(error) or "You cannot use this command here."
         elif isinstance(error, app_commands.TransformerError):
@@ -68,6 +100,13 @@ class VeoTree(app_commands.CommandTree["VeoBot"]):
         await send_ephemeral(interaction, text)
 
 
+def shard_options(plan: ShardPlan | None) -> dict[str, Any]:
+    """The client options for a shard plan: none when unsharded (one plain connection)."""
+    if plan is None:
+        return {}
+    return {"shard_count": plan.count, "shard_ids": list(plan.ids)}
+
+
 @dataclass(frozen=True)
 class Services:
     """What the bot runs on, built together by `open_services` (from `setup_hook`)."""
@@ -77,6 +116,12 @@ class Services:
     jobs: JobService
     output: DiscordOutput
     session: aiohttp.ClientSession  # shared by everything that fetches from the web (images)
+    approvals: ApprovalLane  # holds the requests a guild wants a moderator to approve
+    cards: DiscordCards  # the approval cards in the moderators' channel
+    reconciler: Reconciler  # pages Segmind's history in the background
+    balance: BalanceWatch  # the Segmind balance, its forecast, and the pause when it ran out
+    gallery: Gallery  # announces delivered videos in a guild's gallery channel
+    billing: Billing  # the one price book, and every bill recorded through it
     lease: RunnerLease  # whether this node runs jobs or is a standby
 
 
@@ -102,6 +147,7 @@ class VeoBot(commands.Bot):
             max_messages=None,
             chunk_guilds_at_startup=False,
             http_trace=metrics.discord_trace(),  # counts edits and 429s
+            **shard_options(settings.shard_plan),
         )
         self.metrics = metrics
         self.gateway_watch = GatewayWatch()
@@ -109,6 +155,8 @@ class VeoBot(commands.Bot):
         self.settings = settings
         self.clock = clock
         self._services: Services | None = None
+        # Discord's session-start buckets (`GET /gateway/bot`); read in setup_hook when sharded.
+        self.max_concurrency = 1
         # Whatever setup_hook opened, closed by close() in reverse order, even after a failed
         # start-up.
         self._resources = contextlib.AsyncExitStack()
@@ -129,10 +177,20 @@ class VeoBot(commands.Bot):
         await self.open_services()
         for extension in EXTENSIONS:
             await self.load_extension(extension)
-        await self._sync_commands()
+        plan = self.settings.shard_plan
+        if plan is not None:
+            self.max_concurrency = await self._max_concurrency()
+            log.info("running %s (max_concurrency %d)", plan.describe(), self.max_concurrency)
+        if plan is None or plan.syncs_commands:
+            await self._sync_commands()
+        else:
+            log.info("not syncing commands: the node running shard 0 does")
         self._log_invite()
         # Jobs run once this node holds the runner lease: at once when no other node does.
         self.services.lease.start()
+        await self.services.approvals.start()
+        self.services.reconciler.start()
+        self.services.balance.start()
         self.ops = await start_ops(
             self,
             settings=self.settings,
@@ -162,14 +220,21 @@ class VeoBot(commands.Bot):
             settings, key, base_url, history_url=history_url, session=segmind_session
         )
         resources.push_async_callback(segmind.close)
+        # Quotes without evidence start at the owner's setting (the top of Segmind's range).
+        billing = Billing(store, PriceBook(published_max=settings.veo_price_per_job))
+        gallery = Gallery(self, store)
         output = DiscordOutput(
             self,
+            quote_of=billing.quote_of,
             log_channel=store.get_log_channel,
+            announce=gallery.announce,
             edit_interval=settings.veo_edit_interval,
             mention_on_ready=settings.veo_mention_on_ready,
             demo=self.demo,
             clock=self.clock,
         )
+        alerts = DiscordAlerts(self, log_channel=store.get_log_channel)
+        balance = self._balance_watch(store, segmind, billing)
         jobs = JobService(
             store,
             segmind,
@@ -181,6 +246,32 @@ class VeoBot(commands.Bot):
             deadline=settings.veo_job_deadline,
             clock=self.clock,
             events=self.metrics,
+            recovery_window=settings.veo_recovery_window_seconds,
+            recovery_interval=settings.veo_recovery_interval_seconds,
+            alerts=alerts,
+            credits_signal=balance,
+            billing=billing,
+        )
+        cards = DiscordCards(self, output)
+        approvals = ApprovalLane(
+            store,
+            jobs,
+            output,
+            cards,
+            quote=billing.quote,  # the same book that quotes the reservation
+            default_expiry=settings.veo_approval_expiry_hours * 3600,
+            sweep_interval=settings.veo_approval_sweep_seconds,
+            clock=self.clock,
+        )
+        reconciler = Reconciler(
+            store,
+            segmind,
+            record_billed=self._history_bills(store, billing),
+            quote=lambda job: store.job_quote(job.id),
+            alerts=alerts,
+            interval=settings.veo_reconcile_interval_seconds,
+            settle_lag=settings.veo_recovery_window_seconds + 120.0,
+            clock=self.clock,
         )
         jobs.queue_poll = settings.veo_queue_poll_seconds
         name = lease_name(key)
@@ -208,7 +299,20 @@ class VeoBot(commands.Bot):
             on_lost=stand_down,
         )
         jobs.on_fenced = lease.lost
-        self._services = Services(store, segmind, jobs, output, session, lease)
+        self._services = Services(
+            store,
+            segmind,
+            jobs,
+            output,
+            session,
+            approvals,
+            cards,
+            reconciler,
+            balance,
+            gallery,
+            billing,
+            lease,
+        )
         return self._services
 
     def _runner_role(self) -> str:
@@ -216,6 +320,50 @@ class VeoBot(commands.Bot):
         if lease is None:
             return "standby: takes interactions in; another node runs the jobs"
         return f"runner (lease epoch {lease.epoch})"
+
+    def _balance_watch(
+        self, store: Store, segmind: sm.SegmindClient, billing: Billing
+    ) -> BalanceWatch:
+        """The balance watch over this bot's Segmind account, spend ledger and log channels."""
+        settings = self.settings
+        # The options a member gets without choosing any: what "one video" costs by default.
+        default_video = VeoParams(prompt="the default options")
+
+        async def read_balance() -> float:
+            credits = await segmind.credits(background=True)
+            # Whether free credits pay for Veo is unverified; they are counted, since a pause
+            # that is wrong refuses members who could be served, while Segmind's own 406 still
+            # refuses (before billing) a submit the account cannot pay for.
+            return credits.credits + credits.free_credits
+
+        async def spent_since(since: float) -> RecentSpend:
+            return await spend_report.recent_spend(store, since)
+
+        return BalanceWatch(
+            read_balance=read_balance,
+            spent_since=spent_since,
+            # Until a week has bills: the price book's quote for the default options (the top
+            # of Segmind's range until such a video was billed), so the first forecast errs
+            # toward fewer videos left.
+            fallback_price=lambda: billing.quote(default_video).amount,
+            announce=LogChannels(self, store.get_log_channel).post_all,
+            interval=settings.veo_balance_check_seconds,
+            warn_videos=settings.veo_balance_warn_videos,
+            clock=self.clock,
+        )
+
+    @staticmethod
+    def _history_bills(store: Store, billing: Billing) -> RecordBilled:
+        """The reconciler's writer of Segmind's bills: through the price book, so quotes learn
+        from history rows as they do from `metrics.cost`."""
+
+        async def record(
+            job_id: int, amount: float, *, source: BilledSource, now: float | None = None
+        ) -> bool:
+            job = await store.get_job(job_id)
+            return job is not None and await billing.record_billed(job, amount, source=source)
+
+        return record
 
     async def _segmind_endpoint(self) -> tuple[str, str, str]:
         """Segmind's base URL, the key and the request-history URL: the settings', or in demo
@@ -242,6 +390,48 @@ class VeoBot(commands.Bot):
             banner,
         )
         return fake.base_url, DEMO_KEY, fake.history_url
+
+    async def _max_concurrency(self) -> int:
+        """How many sessions Discord lets the bot start at once; 1 (the strictest) if
+        `GET /gateway/bot` cannot be read — slower to start, never refused."""
+        try:
+            _, _, limits = await self.http.get_bot_gateway()
+            return max(1, int(limits["max_concurrency"]))
+        except (
+            discord.DiscordException,
+            aiohttp.ClientError,
+            OSError,
+            LookupError,
+            TypeError,
+            ValueError,
+        ) as exc:
+            log.warning("cannot read max_concurrency from /gateway/bot (%s); using 1", exc)
+            return 1
+
+    async def before_identify_hook(self, shard_id: int | None, *, initial: bool = False) -> None:
+        """Wait for this shard's IDENTIFY slot, claimed in the shared database: one session
+        start per `max_concurrency` bucket per 5 s across every node of the bot, as Discord
+        requires (too soon is answered with Invalid Session). Unsharded, discord.py's own
+        spacing (5 s before any re-IDENTIFY) is enough for the one connection."""
+        if self.settings.shard_plan is None or self._services is None:
+            await super().before_identify_hook(shard_id, initial=initial)
+            return
+        bucket = identify_bucket(shard_id or 0, self.max_concurrency)
+        store = self._services.store
+        while True:
+            try:
+                wait = await store.claim_identify_slot(bucket, IDENTIFY_CLAIM_SPACING)
+            except StoreUnavailable as exc:
+                # Not a money path: wait out a full slot locally and go (at worst Discord
+                # answers op 9 and discord.py identifies again).
+                log.warning("IDENTIFY slot not claimed (%s); waiting %.0f s", exc, IDENTIFY_SPACING)
+                await asyncio.sleep(IDENTIFY_SPACING)
+                return
+            if wait <= 0:
+                log.info("shard %s: IDENTIFY (bucket %d)", shard_id, bucket)
+                return
+            log.info("shard %s: IDENTIFY bucket %d busy for %.1f s", shard_id, bucket, wait)
+            await asyncio.sleep(wait)
 
     async def _sync_commands(self) -> None:
         guild_id = self.settings.discord_dev_guild_id
@@ -285,6 +475,9 @@ class VeoBot(commands.Bot):
     async def close(self) -> None:
         self.stop_accepting()
         if self._services is not None:
+            await self._services.approvals.stop()
+            await self._services.reconciler.stop()
+            await self._services.balance.stop()
             await self._services.jobs.stop()
             # After the jobs stopped writing: hand the lease to a standby at once.
             await self._services.lease.close()
@@ -292,3 +485,31 @@ class VeoBot(commands.Bot):
         self.ops = None
         await super().close()
         await self._resources.aclose()
+
+
+class ShardedVeoBot(VeoBot, commands.AutoShardedBot):
+    """The bot over `DISCORD_SHARD_IDS` of `DISCORD_SHARD_COUNT` shards: discord.py's
+    auto-sharded client (one gateway connection per shard, one cache) with everything else
+    VeoBot's. A subclass of VeoBot, so every `Interaction[VeoBot]` holds either."""
+
+    async def close(self) -> None:
+        self.stop_accepting()
+        await self._leave_gateway()
+        await super().close()
+
+    async def _leave_gateway(self) -> None:
+        """Close this node's gateway sessions before the drain. In a deploy the new node runs
+        the same shards: once these sessions are gone Discord sends their events only there,
+        instead of this stopping node winning a member's /veo just to answer "restarting".
+        The drain needs only REST, which stays open until the end."""
+        for shard_id, shard in self.shards.items():
+            if not shard.is_closed():
+                await shard.disconnect()
+                log.info("shard %s: left the gateway for the shutdown", shard_id)
+
+
+def make_bot(settings: Settings, *, clock: Callable[[], float] = time.time) -> VeoBot:
+    """The bot the settings ask for: sharded when a shard count is set, else one connection."""
+    if settings.shard_plan is None:
+        return VeoBot(settings, clock=clock)
+    return ShardedVeoBot(settings, clock=clock)

@@ -46,6 +46,7 @@ from bot.jobs import (
     checkpoint_route,
 )
 from bot.media.encode import UploadPlan, encoded_path, plan_upload
+from bot.pricing import Quote
 from bot.progress import Progress, Stage
 from bot.store import Job
 
@@ -86,6 +87,8 @@ class DiscordOutput:
         client: discord.Client,
         *,
         log_channel: Callable[[int], Awaitable[int | None]],
+        announce: Callable[[Job], Awaitable[None]] | None = None,
+        quote_of: Callable[[Job], Quote | None] = lambda job: None,
         edit_interval: float,
         mention_on_ready: bool,
         demo: bool,
@@ -93,6 +96,8 @@ class DiscordOutput:
     ) -> None:
         self.client = client
         self.log_channel = log_channel  # a guild's moderator log channel, if it set one
+        self.announce = announce  # the gallery's, for a delivered job; never raises
+        self.quote_of = quote_of  # what the job is held at against the owner's spend caps
         self.edit_interval = edit_interval
         self.mention_on_ready = mention_on_ready
         self.demo = demo
@@ -108,13 +113,16 @@ class DiscordOutput:
         return self._locks.setdefault(job_id, asyncio.Lock())
 
     async def finished(self, job: Job) -> None:
-        """Post the outcome to the guild's moderator log channel, if it has one, and forget
-        the job's throttle and lock (they would otherwise grow with every job)."""
+        """Announce a delivered video in the guild's gallery and post the outcome to its
+        moderator log channel, if it has them, and forget the job's throttle and lock (they
+        would otherwise grow with every job)."""
         # Retired first: a progress edit still in flight lands before whatever the caller
         # shows next (the Cancel button's "Cancelled"), and nothing is left to re-create state.
         await self.retire(job.id)
         self._locks.pop(job.id, None)
         self._closed.discard(job.id)
+        if self.announce is not None and job.state == "delivered":
+            await self.announce(job)
         channel_id = await self.log_channel(job.guild_id)
         if channel_id is None:
             return
@@ -144,13 +152,14 @@ class DiscordOutput:
     async def progress(self, job: Job, progress: Progress) -> None:
         if job.id in self._closed:
             return
-        text = progress_text(job.params_model, progress, demo=self.demo)
+        text = progress_text(job.params_model, progress, demo=self.demo, quote=self.quote_of(job))
         if progress.stage in (Stage.SUBMITTING, Stage.WAITING, Stage.GENERATING):
             text = with_cancel_note(text)
         throttle = self._throttles.setdefault(job.id, _Throttle())
         if text == throttle.last_text or text == throttle.pending:
             return
-        queued = progress.stage is Stage.QUEUED
+        # A held request can be withdrawn too: it is not at Segmind either.
+        queued = progress.stage in (Stage.QUEUED, Stage.AWAITING_APPROVAL)
         wait = throttle.last_sent + self.edit_interval - time.monotonic()
         if wait <= 0 and throttle.timer is None:
             await self._send_progress(job, throttle, text, queued)
@@ -223,7 +232,8 @@ class DiscordOutput:
         # (`_final` then retires the job for good).
         self._drop_pending(job.id)
         # The live interaction's limit (boosts included); with no usable token the upload goes
-        # with the bot token, so the guild's own limit applies.
+        # with the bot token, so the guild's own limit applies — as cached here, else as
+        # stored with the job (this node may not hold the guild: another runs its shard).
         token_alive = self._token_alive(job)
         guild = self.client.get_guild(job.guild_id)
         limit = (

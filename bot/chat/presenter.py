@@ -12,6 +12,7 @@ from dataclasses import dataclass
 import discord
 
 from bot.params import Aspect, VeoParams
+from bot.pricing import Quote
 from bot.progress import Progress, Stage
 
 _LINE_START = re.compile(r"^(\s*)(#|-#|[-*+]\s)")
@@ -59,6 +60,9 @@ def clock(seconds: float) -> str:
     return f"{minutes}:{secs:02d}"
 
 
+RECOVERING = "Segmind's answer was lost; looking it up…"
+
+
 def params_line(params: VeoParams) -> str:
     parts = [
         params.aspect_ratio.value,
@@ -73,14 +77,38 @@ def params_line(params: VeoParams) -> str:
     return "`" + " · ".join(parts) + "`"
 
 
-def progress_text(params: VeoParams, progress: Progress, *, demo: bool = False) -> str:
-    """The placeholder while the job moves. Changes only when something a user sees changes."""
+def quote_line(quote: Quote) -> str:
+    """What the video is counted at against the bot's budget, and where that figure comes
+    from (`bot.pricing`: the most ever billed for these options, else a neighbour's, else the
+    top of Segmind's published range)."""
+    if quote.basis == "observed":
+        videos = "video" if quote.samples == 1 else f"{quote.samples} videos"
+        last = "the last video" if quote.samples == 1 else f"the last {videos}"
+        return f"about ${quote.amount:.2f}, from {last} with these options"
+    if quote.basis == "inferred":
+        return f"about ${quote.amount:.2f}, from videos with similar options"
+    return f"≈ ${quote.amount:.2f}, the most Segmind bills for these options"
+
+
+def progress_text(
+    params: VeoParams, progress: Progress, *, demo: bool = False, quote: Quote | None = None
+) -> str:
+    """The placeholder while the job moves. Changes only when something a user sees changes.
+    `quote`: the job's price quote, shown so nobody is surprised by what a video costs (not in
+    demo mode, where nothing is billed)."""
     stage = progress.stage
-    if stage is Stage.QUEUED:
+    if stage is Stage.AWAITING_APPROVAL:
+        head = (
+            "🛂 **Waiting for a moderator** — this server approves requests like this one "
+            "before they are sent to Veo. Nothing is charged unless it is approved and made."
+        )
+    elif stage is Stage.QUEUED:
         where = f"{ordinal(progress.position)} in line" if progress.position else "in line"
         head = f"⏳ **Queued** — {where}. It starts when a slot frees up."
     elif stage is Stage.SUBMITTING:
         head = "⏳ **Queued** — sending to Veo…"
+    elif stage is Stage.RECOVERING:
+        head = f"🔎 **{RECOVERING}**"
     elif stage is Stage.WAITING:
         head = f"⏳ **Queued at Segmind** — {_elapsed(progress)}"
     elif stage is Stage.GENERATING:
@@ -97,6 +125,8 @@ def progress_text(params: VeoParams, progress: Progress, *, demo: bool = False) 
     lines = [head, safe_prompt(params.prompt), params_line(params)]
     if demo:
         lines.append("-# Demo mode: a test clip, no Segmind credits used.")
+    elif quote is not None:
+        lines.append(f"-# Cost: {quote_line(quote)}.")
     return _fit("\n".join(lines))
 
 
@@ -174,6 +204,10 @@ NO_IMAGE_MENU = (
     "embeds)."
 )
 NOT_ACCEPTING = "The bot is restarting — try again in a minute."
+STORE_DOWN = (
+    "The bot cannot reach its database right now, so /veo is paused to keep limits exact. "
+    "Please try again later."
+)
 
 
 def reply_without_image_hint(*, content_intent: bool) -> str:

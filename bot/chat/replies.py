@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import logging
 import uuid
+from collections.abc import Awaitable
 from typing import Any
 
 import discord
@@ -11,6 +12,41 @@ import discord
 from bot.chat.presenter import NOT_ACCEPTING
 
 log = logging.getLogger(__name__)
+
+# Discord's answer to a second response to one interaction. With two gateway sessions on one
+# shard (a deploy's overlap) both processes get the interaction and race to answer it: the
+# loser's acknowledgement fails with this, and it must stay quiet — the winner answers.
+ALREADY_ACKNOWLEDGED = 40060
+
+
+def acknowledged_elsewhere(error: BaseException) -> bool:
+    """True when `error` (or what it wraps, as a command error does) is Discord's 40060."""
+    seen: BaseException | None = error
+    while seen is not None:
+        if isinstance(seen, discord.HTTPException) and seen.code == ALREADY_ACKNOWLEDGED:
+            return True
+        seen = seen.__cause__ or getattr(seen, "original", None)
+    return False
+
+
+def note_acknowledged_elsewhere(interaction: discord.Interaction[Any]) -> None:
+    log.info(
+        "interaction %s was answered by another gateway session (40060); leaving it to that one",
+        interaction.id,
+    )
+
+
+async def first_response(interaction: discord.Interaction[Any], answer: Awaitable[Any]) -> bool:
+    """Await the interaction's first response (a defer, a modal); False, quietly, when
+    another gateway session answered the interaction first — the caller then stops."""
+    try:
+        await answer
+    except discord.HTTPException as exc:
+        if not acknowledged_elsewhere(exc):
+            raise
+        note_acknowledged_elsewhere(interaction)
+        return False
+    return True
 
 
 def unexpected(where: str, error: BaseException) -> str:

@@ -8,8 +8,16 @@ from collections.abc import Iterable
 from datetime import UTC, datetime
 
 from bot.chat.presenter import safe_text
-from bot.quota import GuildLimits, LimitDefaults, LimitOverride
-from bot.store import AuditEntry, Job, UsageSummary, UserUsage
+from bot.discrepancies import describe
+from bot.quota import (
+    EffectiveLimits,
+    GuildLimits,
+    LimitDefaults,
+    LimitOverride,
+    UsageSnapshot,
+    guild_monthly_budget,
+)
+from bot.store import AuditEntry, Discrepancy, Job, UsageSummary, UserUsage
 
 DISCORD_WEB = "https://discord.com/channels"
 PROMPT_IN_LIST = 60
@@ -171,7 +179,11 @@ def limits_text(
     users: dict[int, LimitOverride],
     exempt: frozenset[int],
     log_channel: int | None,
+    *,
+    month_spent: float | None = None,
 ) -> str:
+    """`month_spent`: the server's spend this calendar month (billed plus held quotes)."""
+
     def pick(value: object, default: object) -> str:
         return f"{value} (server)" if value is not None else f"{default} (default)"
 
@@ -182,6 +194,10 @@ def limits_text(
         f"At once per user: {pick(guild.concurrency, defaults.concurrency)}",
         f"Server daily cap: {pick(guild.daily_limit, defaults.guild_daily_limit or 'none')}",
         f"Server spend cap per day: {pick(guild.spend_cap, defaults.daily_spend_cap or 'none')}",
+        _monthly_line(guild, defaults, month_spent),
+        "Bot-wide spend caps: "
+        f"{_dollars(defaults.daily_spend_cap)} per rolling 24 h, "
+        f"{_dollars(defaults.monthly_spend_cap)} per calendar month (UTC)",
         f"Log channel: {f'<#{log_channel}>' if log_channel else 'none'}",
     ]
     if roles:
@@ -204,6 +220,16 @@ def audit_text(entries: list[AuditEntry]) -> str:
             f"{when(entry.created_at)} <@{entry.actor_id}> **{entry.action}** "
             + _audit_detail(entry.detail)
         )
+    return _clip("\n".join(lines))
+
+
+def discrepancies_text(found: list[Discrepancy], *, days: int) -> str:
+    """Where Segmind's record and the bot's disagreed, newest first (`/veo-admin
+    discrepancies`; the spend view lists the same rows)."""
+    if not found:
+        return f"No disagreement with Segmind's record in the last {days} day(s)."
+    lines = [f"**Disagreements with Segmind's record** (last {days} day(s))"]
+    lines.extend(f"{when(item.created_at)} {describe(item)}" for item in found)
     return _clip("\n".join(lines))
 
 
@@ -255,5 +281,116 @@ def _cell(text: str) -> str:
     return "'" + text if text[:1] in ("=", "+", "-", "@", "\t", "\r") else text
 
 
+def clip(text: str, limit: int = 2000) -> str:
+    """The text cut at a line to fit one Discord message."""
+    return _clip(text, limit)
+
+
 def _clip(text: str, limit: int = 2000) -> str:
     return text if len(text) <= limit else text[: limit - 20].rsplit("\n", 1)[0] + "\n… (more)"
+
+
+# ------------------------------------------------------------------------ moderators' rules
+
+MESSAGE_MAX = 2000
+
+
+def rules_text(banned: list[str], allowed: frozenset[int], gallery: int | None) -> str:
+    """The rules' part of `/veo-admin limits show`."""
+    count = f"{len(banned)} (see /veo-admin banned-words list)" if banned else "none"
+    return "\n".join(
+        [
+            f"Banned words: {count}",
+            "Channels: " + (_channel_list(allowed) if allowed else "every channel"),
+            f"Gallery: {f'<#{gallery}>' if gallery else 'none'}",
+        ]
+    )
+
+
+def _channel_list(channels: frozenset[int]) -> str:
+    return ", ".join(f"<#{c}>" for c in sorted(channels))
+
+
+def banned_list_text(entries: list[str]) -> str:
+    if not entries:
+        return "No words or phrases are banned here."
+    lines = [f"**Banned words and phrases** ({len(entries)})"]
+    lines += [f"• {safe_text(entry)}" for entry in entries]
+    return "\n".join(lines)
+
+
+def banned_added_text(entry: str, outcome: str, maximum: int) -> str:
+    shown = safe_text(entry)
+    if outcome == "exists":
+        return f"“{shown}” is already banned (or a spelling of it is)."
+    if outcome == "full":
+        return f"This server already bans {maximum} entries, the most it can; remove one first."
+    return f"Prompts with “{shown}” will be refused (in any spelling, as whole words)."
+
+
+def banned_removed_text(entry: str, removed: str | None) -> str:
+    if removed is None:
+        return f"“{safe_text(entry)}” was not banned."
+    return f"“{safe_text(removed)}” is no longer banned."
+
+
+def channels_text(allowed: frozenset[int]) -> str:
+    if not allowed:
+        return "The bot works in every channel (no list is set)."
+    return f"The bot works only in {_channel_list(allowed)} and their threads."
+
+
+def channel_allowed_text(channel_id: int, outcome: str, allowed: frozenset[int]) -> str:
+    if outcome == "full":
+        return f"The list is full ({len(allowed)} channels); remove one first."
+    head = f"<#{channel_id}> was already allowed." if outcome == "exists" else "Saved."
+    return f"{head} {channels_text(allowed)}"
+
+
+def channel_removed_text(channel_id: int, removed: bool, allowed: frozenset[int]) -> str:
+    head = "Removed." if removed else f"<#{channel_id}> was not on the list."
+    return f"{head} {channels_text(allowed)}"
+
+
+def _dollars(amount: float | None) -> str:
+    return "none" if amount is None else money(amount)
+
+
+def _monthly_line(guild: GuildLimits, defaults: LimitDefaults, spent: float | None) -> str:
+    budget = guild_monthly_budget(guild, defaults)
+    source = "server" if guild.monthly_budget is not None else "default"
+    text = f"Server budget per month (UTC): {_dollars(budget)}"
+    if budget is not None:
+        text += f" ({source})"
+        if guild.monthly_budget is not None and budget < guild.monthly_budget:
+            text += f" — the server asked for {money(guild.monthly_budget)}, above the maximum"
+    if defaults.guild_monthly_budget_max is not None:
+        text += f"; the owner allows at most {money(defaults.guild_monthly_budget_max)}"
+    if spent is not None:
+        text += f"; spent this month: {money(spent)}"
+    return text
+
+
+def budget_over_max_text(budget: float, defaults: LimitDefaults) -> str:
+    """The moderator's answer when a monthly budget is above the owner's maximum."""
+    cap = defaults.guild_monthly_budget_max
+    return (
+        f"Not saved: {money(budget)} a month is above the most the bot's owner allows per "
+        f"server ({money(cap or 0.0)}). Choose {money(cap or 0.0)} or less."
+    )
+
+
+def monthly_budget_lines(limits: EffectiveLimits, usage: UsageSnapshot) -> list[str]:
+    """For a member's quota view: this month's budgets in force and how much is used."""
+    lines = []
+    if limits.guild_monthly_budget is not None:
+        lines.append(
+            f"This server's video budget this month: {money(usage.guild_month_spend)} of "
+            f"{money(limits.guild_monthly_budget)} used (renews on the 1st, UTC)."
+        )
+    if limits.global_monthly_cap is not None:
+        lines.append(
+            f"The bot's video budget this month: {money(usage.global_month_spend)} of "
+            f"{money(limits.global_monthly_cap)} used (renews on the 1st, UTC)."
+        )
+    return lines

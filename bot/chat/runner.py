@@ -53,9 +53,9 @@ def main_run(argv: list[str]) -> int:
 
 
 async def _serve(settings: Settings, token: str) -> int:
-    from bot.chat.app import VeoBot
+    from bot.chat.app import make_bot
 
-    bot = VeoBot(settings)
+    bot = make_bot(settings)
     loop = asyncio.get_running_loop()
     stopping = asyncio.Event()
 

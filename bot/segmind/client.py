@@ -31,6 +31,7 @@ import inspect
 import ipaddress
 import json
 import logging
+import math
 import os
 import random
 import re
@@ -166,9 +167,11 @@ class NotFound(SegmindError):
 class InsufficientCredits(SegmindError):
     """406 with a message about credits: the account cannot pay for a video."""
 
+    # Also the answer `/veo` gives at once while the balance watch has seen the credits run
+    # out (`bot.chat.intake.precheck`): one sentence for both paths.
     default_message = (
-        "The bot's Segmind credits ran out: the account is out of credits until the owner "
-        "tops it up."
+        "Video generation is paused: the bot owner's Segmind credits ran out. The account is "
+        "out of credits until the owner tops it up; /veo starts again by itself then."
     )
 
 
@@ -513,6 +516,7 @@ class SegmindClient:
             raise ValueError("history_share must be in (0, 1]")
         self.history_url = history_url.rstrip("/")
         self.history_share = history_share
+        self._history_next = -math.inf  # when the next history page may be asked for
         self._api_key = api_key
         self.base_url = base_url.rstrip("/")
         self._session = session
@@ -744,11 +748,12 @@ class SegmindClient:
             self.poller.observe((last_pending + detected) / 2 - start)
         return result
 
-    async def credits(self) -> Credits:
-        """`GET /v1/get-user-credits`."""
+    async def credits(self, *, background: bool = False) -> Credits:
+        """`GET /v1/get-user-credits`. `background`: a periodic check that must not take a
+        slot of the budget ahead of a member's submit."""
         body = await self._get_json(
             f"{self.base_url}/v1/get-user-credits",
-            priority=RateLimiter.PRIORITY_USER,
+            priority=RateLimiter.PRIORITY_POLL if background else RateLimiter.PRIORITY_USER,
             attempts=self.max_attempts,
         )
         paid = finite_float(body.get("credits"))
@@ -830,20 +835,22 @@ class SegmindClient:
         Pages stop at an empty or short one. Oldest first, because a row that lands while we
         page can then only push the rows after it down a place: a row may come twice
         (`history.dedupe` before summing) but none present from the start is skipped; the
-        newcomer itself may be seen only by the next read. Pages are paced so they use at most
-        `history_share` of the request budget.
+        newcomer itself may be seen only by the next read. Pages are paced so that all history
+        readers together use at most `history_share` of the request budget.
         """
         interval = self.limiter.window / (self.limiter.max_per_window * self.history_share)
-        last_request: float | None = None
         for first, last in date_windows(since, until):
             page = 1
             previous: list[str] | None = None
             while True:
-                if last_request is not None:
-                    wait = last_request + interval - self._clock()
-                    if wait > 0:
-                        await self._sleep(wait)
-                last_request = self._clock()
+                # One pace for every history reader of the process (the reconciler and each
+                # lost submit being looked up): a slot is taken before sleeping, so readers at
+                # once interleave and together stay inside `history_share` of the budget.
+                now = self._clock()
+                slot = max(now, self._history_next)
+                self._history_next = slot + interval
+                if slot > now:
+                    await self._sleep(slot - now)
                 rows = await self.history_page(
                     first, last, page=page, per_page=per_page, model_name=model_name, status=status
                 )

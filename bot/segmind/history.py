@@ -15,6 +15,7 @@ Verified only against that SDK's docstrings and our fake, never on the wire:
 
 from __future__ import annotations
 
+import json
 import logging
 import math
 from collections.abc import Iterable, Mapping
@@ -128,6 +129,12 @@ class HistoryRow(BaseModel):
     @field_validator("request_body", mode="before")
     @classmethod
     def _object_or_none(cls, value: Any) -> Any:
+        if isinstance(value, str):
+            # Unverified: a service that stores the body as text may echo it as a JSON string.
+            try:
+                value = json.loads(value)
+            except ValueError:
+                return None
         return value if isinstance(value, Mapping) else None
 
     @property

@@ -24,7 +24,7 @@ import yarl
 from aiohttp import web
 
 from .clock import EmulatorClock, SnowflakeFactory
-from .gateway import _INTENT_FLAGS, Gateway
+from .gateway import _INTENT_FLAGS, Gateway, shard_of
 from .interactions import (
     APPLICATION_COMMAND,
     MESSAGE_COMPONENT,
@@ -150,6 +150,9 @@ class DiscordEmulator:
         host: str = "127.0.0.1",
         port: int = 0,
         default_world: bool = True,
+        shard_count: int = 1,
+        max_concurrency: int = 1,
+        identify_interval: float | None = None,
     ) -> None:
         self.clock = EmulatorClock()
         self.new_id = SnowflakeFactory(self.clock)
@@ -186,7 +189,15 @@ class DiscordEmulator:
         self._nonces: dict[tuple[int, str], tuple[int, float]] = {}
         self._rate_limits: dict[str, _RateLimit] = {}
         self._rate_limited: list[RequestRecord] = []
-        self._gateway = Gateway(self, heartbeat_interval_ms)
+        # What `GET /gateway/bot` recommends; sessions are routed by the shard they IDENTIFY
+        # with, whatever this says (as on Discord).
+        self.shard_count = shard_count
+        self._gateway = Gateway(
+            self,
+            heartbeat_interval_ms,
+            max_concurrency=max_concurrency,
+            identify_interval=identify_interval,
+        )
         self._runner: web.AppRunner | None = None
         self._rest = RestApi(self)
 
@@ -212,11 +223,24 @@ class DiscordEmulator:
         Add it before the bot logs in, or it will not be in the bot's cache."""
         return self.world.add_guild(name, owner, premium_tier=premium_tier, bot_user=self.bot_user)
 
+    def add_guild_on_shard(self, name: str, *, shard: int, owner: User) -> Guild:
+        """`add_guild` (with #general) whose id routes to `shard` of `shard_count`. Guild ids
+        are snowflakes of the emulator clock, so the clock steps a millisecond until one does."""
+        if not 0 <= shard < self.shard_count:
+            raise ValueError(f"shard {shard} is not below shard_count {self.shard_count}")
+        while True:
+            guild = self.add_guild(name, owner=owner)
+            if self.shard_of(guild.id) == shard:
+                guild.add_text_channel("general")
+                return guild
+            del self.world.guilds[guild.id]
+            self.advance(0.001)
+
     async def join_guild(self, name: str, *, owner: User, premium_tier: int = 0) -> Guild:
         """Add a guild while the bot is online: it receives GUILD_CREATE, as on an invite."""
         guild = self.add_guild(name, owner=owner, premium_tier=premium_tier)
         guild.add_text_channel("general")
-        for session in self._gateway.live_sessions:
+        for session in self._gateway.sessions_for(guild.id):
             await self._gateway.guild_create(session, guild, joined=True)
         return guild
 
@@ -378,6 +402,34 @@ class DiscordEmulator:
 
         return await self._notifier.wait_until(probe, timeout, "a matching gateway frame")
 
+    def connected_shards(self) -> list[tuple[int, int]]:
+        """`(shard id, shard count)` of every live gateway session, one entry per session."""
+        return [(s.shard_id, s.shard_count) for s in self._gateway.live_sessions]
+
+    def shard_of(self, guild_id: int | None) -> int:
+        """The shard of `shard_count` that carries this guild's events (None: DMs, 0)."""
+        return shard_of(guild_id, self.shard_count)
+
+    @property
+    def identify_refusals(self) -> int:
+        """IDENTIFYs answered op 9 Invalid Session for coming too soon in their bucket."""
+        return self._gateway.identify_refusals
+
+    async def wait_for_shards(
+        self,
+        shards: list[tuple[int, int]],
+        *,
+        timeout: float = 10.0,  # noqa: ASYNC109
+    ) -> None:
+        """Until a live session has identified on each `(id, count)` listed (repeat an entry
+        to wait for two sessions on one shard)."""
+
+        def probe() -> bool | None:
+            live = self.connected_shards()
+            return True if all(live.count(s) >= shards.count(s) for s in shards) else None
+
+        await self._notifier.wait_until(probe, timeout, f"sessions on shards {shards}")
+
     async def wait_for_ready(self, *, timeout: float = 5.0) -> None:  # noqa: ASYNC109
         """Until a bot has identified and been sent its guilds."""
         await self._notifier.wait_until(
@@ -517,7 +569,10 @@ class DiscordEmulator:
         found = self.world.channel(channel_id)
         if found is not None:
             await self._gateway.broadcast(
-                "CHANNEL_UPDATE", found[0].payload(), intent=Intents.GUILDS
+                "CHANNEL_UPDATE",
+                found[0].payload(),
+                guild_id=found[1].id if found[1] is not None else None,
+                intent=Intents.GUILDS,
             )
 
     async def announce_channel_create(self, channel_id: int) -> None:
@@ -526,7 +581,12 @@ class DiscordEmulator:
         found = self.world.channel(channel_id)
         if found is None:
             raise KeyError(f"no channel {channel_id}")
-        await self._gateway.broadcast("CHANNEL_CREATE", found[0].payload(), intent=Intents.GUILDS)
+        await self._gateway.broadcast(
+            "CHANNEL_CREATE",
+            found[0].payload(),
+            guild_id=found[1].id if found[1] is not None else None,
+            intent=Intents.GUILDS,
+        )
 
     async def delete_message(self, channel_id: int, message_id: int) -> None:
         """Delete a message as a user or moderator would; later requests for it get 10008."""
@@ -793,7 +853,7 @@ class DiscordEmulator:
         if message.ephemeral:
             return
         intent = Intents.GUILD_MESSAGES if message.guild_id else Intents.DIRECT_MESSAGES
-        for session in self._gateway.live_sessions:
+        for session in self._gateway.sessions_for(message.guild_id):
             if not session.has_intent(intent):
                 continue
             if event == "MESSAGE_DELETE":
@@ -919,9 +979,18 @@ class DiscordEmulator:
             source_message_id=message.id if message else None,
         )
         self.interactions[token] = handle
-        session = self._gateway.live_sessions[0]
+        guild_id = guild.id if guild is not None else None
+        sessions = self._gateway.sessions_for(guild_id)
+        if not sessions:
+            raise RuntimeError(
+                f"no bot session runs the shard of guild {guild_id} "
+                f"(shards connected: {sorted(self.connected_shards())})"
+            )
         handle.sent_at = self.clock.now()
-        await self._gateway.dispatch(session, "INTERACTION_CREATE", payload)
+        # Every session of the shard gets it (two during a deploy's overlap); only the first
+        # callback is accepted, the next is 400 40060.
+        for session in sessions:
+            await self._gateway.dispatch(session, "INTERACTION_CREATE", payload)
         return handle
 
     async def dispatch_slash_command(

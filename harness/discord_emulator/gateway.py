@@ -33,6 +33,7 @@ OP_HELLO = 10
 OP_HEARTBEAT_ACK = 11
 
 CLOSE_AUTHENTICATION_FAILED = 4004
+CLOSE_INVALID_SHARD = 4010
 CLOSE_DISALLOWED_INTENTS = 4014
 
 # Application flags telling the bot which privileged intents it was granted (the *_LIMITED
@@ -44,6 +45,12 @@ _INTENT_FLAGS = {
 }
 
 
+def shard_of(guild_id: int | None, shard_count: int) -> int:
+    """Discord's routing: a guild's events go to shard `(guild_id >> 22) % shard_count`; DMs
+    (no guild) to shard 0."""
+    return 0 if guild_id is None else (guild_id >> 22) % shard_count
+
+
 @dataclass
 class GatewaySession:
     session_id: str
@@ -52,17 +59,38 @@ class GatewaySession:
     seq: int = 0
     sent: list[dict[str, Any]] = field(default_factory=list)
     ws: web.WebSocketResponse | None = None
+    # `shard: [id, count]` from IDENTIFY; a session without one is the whole bot (0 of 1).
+    shard_id: int = 0
+    shard_count: int = 1
 
     def has_intent(self, bit: int) -> bool:
         return bool(self.intents & bit)
+
+    def receives(self, guild_id: int | None) -> bool:
+        """Whether this session's shard carries events of the guild (None: a DM)."""
+        return shard_of(guild_id, self.shard_count) == self.shard_id
 
 
 class Gateway:
     """Serves the gateway websocket for one emulator."""
 
-    def __init__(self, emu: DiscordEmulator, heartbeat_interval_ms: int) -> None:
+    def __init__(
+        self,
+        emu: DiscordEmulator,
+        heartbeat_interval_ms: int,
+        *,
+        max_concurrency: int = 1,
+        identify_interval: float | None = None,
+    ) -> None:
         self.emu = emu
         self.heartbeat_interval_ms = heartbeat_interval_ms
+        # Discord's session-start rule: one IDENTIFY per bucket (shard id % max_concurrency)
+        # per `identify_interval` seconds of the emulator clock (5 on Discord; None: not
+        # enforced, so tests that restart a bot at once need not wait).
+        self.max_concurrency = max_concurrency
+        self.identify_interval = identify_interval
+        self.last_identify: dict[int, float] = {}  # bucket -> emulator time of the last one
+        self.identify_refusals = 0  # IDENTIFYs answered op 9 for coming too soon
         self.sessions: dict[str, GatewaySession] = {}
         self.sockets: set[web.WebSocketResponse] = set()
         self.heartbeats = 0
@@ -105,9 +133,16 @@ class Gateway:
         if session.ws is not None:
             await self._send(session.ws, frame)
 
-    async def broadcast(self, event: str, data: dict[str, Any], *, intent: int = 0) -> None:
-        """Send an event to every connected bot that subscribed to ``intent`` (0 = always)."""
-        for session in self.live_sessions:
+    def sessions_for(self, guild_id: int | None) -> list[GatewaySession]:
+        """The live sessions on the shard that carries this guild (None: DMs, shard 0)."""
+        return [s for s in self.live_sessions if s.receives(guild_id)]
+
+    async def broadcast(
+        self, event: str, data: dict[str, Any], *, guild_id: int | None, intent: int = 0
+    ) -> None:
+        """Send a guild's (or with None, a DM's) event to every connected session on its shard
+        that subscribed to ``intent`` (0 = always)."""
+        for session in self.sessions_for(guild_id):
             if intent and not session.has_intent(intent):
                 continue
             await self.dispatch(session, event, data)
@@ -165,12 +200,33 @@ class Gateway:
         if refused:
             await ws.close(code=CLOSE_DISALLOWED_INTENTS, message=b"Disallowed intent(s).")
             return None
-        session = GatewaySession(secrets.token_hex(16), intents, data, ws=ws)
+        shard_id, shard_count = data.get("shard") or (0, 1)
+        if not (isinstance(shard_id, int) and isinstance(shard_count, int)) or not (
+            0 <= shard_id < shard_count
+        ):
+            await ws.close(code=CLOSE_INVALID_SHARD, message=b"Invalid shard.")
+            return None
+        if self._too_soon(shard_id):
+            # As Discord: the session is not started; the client waits and identifies again.
+            self.identify_refusals += 1
+            await self._send(ws, {"op": OP_INVALID_SESSION, "d": False})
+            await emu._notifier.notify()
+            return None
+        session = GatewaySession(
+            secrets.token_hex(16),
+            intents,
+            data,
+            ws=ws,
+            shard_id=shard_id,
+            shard_count=shard_count,
+        )
         self.sessions[session.session_id] = session
         ready: dict[str, Any] = {
             "v": 10,
             "user": {**emu.bot_user.payload(), "verified": True, "mfa_enabled": False},
-            "guilds": [{"id": str(g), "unavailable": True} for g in emu.world.guilds],
+            "guilds": [
+                {"id": str(g), "unavailable": True} for g in emu.world.guilds if session.receives(g)
+            ],
             "session_id": session.session_id,
             "session_type": "normal",
             "resume_gateway_url": emu.gateway_url,
@@ -186,10 +242,22 @@ class Gateway:
             ready["shard"] = data["shard"]
         await self.dispatch(session, "READY", ready)
         for guild in emu.world.guilds.values():
-            await self.guild_create(session, guild, joined=False)
+            if session.receives(guild.id):
+                await self.guild_create(session, guild, joined=False)
         emu.identify_count += 1
         await emu._notifier.notify()
         return session
+
+    def _too_soon(self, shard_id: int) -> bool:
+        """Whether this IDENTIFY breaks the session-start rule; if not, it takes the slot."""
+        bucket = shard_id % max(1, self.max_concurrency)
+        now = self.emu.clock.now()
+        last = self.last_identify.get(bucket)
+        interval = self.identify_interval
+        if interval is not None and last is not None and now - last < interval:
+            return True
+        self.last_identify[bucket] = now
+        return False
 
     async def guild_create(self, session: GatewaySession, guild: Guild, *, joined: bool) -> None:
         payload = guild.create_payload(self.emu.clock.iso())

@@ -427,12 +427,12 @@ class RestApi:
     async def _get_gateway_bot(self, record: RequestRecord) -> Any:
         return {
             "url": self.emu.gateway_url.rstrip("/"),
-            "shards": 1,
+            "shards": self.emu.shard_count,
             "session_start_limit": {
                 "total": 1000,
                 "remaining": 999,
                 "reset_after": 14_400_000,
-                "max_concurrency": 1,
+                "max_concurrency": self.emu._gateway.max_concurrency,
             },
         }
 

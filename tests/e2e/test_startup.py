@@ -24,6 +24,9 @@ async def test_demo_mode_without_a_key_says_so_loudly_and_labels_the_clip(
         assert len(final.files) == 1
         assert "test clip" in final.json["content"]
         assert fake.submits == []  # the built-in fake served it, not the test's
+        # The balance watch reads the built-in fake's balance too (the demo's $100).
+        await bot.wait_for_log("Segmind balance $")
+        assert not any("balance check failed" in line for line in bot.lines)
     finally:
         assert await bot.stop() == 0
     emu.assert_no_violations()

@@ -7,8 +7,11 @@ by themselves; multi-statement ones run in a transaction. `reserve` takes transa
 advisory locks — only for the scopes whose limits apply — before it counts anything, so the
 check and the insert are exact across tasks, pools and nodes (see `ledger`).
 
+The queries are grouped by concern as on SQLite, one mixin each: `ledger`, `spend`, `jobs`,
+`moderation`, `reports`, `reconcile`; `connection` holds the plumbing and `migrations` the
+schema.
 The queries are grouped by concern as on SQLite, one mixin each: `ledger`, `jobs`,
-`moderation`, `reports`; `connection` holds the plumbing and `migrations` the schema.
+`moderation`, `rules`, `reports`; `connection` holds the plumbing and `migrations` the schema.
 """
 
 from __future__ import annotations
@@ -19,20 +22,36 @@ from collections.abc import Callable, Sequence
 import asyncpg
 
 from bot.store.model import StoreError
+from bot.store.postgres.approvals import ApprovalQueries
 from bot.store.postgres.connection import DRIVER_ERRORS, store_error
+from bot.store.postgres.gateway import GatewayQueries
 from bot.store.postgres.jobs import JobQueries
 from bot.store.postgres.lease import LeaseQueries
 from bot.store.postgres.ledger import LedgerQueries
 from bot.store.postgres.migrations import MIGRATIONS, SCHEMA_VERSION, apply_migrations
 from bot.store.postgres.moderation import ModerationQueries
+from bot.store.postgres.reconcile import ReconcileQueries
 from bot.store.postgres.reports import ReportQueries
+from bot.store.postgres.rules import RuleQueries
+from bot.store.postgres.spend import SpendQueries
 from bot.store.sqlite.migrations import Migration
 
 # A malformed URL is a ValueError (asyncpg's ClientConfigurationError): the bot cannot start.
 _OPEN_ERRORS: tuple[type[BaseException], ...] = (*DRIVER_ERRORS, ValueError)
 
 
-class PostgresStore(LedgerQueries, JobQueries, ModerationQueries, ReportQueries, LeaseQueries):
+class PostgresStore(
+    LedgerQueries,
+    SpendQueries,
+    JobQueries,
+    ModerationQueries,
+    ReportQueries,
+    ReconcileQueries,
+    ApprovalQueries,
+    GatewayQueries,
+    RuleQueries,
+    LeaseQueries,
+):
     """`bot.store.protocol.Store` on a PostgreSQL database. Create with
     `await PostgresStore.open(url)`; close with `await close()`. `now` arguments default to
     the injected clock."""

@@ -74,6 +74,13 @@ class JobQueries(PostgresBase):
         row = await self._fetchrow(f"SELECT {_JOB_COLUMNS} {_JOB_FROM} WHERE j.id = $1", job_id)
         return _job(row) if row is not None else None
 
+    async def job_for_event(self, event_id: int) -> Job | None:
+        """The job a Discord interaction or message made, if any."""
+        row = await self._fetchrow(
+            f"SELECT {_JOB_COLUMNS} {_JOB_FROM} WHERE j.event_id = $1", event_id
+        )
+        return _job(row) if row is not None else None
+
     async def nonterminal_jobs(self) -> list[Job]:
         """Every unfinished job, in queue order: what to resume at start-up."""
         rows = await self._fetch(

@@ -7,11 +7,15 @@ global day if a global cap is set, the guild's if a guild cap is set, and always
 (their window and in-flight jobs) — widest first, in one statement, before reading any usage.
 Under READ COMMITTED every later statement of the transaction then sees every reservation
 committed by whoever held those locks before: the count and the insert cannot be raced.
+
+The spend caps count the OWNER's ledger (`spend_ledger`, see `bot.store.postgres.spend`): the
+reservation holds its quote there until Segmind's bill replaces it; no refund touches it.
 """
 
 from __future__ import annotations
 
 from collections.abc import Iterable
+from dataclasses import replace
 from typing import Any, cast
 
 from bot.quota import (
@@ -27,6 +31,8 @@ from bot.quota import (
     blocked_refund_allowed,
     decide,
     effective_limits,
+    month_start,
+    spend_frees_at,
 )
 from bot.store.model import (
     NONTERMINAL_STATES,
@@ -36,8 +42,11 @@ from bot.store.model import (
     ReleaseReason,
     Reserved,
     ReserveRequest,
+    check_billed,
+    initial_state,
 )
 from bot.store.postgres.connection import Connection, PostgresBase, affected, lock_key
+from bot.store.postgres.spend import RECORD_BILLED
 
 GLOBAL_LOCK = lock_key("global")
 
@@ -54,9 +63,17 @@ def user_lock(user_id: int) -> int:
 def reserve_locks(limits: EffectiveLimits, guild_id: int, user_id: int) -> list[int]:
     """The advisory locks a reservation with these limits needs, widest first."""
     keys = []
-    if limits.global_daily_limit is not None or limits.global_spend_cap is not None:
+    if (
+        limits.global_daily_limit is not None
+        or limits.global_spend_cap is not None
+        or limits.global_monthly_cap is not None
+    ):
         keys.append(GLOBAL_LOCK)
-    if limits.guild_daily_limit is not None or limits.guild_spend_cap is not None:
+    if (
+        limits.guild_daily_limit is not None
+        or limits.guild_spend_cap is not None
+        or limits.guild_monthly_budget is not None
+    ):
         keys.append(guild_lock(guild_id))
     keys.append(user_lock(user_id))
     return keys
@@ -73,7 +90,7 @@ async def _load_limits(
     row = await conn.fetchrow(
         """
         SELECT g.user_limit, g.window_hours, g.concurrency, g.daily_limit, g.spend_cap,
-               u.user_id, u.user_limit, u.window_hours, u.concurrency,
+               g.monthly_budget, u.user_id, u.user_limit, u.window_hours, u.concurrency,
                b.user_id, b.reason, b.blocked_by, b.created_at,
                r.reset_at
         FROM (SELECT 1) AS one
@@ -86,14 +103,14 @@ async def _load_limits(
         user_id,
     )
     assert row is not None  # FROM (SELECT 1) always yields one row
-    guild = GuildLimits(*row[0:5])
-    user_override = LimitOverride(*row[6:9]) if row[5] is not None else None
+    guild = GuildLimits(*row[0:6])
+    user_override = LimitOverride(*row[7:10]) if row[6] is not None else None
     block = (
-        Block(guild_id, user_id, reason=row[10], blocked_by=row[11], created_at=row[12])
-        if row[9] is not None
+        Block(guild_id, user_id, reason=row[11], blocked_by=row[12], created_at=row[13])
+        if row[10] is not None
         else None
     )
-    reset_at: float | None = row[13]
+    reset_at: float | None = row[14]
 
     roles = sorted(set(role_ids))
     role_overrides: dict[int, LimitOverride] = {}
@@ -151,19 +168,50 @@ async def _window(
     return await _pivot(conn, scope, params, int(count), limit)
 
 
-# One pass over the day's counting rows of a scope gives both caps' inputs: how many and how
-# much. A reservation counts at its estimate until charged. $1 guild, $2 since.
-_SPENT = "CASE status WHEN 'charged' THEN COALESCE(charged_amount, amount) ELSE amount END"
-_DAY_TOTALS = f"""
-    SELECT COUNT(*),
-           COUNT(*) FILTER (WHERE guild_id = $1),
-           COALESCE(SUM({_SPENT}), 0),
-           COALESCE(SUM({_SPENT}) FILTER (WHERE guild_id = $1), 0)
+# One pass over the day's counting rows of a scope: how many, for the count caps.
+# $1 guild, $2 since.
+_DAY_COUNTS = """
+    SELECT COUNT(*), COUNT(*) FILTER (WHERE guild_id = $1)
     FROM quota_ledger
-    WHERE {{where}} AND reserved_at > $2 AND status <> 'released'
+    WHERE {where} AND reserved_at > $2 AND status <> 'released'
+"""
+_DAY_COUNTS_GLOBAL = _DAY_COUNTS.format(where="TRUE")
+_DAY_COUNTS_GUILD = _DAY_COUNTS.format(where="guild_id = $1")
+
+# One pass over the owner's spend ledger since the earlier of the rolling day's and the
+# month's start: global and guild spend over each. A job counts at its bill once known, at its
+# held quote until then — refunded or not. $1 guild, $2 day start, $3 month start, $4 the
+# earliest row read.
+_SPENT = "COALESCE(billed, quoted)"
+_SPEND_TOTALS = f"""
+    SELECT COALESCE(SUM({_SPENT}) FILTER (WHERE held_at > $2), 0),
+           COALESCE(SUM({_SPENT}) FILTER (WHERE held_at > $2 AND guild_id = $1), 0),
+           COALESCE(SUM({_SPENT}) FILTER (WHERE held_at >= $3), 0),
+           COALESCE(SUM({_SPENT}) FILTER (WHERE held_at >= $3 AND guild_id = $1), 0)
+    FROM spend_ledger
+    WHERE {{where}} AND held_at >= $4
 """  # noqa: S608  # fixed SQL fragments only
-_DAY_TOTALS_GLOBAL = _DAY_TOTALS.format(where="TRUE")
-_DAY_TOTALS_GUILD = _DAY_TOTALS.format(where="guild_id = $1")
+_SPEND_TOTALS_GLOBAL = _SPEND_TOTALS.format(where="TRUE")
+_SPEND_TOTALS_GUILD = _SPEND_TOTALS.format(where="guild_id = $1")
+
+
+async def _spend(
+    conn: Connection, guild_id: int, limits: EffectiveLimits, now: float
+) -> tuple[float, float, float, float]:
+    """(global day, guild day, global month, guild month) spend, reading only the scopes
+    whose caps apply."""
+    if limits.global_spend_cap is not None or limits.global_monthly_cap is not None:
+        sql = _SPEND_TOTALS_GLOBAL
+    elif limits.guild_spend_cap is not None or limits.guild_monthly_budget is not None:
+        sql = _SPEND_TOTALS_GUILD
+    else:
+        return 0.0, 0.0, 0.0, 0.0
+    day, month = now - DAY_SECONDS, month_start(now)
+    # Without a monthly cap the month's rows are not read at all (its sums are then unused).
+    monthly = limits.global_monthly_cap is not None or limits.guild_monthly_budget is not None
+    row = await conn.fetchrow(sql, guild_id, day, month, min(day, month) if monthly else day)
+    assert row is not None  # an aggregate always yields one row
+    return float(row[0]), float(row[1]), float(row[2]), float(row[3])
 
 
 async def _snapshot(
@@ -195,16 +243,16 @@ async def _snapshot(
     )
     user_window = await _window(conn, "user", (guild_id, user_id, window_start), limits.user_limit)
     global_count = guild_count = 0
-    global_spend = guild_spend = 0.0
-    if limits.global_daily_limit is not None or limits.global_spend_cap is not None:
-        row = await conn.fetchrow(_DAY_TOTALS_GLOBAL, guild_id, day_start)
+    if limits.global_daily_limit is not None:
+        row = await conn.fetchrow(_DAY_COUNTS_GLOBAL, guild_id, day_start)
         assert row is not None  # an aggregate always yields one row
-        global_count, guild_count, global_spend, guild_spend = row
-    elif limits.guild_daily_limit is not None or limits.guild_spend_cap is not None:
-        # Only this guild's caps apply: scan this guild's rows, not everyone's.
-        row = await conn.fetchrow(_DAY_TOTALS_GUILD, guild_id, day_start)
+        global_count, guild_count = row
+    elif limits.guild_daily_limit is not None:
+        # Only this guild's cap applies: scan this guild's rows, not everyone's.
+        row = await conn.fetchrow(_DAY_COUNTS_GUILD, guild_id, day_start)
         assert row is not None
-        _, guild_count, _, guild_spend = row
+        _, guild_count = row
+    global_spend, guild_spend, global_month, guild_month = await _spend(conn, guild_id, limits, now)
     guild_day = await _pivot(
         conn, "guild", (guild_id, day_start), guild_count, limits.guild_daily_limit
     )
@@ -215,9 +263,34 @@ async def _snapshot(
         user_window=user_window,
         guild_day=guild_day,
         global_day=global_day,
-        guild_spend=float(guild_spend),
-        global_spend=float(global_spend),
+        guild_spend=guild_spend,
+        global_spend=global_spend,
+        guild_month_spend=guild_month,
+        global_month_spend=global_month,
     )
+
+
+async def _with_spend_free_at(
+    conn: Connection, refusal: Refusal, guild_id: int, quote: float, now: float
+) -> Refusal:
+    """A rolling-day spend refusal with the moment enough of the day's spend rolls off (read
+    only on this rare path, under the same locks as the decision)."""
+    if refusal.kind not in ("spend_cap", "guild_spend_cap") or refusal.limit is None:
+        return refusal
+    if refusal.kind == "guild_spend_cap":
+        rows = await conn.fetch(
+            f"SELECT held_at, {_SPENT} FROM spend_ledger WHERE guild_id = $1 AND held_at > $2 "  # noqa: S608
+            "ORDER BY held_at",
+            guild_id,
+            now - DAY_SECONDS,
+        )
+    else:
+        rows = await conn.fetch(
+            f"SELECT held_at, {_SPENT} FROM spend_ledger WHERE held_at > $1 ORDER BY held_at",  # noqa: S608
+            now - DAY_SECONDS,
+        )
+    frees = spend_frees_at(((r[0], r[1]) for r in rows), refusal.spent or 0.0, quote, refusal.limit)
+    return replace(refusal, next_free_at=frees)
 
 
 class LedgerQueries(PostgresBase):
@@ -242,17 +315,34 @@ class LedgerQueries(PostgresBase):
                 conn, guild_id, user_id, request.role_ids, defaults
             )
             await self._lock(conn, reserve_locks(limits, guild_id, user_id))
+            if request.event_id is not None:
+                # Under the user's lock (every reservation takes it), before any limit: the
+                # first delivery of this event holds the member's slot, and its twin must
+                # find that job, not be refused for it.
+                known = await conn.fetchrow(
+                    "SELECT id, queue_seq FROM jobs WHERE event_id = $1", request.event_id
+                )
+                if known is not None:
+                    return Reserved(
+                        job_id=int(known[0]),
+                        queue_seq=int(known[1]),
+                        used=0,
+                        limit=None,
+                        existing=True,
+                    )
             usage = await _snapshot(conn, guild_id, user_id, limits, block, reset_at, now)
-            decision = decide(limits, usage, now)
+            quote = limits.price_per_job if request.quote is None else request.quote
+            decision = decide(limits, usage, now, quote)
             if isinstance(decision, Refusal):
-                return decision  # nothing was written; the commit is empty
+                return await _with_spend_free_at(conn, decision, guild_id, quote, now)
             row = await conn.fetchrow(
                 """
                 INSERT INTO jobs (guild_id, channel_id, user_id, prompt, params, image_url,
                                   state, created_at, updated_at,
                                   interaction_token, interaction_created_at,
-                                  placeholder_channel_id, placeholder_message_id, upload_limit)
-                VALUES ($1, $2, $3, $4, $5, $6, 'queued', $7, $7, $8, $9, $10, $11, $12)
+                                  placeholder_channel_id, placeholder_message_id, upload_limit,
+                                  event_id)
+                VALUES ($1, $2, $3, $4, $5, $6, $13, $7, $7, $8, $9, $10, $11, $12, $14)
                 RETURNING id, queue_seq
                 """,
                 guild_id,
@@ -267,6 +357,8 @@ class LedgerQueries(PostgresBase):
                 request.placeholder_channel_id,
                 request.placeholder_message_id,
                 request.upload_limit,
+                initial_state(request),
+                request.event_id,
             )
             assert row is not None  # INSERT … RETURNING yields the row it inserted
             job_id, queue_seq = row
@@ -276,9 +368,30 @@ class LedgerQueries(PostgresBase):
                 job_id,
                 guild_id,
                 user_id,
-                limits.price_per_job,
+                quote,
                 now,
             )
+            # The owner's side: the quote is held against the spend caps until Segmind's bill.
+            await conn.execute(
+                "INSERT INTO spend_ledger (job_id, guild_id, user_id, quoted, held_at)"
+                " VALUES ($1, $2, $3, $4, $5)",
+                job_id,
+                guild_id,
+                user_id,
+                quote,
+                now,
+            )
+            if request.approval is not None:
+                # In the same transaction: a held job never exists without its expiry.
+                await conn.execute(
+                    "INSERT INTO approvals (job_id, guild_id, quote, created_at, expires_at)"
+                    " VALUES ($1, $2, $3, $4, $5)",
+                    job_id,
+                    guild_id,
+                    request.approval.quote,
+                    now,
+                    request.approval.expires_at,
+                )
         return Reserved(
             job_id=int(job_id), queue_seq=int(queue_seq), used=decision.used, limit=decision.limit
         )
@@ -290,8 +403,11 @@ class LedgerQueries(PostgresBase):
         role_ids: Iterable[int],
         defaults: LimitDefaults,
         now: float | None = None,
+        *,
+        quote: float | None = None,
     ) -> QuotaView:
-        """A member's effective limits, usage and what `reserve` would answer now."""
+        """A member's effective limits, usage and what `reserve` would answer now for a job
+        quoted at `quote` (None: `defaults.price_per_job`)."""
         now = self._now(now)
         # One consistent snapshot of every read, taking no lock: reservations keep going.
         async with self._transaction() as conn:
@@ -300,7 +416,11 @@ class LedgerQueries(PostgresBase):
                 conn, guild_id, user_id, role_ids, defaults
             )
             usage = await _snapshot(conn, guild_id, user_id, limits, block, reset_at, now)
-        return QuotaView(limits, usage, decide(limits, usage, now))
+            price = limits.price_per_job if quote is None else quote
+            decision = decide(limits, usage, now, price)
+            if isinstance(decision, Refusal):
+                decision = await _with_spend_free_at(conn, decision, guild_id, price, now)
+        return QuotaView(limits, usage, decision)
 
     # -- quota: settle -----------------------------------------------------------------------
 
@@ -308,7 +428,8 @@ class LedgerQueries(PostgresBase):
         self, job_id: int, cost: float | None = None, now: float | None = None
     ) -> bool:
         """Settle a reservation as charged (the video was delivered). `cost` is Segmind's
-        `metrics.cost` when known, else the reserved estimate stands. False if the job's
+        `metrics.cost` when known, else the reserved estimate stands; a known `cost` is also
+        recorded as billed (`record_billed`, source `metrics`). False if the job's
         reservation was already settled (idempotent: a retry never charges twice — the
         guarded UPDATE re-checks `status` after any concurrent one commits)."""
         now = self._now(now)
@@ -321,6 +442,10 @@ class LedgerQueries(PostgresBase):
                 now,
                 job_id,
             )
+            if cost is not None:
+                # The owner's side learns the same bill in the same commit (a history figure
+                # already there stands).
+                await conn.execute(RECORD_BILLED, check_billed(cost), "metrics", now, job_id)
         return affected(status) == 1
 
     async def release(

@@ -11,7 +11,7 @@ from bot.store.overrides import OverrideCalls
 from bot.store.postgres.connection import PostgresBase, affected
 
 _GUILD_LIMITS = (
-    "SELECT user_limit, window_hours, concurrency, daily_limit, spend_cap "
+    "SELECT user_limit, window_hours, concurrency, daily_limit, spend_cap, monthly_budget "
     "FROM guild_settings WHERE guild_id = $1"
 )
 
@@ -36,12 +36,13 @@ class ModerationQueries(OverrideCalls, PostgresBase):
             await conn.execute(
                 """
                 INSERT INTO guild_settings
-                    (guild_id, user_limit, window_hours, concurrency, daily_limit, spend_cap)
-                VALUES ($1, $2, $3, $4, $5, $6)
+                    (guild_id, user_limit, window_hours, concurrency, daily_limit, spend_cap,
+                     monthly_budget)
+                VALUES ($1, $2, $3, $4, $5, $6, $7)
                 ON CONFLICT (guild_id) DO UPDATE SET
                     user_limit = excluded.user_limit, window_hours = excluded.window_hours,
                     concurrency = excluded.concurrency, daily_limit = excluded.daily_limit,
-                    spend_cap = excluded.spend_cap
+                    spend_cap = excluded.spend_cap, monthly_budget = excluded.monthly_budget
                 """,
                 guild_id,
                 limits.user_limit,
@@ -49,6 +50,7 @@ class ModerationQueries(OverrideCalls, PostgresBase):
                 limits.concurrency,
                 limits.daily_limit,
                 limits.spend_cap,
+                limits.monthly_budget,
             )
             await self._audit(
                 conn,

@@ -9,8 +9,10 @@ stops two tasks from interleaving statements on the shared connection, and `BEGI
 takes SQLite's write lock before the first read, so a check-then-insert (`reserve`) can never
 be raced by another connection or process either. Readers never block writers (WAL).
 
-The queries are grouped by concern, one mixin each: `ledger`, `jobs`, `moderation`, `reports`;
-`connection` holds the plumbing they share and `migrations` the schema.
+The queries are grouped by concern, one mixin each: `ledger`, `spend`, `jobs`, `moderation`,
+`reports`, `reconcile`; `connection` holds the plumbing they share and `migrations` the schema.
+The queries are grouped by concern, one mixin each: `ledger`, `jobs`, `moderation`, `rules`,
+`reports`; `connection` holds the plumbing they share and `migrations` the schema.
 """
 
 from __future__ import annotations
@@ -24,16 +26,32 @@ from typing import Literal
 import aiosqlite
 
 from bot.store.model import StoreUnavailable
+from bot.store.sqlite.approvals import ApprovalQueries
 from bot.store.sqlite.connection import _UNAVAILABLE_ERRORS, _store_error
+from bot.store.sqlite.gateway import GatewayQueries
 from bot.store.sqlite.jobs import JobQueries
 from bot.store.sqlite.lease import LeaseQueries
 from bot.store.sqlite.ledger import LedgerQueries
 from bot.store.sqlite.migrations import MIGRATIONS, Migration, apply_migrations
 from bot.store.sqlite.moderation import ModerationQueries
+from bot.store.sqlite.reconcile import ReconcileQueries
 from bot.store.sqlite.reports import ReportQueries
+from bot.store.sqlite.rules import RuleQueries
+from bot.store.sqlite.spend import SpendQueries
 
 
-class SqliteStore(LedgerQueries, JobQueries, ModerationQueries, ReportQueries, LeaseQueries):
+class SqliteStore(
+    LedgerQueries,
+    SpendQueries,
+    JobQueries,
+    ModerationQueries,
+    ReportQueries,
+    ReconcileQueries,
+    ApprovalQueries,
+    GatewayQueries,
+    RuleQueries,
+    LeaseQueries,
+):
     """`bot.store.protocol.Store` on one SQLite file. Create with `await SqliteStore.open(path)`;
     close with `await close()`. `now` arguments default to the injected clock."""
 

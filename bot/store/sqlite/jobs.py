@@ -68,6 +68,13 @@ class JobQueries(SqliteBase):
         row = await self._fetchone(f"SELECT {_JOB_COLUMNS} {_JOB_FROM} WHERE j.id = ?", (job_id,))
         return _job(row) if row is not None else None
 
+    async def job_for_event(self, event_id: int) -> Job | None:
+        """The job a Discord interaction or message made, if any."""
+        row = await self._fetchone(
+            f"SELECT {_JOB_COLUMNS} {_JOB_FROM} WHERE j.event_id = ?", (event_id,)
+        )
+        return _job(row) if row is not None else None
+
     async def nonterminal_jobs(self) -> list[Job]:
         """Every unfinished job, in queue order: what to resume at start-up."""
         rows = await self._fetchall(

@@ -3,13 +3,18 @@ settle each reservation as charged or released.
 
 `reserve()` inserts the job (`queued`) and a `reserved` ledger row atomically; `charge()` settles
 it as `charged` once delivered, `release()` as `released` (refunded) when the user got no video.
-Reserved and charged rows count toward every limit; released ones do not.
+Reserved and charged rows count toward every count limit; released ones do not.
+
+The spend caps count the OWNER's ledger instead (`spend_ledger`, see `bot.store.sqlite.spend`):
+`reserve()` writes the job's quote there too, held until Segmind's bill replaces it, and no
+refund ever touches it.
 """
 
 from __future__ import annotations
 
 import sqlite3
 from collections.abc import Iterable
+from dataclasses import replace
 from functools import partial
 from typing import Any, cast
 
@@ -26,6 +31,8 @@ from bot.quota import (
     blocked_refund_allowed,
     decide,
     effective_limits,
+    month_start,
+    spend_frees_at,
 )
 from bot.store.model import (
     NONTERMINAL_STATES,
@@ -35,8 +42,11 @@ from bot.store.model import (
     ReleaseReason,
     Reserved,
     ReserveRequest,
+    check_billed,
+    initial_state,
 )
 from bot.store.sqlite.connection import SqliteBase, _placeholders
+from bot.store.sqlite.spend import RECORD_BILLED
 
 
 def _load_limits(
@@ -50,7 +60,7 @@ def _load_limits(
     row = conn.execute(
         """
         SELECT g.user_limit, g.window_hours, g.concurrency, g.daily_limit, g.spend_cap,
-               u.user_id, u.user_limit, u.window_hours, u.concurrency,
+               g.monthly_budget, u.user_id, u.user_limit, u.window_hours, u.concurrency,
                b.user_id, b.reason, b.blocked_by, b.created_at,
                r.reset_at
         FROM (SELECT 1)
@@ -61,14 +71,14 @@ def _load_limits(
         """,
         {"guild": guild_id, "user": user_id},
     ).fetchone()
-    guild = GuildLimits(*row[0:5])
-    user_override = LimitOverride(*row[6:9]) if row[5] is not None else None
+    guild = GuildLimits(*row[0:6])
+    user_override = LimitOverride(*row[7:10]) if row[6] is not None else None
     block = (
-        Block(guild_id, user_id, reason=row[10], blocked_by=row[11], created_at=row[12])
-        if row[9] is not None
+        Block(guild_id, user_id, reason=row[11], blocked_by=row[12], created_at=row[13])
+        if row[10] is not None
         else None
     )
-    reset_at: float | None = row[13]
+    reset_at: float | None = row[14]
 
     roles = sorted(set(role_ids))
     role_overrides: dict[int, LimitOverride] = {}
@@ -124,21 +134,49 @@ def _window(
     return _pivot(conn, scope, params, count, limit)
 
 
-# One pass over the day's counting rows of a scope (a covering index each) gives both caps'
-# inputs: how many and how much. A reservation counts at its estimate until charged.
-_DAY_TOTALS = """
-    SELECT COUNT(*),
-           COALESCE(SUM(guild_id = :guild), 0),
-           COALESCE(SUM(CASE status WHEN 'charged' THEN COALESCE(charged_amount, amount)
-                                    ELSE amount END), 0),
-           COALESCE(SUM(CASE WHEN guild_id = :guild THEN
-                            CASE status WHEN 'charged' THEN COALESCE(charged_amount, amount)
-                                        ELSE amount END END), 0)
+# One pass over the day's counting rows of a scope (a covering index each): how many, for the
+# count caps.
+_DAY_COUNTS = """
+    SELECT COUNT(*), COALESCE(SUM(guild_id = :guild), 0)
     FROM quota_ledger
     WHERE {where} AND reserved_at > :since AND status != 'released'
 """
-_DAY_TOTALS_GLOBAL = _DAY_TOTALS.format(where="1")
-_DAY_TOTALS_GUILD = _DAY_TOTALS.format(where="guild_id = :guild")
+_DAY_COUNTS_GLOBAL = _DAY_COUNTS.format(where="1")
+_DAY_COUNTS_GUILD = _DAY_COUNTS.format(where="guild_id = :guild")
+
+# One pass over the owner's spend ledger since the earlier of the rolling day's and the
+# month's start: global and guild spend over each. A job counts at its bill once known, at its
+# held quote until then — refunded or not.
+_SPENT = "COALESCE(billed, quoted)"
+_SPEND_TOTALS = f"""
+    SELECT COALESCE(SUM(CASE WHEN held_at > :day THEN {_SPENT} END), 0),
+           COALESCE(SUM(CASE WHEN held_at > :day AND guild_id = :guild THEN {_SPENT} END), 0),
+           COALESCE(SUM(CASE WHEN held_at >= :month THEN {_SPENT} END), 0),
+           COALESCE(SUM(CASE WHEN held_at >= :month AND guild_id = :guild THEN {_SPENT} END), 0)
+    FROM spend_ledger
+    WHERE {{where}} AND held_at >= :since
+"""  # noqa: S608  # fixed SQL fragments only
+_SPEND_TOTALS_GLOBAL = _SPEND_TOTALS.format(where="1")
+_SPEND_TOTALS_GUILD = _SPEND_TOTALS.format(where="guild_id = :guild")
+
+
+def _spend(
+    conn: sqlite3.Connection, guild_id: int, limits: EffectiveLimits, now: float
+) -> tuple[float, float, float, float]:
+    """(global day, guild day, global month, guild month) spend, reading only the scopes
+    whose caps apply."""
+    day, month = now - DAY_SECONDS, month_start(now)
+    # Without a monthly cap the month's rows are not read at all (its sums are then unused).
+    monthly = limits.global_monthly_cap is not None or limits.guild_monthly_budget is not None
+    since = min(day, month) if monthly else day
+    args = {"guild": guild_id, "day": day, "month": month, "since": since}
+    if limits.global_spend_cap is not None or limits.global_monthly_cap is not None:
+        totals = conn.execute(_SPEND_TOTALS_GLOBAL, args).fetchone()
+    elif limits.guild_spend_cap is not None or limits.guild_monthly_budget is not None:
+        totals = conn.execute(_SPEND_TOTALS_GUILD, args).fetchone()
+    else:
+        return 0.0, 0.0, 0.0, 0.0
+    return tuple(float(t) for t in totals)  # type: ignore[return-value]
 
 
 def _snapshot(
@@ -168,16 +206,16 @@ def _snapshot(
     )
     user_window = _window(conn, "user", (guild_id, user_id, window_start), limits.user_limit)
     global_count = guild_count = 0
-    global_spend = guild_spend = 0.0
-    if limits.global_daily_limit is not None or limits.global_spend_cap is not None:
-        global_count, guild_count, global_spend, guild_spend = conn.execute(
-            _DAY_TOTALS_GLOBAL, {"guild": guild_id, "since": day_start}
+    if limits.global_daily_limit is not None:
+        global_count, guild_count = conn.execute(
+            _DAY_COUNTS_GLOBAL, {"guild": guild_id, "since": day_start}
         ).fetchone()
-    elif limits.guild_daily_limit is not None or limits.guild_spend_cap is not None:
-        # Only this guild's caps apply: scan this guild's rows, not everyone's.
-        _, guild_count, _, guild_spend = conn.execute(
-            _DAY_TOTALS_GUILD, {"guild": guild_id, "since": day_start}
+    elif limits.guild_daily_limit is not None:
+        # Only this guild's cap applies: scan this guild's rows, not everyone's.
+        _, guild_count = conn.execute(
+            _DAY_COUNTS_GUILD, {"guild": guild_id, "since": day_start}
         ).fetchone()
+    global_spend, guild_spend, global_month, guild_month = _spend(conn, guild_id, limits, now)
     guild_day = _pivot(conn, "guild", (guild_id, day_start), guild_count, limits.guild_daily_limit)
     global_day = _pivot(conn, "global", (day_start,), global_count, limits.global_daily_limit)
     return UsageSnapshot(
@@ -186,29 +224,61 @@ def _snapshot(
         user_window=user_window,
         guild_day=guild_day,
         global_day=global_day,
-        guild_spend=float(guild_spend),
-        global_spend=float(global_spend),
+        guild_spend=guild_spend,
+        global_spend=global_spend,
+        guild_month_spend=guild_month,
+        global_month_spend=global_month,
     )
+
+
+def _with_spend_free_at(
+    conn: sqlite3.Connection, refusal: Refusal, guild_id: int, quote: float, now: float
+) -> Refusal:
+    """A rolling-day spend refusal with the moment enough of the day's spend rolls off (read
+    only on this rare path, oldest first, until enough is found)."""
+    if refusal.kind not in ("spend_cap", "guild_spend_cap") or refusal.limit is None:
+        return refusal
+    where = "guild_id = ? AND " if refusal.kind == "guild_spend_cap" else ""
+    args = (guild_id,) if where else ()
+    rows = conn.execute(
+        f"SELECT held_at, {_SPENT} FROM spend_ledger WHERE {where}held_at > ? "  # noqa: S608
+        "ORDER BY held_at",
+        (*args, now - DAY_SECONDS),
+    )
+    frees = spend_frees_at(rows, refusal.spent or 0.0, quote, refusal.limit)
+    return replace(refusal, next_free_at=frees)
 
 
 def _reserve(
     conn: sqlite3.Connection, request: ReserveRequest, defaults: LimitDefaults, now: float
 ) -> Reserved | Refusal:
+    if request.event_id is not None:
+        # Before any limit: the first delivery of this event holds the member's slot, and its
+        # twin must find that job, not be refused for it.
+        known = conn.execute(
+            "SELECT id, queue_seq FROM jobs WHERE event_id = ?", (request.event_id,)
+        ).fetchone()
+        if known is not None:
+            return Reserved(
+                job_id=int(known[0]), queue_seq=int(known[1]), used=0, limit=None, existing=True
+            )
     limits, block, reset_at = _load_limits(
         conn, request.guild_id, request.user_id, request.role_ids, defaults
     )
     usage = _snapshot(conn, request.guild_id, request.user_id, limits, block, reset_at, now)
-    decision = decide(limits, usage, now)
+    quote = limits.price_per_job if request.quote is None else request.quote
+    decision = decide(limits, usage, now, quote)
     if isinstance(decision, Refusal):
-        return decision  # nothing was written; the commit is empty
+        return _with_spend_free_at(conn, decision, request.guild_id, quote, now)
     job_id, queue_seq = conn.execute(
         """
         INSERT INTO jobs (guild_id, channel_id, user_id, prompt, params, image_url,
                           state, created_at, updated_at, queue_seq,
                           interaction_token, interaction_created_at,
-                          placeholder_channel_id, placeholder_message_id, upload_limit)
-        VALUES (?, ?, ?, ?, ?, ?, 'queued', ?, ?,
-                (SELECT COALESCE(MAX(queue_seq), 0) + 1 FROM jobs), ?, ?, ?, ?, ?)
+                          placeholder_channel_id, placeholder_message_id, upload_limit,
+                          event_id)
+        VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?,
+                (SELECT COALESCE(MAX(queue_seq), 0) + 1 FROM jobs), ?, ?, ?, ?, ?, ?)
         RETURNING id, queue_seq
         """,
         (
@@ -218,6 +288,7 @@ def _reserve(
             request.params.prompt,
             request.params.model_dump_json(),
             request.params.image_url,
+            initial_state(request),
             now,
             now,
             request.interaction_token,
@@ -225,13 +296,27 @@ def _reserve(
             request.placeholder_channel_id,
             request.placeholder_message_id,
             request.upload_limit,
+            request.event_id,
         ),
     ).fetchone()
     conn.execute(
         "INSERT INTO quota_ledger (job_id, guild_id, user_id, status, amount, reserved_at)"
         " VALUES (?, ?, ?, 'reserved', ?, ?)",
-        (job_id, request.guild_id, request.user_id, limits.price_per_job, now),
+        (job_id, request.guild_id, request.user_id, quote, now),
     )
+    # The owner's side: the quote is held against the spend caps until Segmind's bill is known.
+    conn.execute(
+        "INSERT INTO spend_ledger (job_id, guild_id, user_id, quoted, held_at)"
+        " VALUES (?, ?, ?, ?, ?)",
+        (job_id, request.guild_id, request.user_id, quote, now),
+    )
+    if request.approval is not None:
+        # In the same transaction: a held job never exists without its expiry.
+        conn.execute(
+            "INSERT INTO approvals (job_id, guild_id, quote, created_at, expires_at)"
+            " VALUES (?, ?, ?, ?, ?)",
+            (job_id, request.guild_id, request.approval.quote, now, request.approval.expires_at),
+        )
     return Reserved(
         job_id=int(job_id), queue_seq=int(queue_seq), used=decision.used, limit=decision.limit
     )
@@ -257,14 +342,21 @@ class LedgerQueries(SqliteBase):
         role_ids: Iterable[int],
         defaults: LimitDefaults,
         now: float | None = None,
+        *,
+        quote: float | None = None,
     ) -> QuotaView:
-        """A member's effective limits, usage and what `reserve` would answer now."""
+        """A member's effective limits, usage and what `reserve` would answer now for a job
+        quoted at `quote` (None: `defaults.price_per_job`)."""
         now = self._now(now)
 
         def body(conn: sqlite3.Connection) -> QuotaView:
             limits, block, reset_at = _load_limits(conn, guild_id, user_id, role_ids, defaults)
             usage = _snapshot(conn, guild_id, user_id, limits, block, reset_at, now)
-            return QuotaView(limits, usage, decide(limits, usage, now))
+            price = limits.price_per_job if quote is None else quote
+            decision = decide(limits, usage, now, price)
+            if isinstance(decision, Refusal):
+                decision = _with_spend_free_at(conn, decision, guild_id, price, now)
+            return QuotaView(limits, usage, decision)
 
         # A read transaction: one consistent snapshot without taking SQLite's write lock.
         return await self._run(body, begin="BEGIN")
@@ -275,7 +367,8 @@ class LedgerQueries(SqliteBase):
         self, job_id: int, cost: float | None = None, now: float | None = None
     ) -> bool:
         """Settle a reservation as charged (the video was delivered). `cost` is Segmind's
-        `metrics.cost` when known, else the reserved estimate stands. False if the job's
+        `metrics.cost` when known, else the reserved estimate stands; a known `cost` is also
+        recorded as billed (`record_billed`, source `metrics`). False if the job's
         reservation was already settled (idempotent: a retry never charges twice)."""
         now = self._now(now)
 
@@ -285,6 +378,13 @@ class LedgerQueries(SqliteBase):
                 " settled_at = ?, reason = 'delivered' WHERE job_id = ? AND status = 'reserved'",
                 (cost, now, job_id),
             )
+            if cost is not None:
+                # The owner's side learns the same bill in the same commit (a history figure
+                # already there stands).
+                conn.execute(
+                    RECORD_BILLED,
+                    {"amount": check_billed(cost), "source": "metrics", "now": now, "job": job_id},
+                )
             return cursor.rowcount == 1
 
         return await self._run(body)

@@ -7,7 +7,7 @@ from dataclasses import dataclass
 
 import aiosqlite
 
-from bot.store.model import ALL_STATES, StoreError
+from bot.store.model import ALL_STATES, BILLED_SOURCES, DISCREPANCY_KINDS, StoreError
 
 
 @dataclass(frozen=True, slots=True)
@@ -15,9 +15,35 @@ class Migration:
     version: int
     description: str
     statements: tuple[str, ...]
+    # The statements rewrite `sqlite_master` (a CHECK list SQLite cannot ALTER): the schema
+    # cookie is bumped in the same transaction so every connection, this one included,
+    # reloads the schema instead of enforcing the old text.
+    bump_schema_version: bool = False
 
 
 _STATE_CHECK = ", ".join(f"'{s}'" for s in ALL_STATES)
+_BILLED_CHECK = ", ".join(f"'{s}'" for s in BILLED_SOURCES)
+# Every job reserved before the spend ledger existed, at what is known of it: the cost Segmind
+# reported; 0 for a job that ended without ever being sent (no request id, not `unknown`);
+# otherwise its reserved estimate stays held (fail closed: it may have been billed).
+SPEND_BACKFILL = """
+    INSERT INTO spend_ledger
+        (job_id, guild_id, user_id, quoted, held_at, billed, billed_source, billed_at)
+    SELECT job_id, guild_id, user_id, amount, reserved_at, billed,
+           CASE WHEN billed IS NOT NULL THEN 'metrics' END,
+           CASE WHEN billed IS NOT NULL THEN settled END
+    FROM (
+        SELECT l.job_id, l.guild_id, l.user_id, l.amount, l.reserved_at,
+               COALESCE(l.settled_at, j.updated_at) AS settled,
+               CASE
+                   WHEN j.cost IS NOT NULL AND j.cost >= 0 THEN j.cost
+                   WHEN j.request_id IS NULL AND j.state IN ('failed', 'expired', 'cancelled')
+                       THEN 0
+               END AS billed
+        FROM quota_ledger l JOIN jobs j ON j.id = l.job_id
+    ) AS known
+"""  # plain SQL both backends run (bot.store.postgres.migrations uses it too)
+_DISCREPANCY_CHECK = ", ".join(f"'{k}'" for k in DISCREPANCY_KINDS)
 
 MIGRATIONS: tuple[Migration, ...] = (
     Migration(
@@ -166,6 +192,67 @@ MIGRATIONS: tuple[Migration, ...] = (
         ),
     ),
     Migration(
+        4,
+        "the owner's spend ledger, apart from the member's quota; guild monthly budgets",
+        (
+            # Its own table, not more columns on quota_ledger: a member's refund rewrites that
+            # row's status, and nothing a refund writes may ever lower what the owner spent.
+            # One row per job, written with the reservation: the quote is held until Segmind's
+            # bill replaces it (`billed`, NULL while unknown).
+            f"""
+            CREATE TABLE spend_ledger (
+                job_id INTEGER PRIMARY KEY REFERENCES jobs (id),
+                guild_id INTEGER NOT NULL,
+                user_id INTEGER NOT NULL,
+                quoted REAL NOT NULL CHECK (quoted >= 0),
+                held_at REAL NOT NULL,
+                billed REAL CHECK (billed >= 0),
+                billed_source TEXT CHECK (billed_source IN ({_BILLED_CHECK})),
+                billed_at REAL,
+                CHECK ((billed IS NULL) = (billed_source IS NULL))
+            )
+            """,
+            # Covering indexes for the caps' sums (global / per guild) and the daily report.
+            "CREATE INDEX spend_time ON spend_ledger (held_at, guild_id, quoted, billed)",
+            "CREATE INDEX spend_guild_time ON spend_ledger (guild_id, held_at, quoted, billed)",
+            SPEND_BACKFILL,
+            "ALTER TABLE guild_settings ADD COLUMN monthly_budget REAL CHECK (monthly_budget >= 0)",
+        ),
+    ),
+    Migration(
+        5,
+        "money truth: submit start times, discrepancies with Segmind's record, task cursors",
+        (
+            "ALTER TABLE jobs ADD COLUMN submit_started_at REAL",
+            # A job already in `submitting` from before this version: the last write is the
+            # best guess at when its POST began (it moved there, and nothing wrote it since).
+            "UPDATE jobs SET submit_started_at = updated_at WHERE state = 'submitting'",
+            f"""
+            CREATE TABLE discrepancies (
+                id INTEGER PRIMARY KEY AUTOINCREMENT,
+                kind TEXT NOT NULL CHECK (kind IN ({_DISCREPANCY_CHECK})),
+                request_id TEXT NOT NULL,
+                job_id INTEGER REFERENCES jobs (id),
+                guild_id INTEGER,
+                billed REAL,
+                expected REAL,
+                detail TEXT NOT NULL DEFAULT '',
+                created_at REAL NOT NULL,
+                posted_at REAL,
+                UNIQUE (kind, request_id)
+            )
+            """,
+            "CREATE INDEX discrepancies_guild_time ON discrepancies (guild_id, created_at)",
+            "CREATE INDEX discrepancies_unposted ON discrepancies (id) WHERE posted_at IS NULL",
+            """
+            CREATE TABLE task_cursors (
+                name TEXT PRIMARY KEY,
+                value TEXT NOT NULL
+            )
+            """,
+        ),
+    ),
+    Migration(
         6,
         "the runner lease (one runner per Segmind key, fenced by epoch) and the Segmind budget",
         (
@@ -191,13 +278,110 @@ MIGRATIONS: tuple[Migration, ...] = (
             """,
         ),
     ),
+    Migration(
+        7,
+        "one job per Discord event; the IDENTIFY slots shared by every node",
+        (
+            # The interaction or message that asked for the job: two gateway sessions on one
+            # shard (a deploy's overlap) deliver the same event, and it must make one job.
+            "ALTER TABLE jobs ADD COLUMN event_id INTEGER",
+            "CREATE UNIQUE INDEX jobs_event_id ON jobs (event_id) WHERE event_id IS NOT NULL",
+            # Per max_concurrency bucket, when the next session may start (database clock).
+            """
+            CREATE TABLE identify_slots (
+                bucket INTEGER PRIMARY KEY CHECK (bucket >= 0),
+                next_at REAL NOT NULL
+            )
+            """,
+        ),
+    ),
+    Migration(
+        8,
+        "approval lane: the awaiting_approval state, guild lane settings, held requests",
+        (
+            # SQLite cannot ALTER a CHECK, and rebuilding `jobs` needs foreign keys off, which
+            # cannot happen inside this transaction. Its documented writable_schema procedure
+            # for changes every stored row still satisfies is used instead: the state list only
+            # grows. A database created by this code already lists every state (migration 1
+            # formats `ALL_STATES`), hence the `instr` guard.
+            "PRAGMA writable_schema = ON",
+            "UPDATE sqlite_master SET sql = replace(sql, '''unknown''))', "
+            "'''unknown'', ''awaiting_approval''))') "
+            "WHERE type = 'table' AND name = 'jobs' AND instr(sql, 'awaiting_approval') = 0",
+            "PRAGMA writable_schema = OFF",
+            """
+            CREATE TABLE approval_settings (
+                guild_id INTEGER PRIMARY KEY,
+                enabled INTEGER NOT NULL DEFAULT 0 CHECK (enabled IN (0, 1)),
+                channel_id INTEGER,
+                threshold REAL NOT NULL DEFAULT 0 CHECK (threshold >= 0),
+                exempt_roles TEXT NOT NULL DEFAULT '[]' CHECK (json_valid(exempt_roles)),
+                approver_role_id INTEGER,
+                expiry_seconds REAL CHECK (expiry_seconds > 0)
+            )
+            """,
+            """
+            CREATE TABLE approvals (
+                job_id INTEGER PRIMARY KEY REFERENCES jobs (id),
+                guild_id INTEGER NOT NULL,
+                quote REAL NOT NULL,
+                created_at REAL NOT NULL,
+                expires_at REAL NOT NULL,
+                card_channel_id INTEGER,
+                card_message_id INTEGER,
+                decision TEXT CHECK (decision IN ('approved', 'denied', 'expired')),
+                decided_by INTEGER,
+                decided_at REAL,
+                reason TEXT
+            )
+            """,
+            # The sweep reads only the undecided ones, by expiry.
+            "CREATE INDEX approvals_due ON approvals (expires_at) WHERE decision IS NULL",
+        ),
+        bump_schema_version=True,
+    ),
+    Migration(
+        9,
+        "moderation: banned words, allowed channels, the gallery channel and its posts",
+        (
+            # `entry_key` is the normalised form (bot.moderation.entry_key): two spellings of
+            # one word are one entry; `entry` is kept as typed, to show.
+            """
+            CREATE TABLE banned_words (
+                id INTEGER PRIMARY KEY AUTOINCREMENT,  -- the order they were added in
+                guild_id INTEGER NOT NULL,
+                entry_key TEXT NOT NULL CHECK (entry_key <> ''),
+                entry TEXT NOT NULL,
+                added_by INTEGER NOT NULL,
+                created_at REAL NOT NULL,
+                UNIQUE (guild_id, entry_key)
+            )
+            """,
+            """
+            CREATE TABLE allowed_channels (
+                guild_id INTEGER NOT NULL,
+                channel_id INTEGER NOT NULL,
+                added_by INTEGER NOT NULL,
+                created_at REAL NOT NULL,
+                PRIMARY KEY (guild_id, channel_id)
+            )
+            """,
+            "ALTER TABLE guild_settings ADD COLUMN gallery_channel_id INTEGER",
+            "ALTER TABLE jobs ADD COLUMN gallery_channel_id INTEGER",
+            "ALTER TABLE jobs ADD COLUMN gallery_message_id INTEGER",
+        ),
+    ),
 )
 SCHEMA_VERSION = MIGRATIONS[-1].version
 
 
-async def _user_version(conn: aiosqlite.Connection) -> int:
-    rows = list(await conn.execute_fetchall("PRAGMA user_version"))
+async def _pragma_int(conn: aiosqlite.Connection, name: str) -> int:
+    rows = list(await conn.execute_fetchall(f"PRAGMA {name}"))  # a name from this module
     return int(rows[0][0])
+
+
+async def _user_version(conn: aiosqlite.Connection) -> int:
+    return await _pragma_int(conn, "user_version")
 
 
 async def apply_migrations(
@@ -223,6 +407,9 @@ async def apply_migrations(
                 continue
             for statement in migration.statements:
                 await conn.execute(statement)
+            if migration.bump_schema_version:
+                cookie = await _pragma_int(conn, "schema_version")
+                await conn.execute(f"PRAGMA schema_version = {cookie + 1}")
             # PRAGMA takes no parameters; the version is an int from this module.
             await conn.execute(f"PRAGMA user_version = {int(migration.version)}")
             await conn.execute("COMMIT")

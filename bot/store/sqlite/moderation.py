@@ -17,8 +17,8 @@ class ModerationQueries(OverrideCalls, SqliteBase):
     async def get_guild_limits(self, guild_id: int) -> GuildLimits:
         """The guild's own limit settings (`None` fields use the bot defaults)."""
         row = await self._fetchone(
-            "SELECT user_limit, window_hours, concurrency, daily_limit, spend_cap "
-            "FROM guild_settings WHERE guild_id = ?",
+            "SELECT user_limit, window_hours, concurrency, daily_limit, spend_cap, "
+            "monthly_budget FROM guild_settings WHERE guild_id = ?",
             (guild_id,),
         )
         return GuildLimits(*row) if row is not None else GuildLimits()
@@ -31,20 +31,21 @@ class ModerationQueries(OverrideCalls, SqliteBase):
         async with self._write() as conn:
             old_rows = await self._rows(
                 conn,
-                "SELECT user_limit, window_hours, concurrency, daily_limit, spend_cap "
-                "FROM guild_settings WHERE guild_id = ?",
+                "SELECT user_limit, window_hours, concurrency, daily_limit, spend_cap, "
+                "monthly_budget FROM guild_settings WHERE guild_id = ?",
                 (guild_id,),
             )
             old = GuildLimits(*old_rows[0]) if old_rows else GuildLimits()
             await conn.execute(
                 """
                 INSERT INTO guild_settings
-                    (guild_id, user_limit, window_hours, concurrency, daily_limit, spend_cap)
-                VALUES (?, ?, ?, ?, ?, ?)
+                    (guild_id, user_limit, window_hours, concurrency, daily_limit, spend_cap,
+                     monthly_budget)
+                VALUES (?, ?, ?, ?, ?, ?, ?)
                 ON CONFLICT (guild_id) DO UPDATE SET
                     user_limit = excluded.user_limit, window_hours = excluded.window_hours,
                     concurrency = excluded.concurrency, daily_limit = excluded.daily_limit,
-                    spend_cap = excluded.spend_cap
+                    spend_cap = excluded.spend_cap, monthly_budget = excluded.monthly_budget
                 """,
                 (
                     guild_id,
@@ -53,6 +54,7 @@ class ModerationQueries(OverrideCalls, SqliteBase):
                     limits.concurrency,
                     limits.daily_limit,
                     limits.spend_cap,
+                    limits.monthly_budget,
                 ),
             )
             await self._audit(
