@@ -52,6 +52,7 @@ from bot.quota import LimitDefaults, Refusal
 from bot.recovery import Fingerprint
 from bot.segmind import client as sm
 from bot.segmind.history import HistoryRow, HistoryStatus, dedupe
+from bot.segmind.polling import RateLimiter
 from bot.store import (
     IN_FLIGHT_STATES,
     Fenced,
@@ -426,9 +427,14 @@ class JobService:
             job = await self._runs.next_queued()
             if job is None:
                 break
+            # The budget slot first, then the write-ahead `submitting`: a job waiting for
+            # Segmind's rate limit stays `queued`, so a runner killed meanwhile leaves it to
+            # the next one to send, instead of hundreds of never-sent jobs in `submitting`
+            # that can only end `unknown`.
+            await self.segmind.limiter.acquire(RateLimiter.PRIORITY_USER)
             if not await self._runs.transition(job.id, ("queued",), "submitting"):
-                continue  # cancelled in between
-            self._spawn(job.id, self._run_new(job.id))
+                continue  # cancelled in between (the slot goes unused)
+            self._spawn(job.id, self._run_new(job.id, prepaid=True))
         await self._announce_positions()
 
     async def _announce_positions(self) -> None:
@@ -470,12 +476,12 @@ class JobService:
 
     # ------------------------------------------------------------------------------ one job
 
-    async def _run_new(self, job_id: int) -> None:
+    async def _run_new(self, job_id: int, *, prepaid: bool = False) -> None:
         job = await self._job(job_id)
         await self._progress(job, Progress(Stage.SUBMITTING))
         self._submitting.add(job_id)
         try:
-            submitted = await self.segmind.submit(job.params_model)
+            submitted = await self.segmind.submit(job.params_model, prepaid=prepaid)
         except sm.SubmitUncertain as exc:
             self._submitting.discard(job_id)
             await self._recover(job, exc)
