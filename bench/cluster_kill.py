@@ -1,13 +1,15 @@
 """N real bot nodes on one PostgreSQL, a random node SIGKILLed every 10 s and restarted 2 s later.
 
-    .venv/bin/python bench/cluster_kill.py [--nodes 3] [--jobs 1000] [--members 200] [--seed 1]
-        [--kill-every 10] [--restart-after 2] [--lease 15] [--rpm 3000]
+    .venv/bin/python bench/cluster_kill.py [--nodes 3] [--shards 3] [--jobs 1000] [--members 200]
+        [--seed 1] [--kill-every 10] [--restart-after 2] [--lease 15] [--rpm 3000]
 
-One Discord emulator (every node's gateway session on it; the emulator hands each interaction
-to one live session, so a dead node's share goes to the others — on ONE shard: the shards
-work is not on this branch) and one Segmind fake. `--members` members ask for `--jobs` videos
-in all; meanwhile a seeded RNG picks a node to SIGKILL every `--kill-every` s and starts it
-again `--restart-after` s later, until every job has ended. Then:
+One Discord emulator routing events by shard, one guild per shard, node n running shard n
+(`--shards 0`: no sharding, every node's session on one shard and each interaction to one live
+session), and one Segmind fake. While a node is down its guild's members get no answer (in
+Discord: "the application did not respond"); those requests are counted, not jobs.
+`--members` members ask for `--jobs` videos in all; meanwhile a seeded RNG picks a node to
+SIGKILL every `--kill-every` s and starts it again `--restart-after` s later, until every job
+has ended. Then:
 
 - jobs lost: jobs the nodes took in (a row in the database) that never reached an end, or
   ended with their reservation still open;
@@ -86,16 +88,22 @@ async def run(args: argparse.Namespace) -> int:
 
 
 async def _run(args: argparse.Namespace, rng: random.Random, url: str, root: Path) -> int:
+    shards = args.shards
     async with (
-        DiscordEmulator() as emu,
+        DiscordEmulator(shard_count=max(1, shards)) as emu,
         FakeSegmind(
             api_key=FAKE_KEY, queue_seconds=0.5, processing_seconds=args.processing
         ) as fake,
     ):
         fake.credits = 1e9  # thousands of jobs; the default balance buys about 160
+        guilds = (
+            [emu.add_guild_on_shard(f"shard {n}", shard=n, owner=emu.owner) for n in range(shards)]
+            if shards
+            else [emu.guild]
+        )
         members = [emu.add_user(f"member{n}") for n in range(args.members)]
-        for user in members:
-            emu.guild.add_member(user)
+        for n, user in enumerate(members):
+            guilds[n % len(guilds)].add_member(user)
         env = {
             "VEO_DATABASE_URL": url,
             "SEGMIND_MAX_RPM": str(args.rpm),
@@ -112,7 +120,12 @@ async def _run(args: argparse.Namespace, rng: random.Random, url: str, root: Pat
         for n in range(args.nodes):
             workdir = root / f"node{n}"
             workdir.mkdir()
-            nodes.append(BotProcess(emu, fake, workdir, env))
+            sharding = (
+                {"DISCORD_SHARD_COUNT": str(shards), "DISCORD_SHARD_IDS": str(n % shards)}
+                if shards
+                else {}
+            )
+            nodes.append(BotProcess(emu, fake, workdir, {**env, **sharding}))
         for node in nodes:
             await node.start()
         await emu.wait_for_command("veo")
@@ -126,9 +139,15 @@ async def _run(args: argparse.Namespace, rng: random.Random, url: str, root: Pat
             nonlocal taken_in, refused
             for n in range(args.jobs):
                 user = members[n % len(members)]
+                guild = guilds[(n % len(members)) % len(guilds)]
+                channel = next(iter(c for c in guild.channels.values() if c.name == "general"))
                 try:
                     handle = await emu.dispatch_slash_command(
-                        "veo", {"prompt": f"cluster job {n}", "duration": 8}, user=user
+                        "veo",
+                        {"prompt": f"cluster job {n}", "duration": 8},
+                        user=user,
+                        guild_id=guild.id,
+                        channel_id=channel.id,
                     )
                     await handle.wait_for_callback(timeout=10)
                     taken_in += 1
@@ -197,7 +216,8 @@ async def _run(args: argparse.Namespace, rng: random.Random, url: str, root: Pat
         busiest = max_in_window(api_times, 60.0)
         by_state = Counter(state for state, _ in final.values())
         print(
-            f"nodes {args.nodes} (one shard), jobs asked {args.jobs} from {args.members} members, "
+            f"nodes {args.nodes}, shards {shards or 'none'}, "
+            f"jobs asked {args.jobs} from {args.members} members, "
             f"taken in {taken_in}, not acknowledged {refused}, lease {args.lease:g} s, "
             f"rpm {args.rpm}, seed {args.seed}, {elapsed:.0f} s"
         )
@@ -230,6 +250,7 @@ async def _restart_later(node: BotProcess, delay: float) -> None:
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--nodes", type=int, default=3)
+    parser.add_argument("--shards", type=int, default=3, help="0: unsharded, one shard")
     parser.add_argument("--jobs", type=int, default=1000)
     parser.add_argument("--members", type=int, default=200)
     parser.add_argument("--seed", type=int, default=1)
