@@ -1,7 +1,10 @@
 """1,000 jobs waiting at Segmind: the bot's CPU and peak RSS, next to the official SDK's
 `job.wait()` in one thread per job for the same number of jobs.
 
-    .venv/bin/python bench/inflight.py [--jobs 1000] [--window 30]
+    .venv/bin/python bench/inflight.py [--jobs 1000] [--window 30] [--database-url URL|postgres]
+
+`--database-url` runs the bot on that store (`postgres`: a throw-away PostgreSQL 15 cluster of
+`harness/postgres.py`); the default is the bot's own SQLite file.
 
 The bot runs with production polling (2-20 s adaptive) and SEGMIND_MAX_RPM=3000 so the jobs get
 submitted in well under a minute; per-user limits and VEO_MAX_CONCURRENT_JOBS are lifted. Once
@@ -32,8 +35,10 @@ from bench.common import (
 from harness.bot_process import FAKE_KEY
 
 
-async def bot_side(jobs: int, window: float) -> dict[str, float]:
+async def bot_side(jobs: int, window: float, database_url: str | None = None) -> dict[str, float]:
     env = {"SEGMIND_MAX_RPM": "3000", "VEO_MAX_CONCURRENT_JOBS": str(jobs + 10)}
+    if database_url:
+        env["VEO_DATABASE_URL"] = database_url
     async with rig(env, processing_seconds=3600) as r:
         started = time.monotonic()
         await dispatch_many(r.emu, jobs, "waiting", batch=100)
@@ -102,11 +107,35 @@ async def run(jobs: int = 1000, window: float = 30.0) -> dict[str, dict[str, flo
     return {"bot": await bot_side(jobs, window), "sdk": await sdk_side(jobs, window)}
 
 
+async def bot_only(jobs: int, window: float, database_url: str) -> dict[str, float]:
+    if database_url != "postgres":
+        return await bot_side(jobs, window, database_url)
+    from harness.postgres import PostgresServer
+
+    server = PostgresServer.start()
+    try:
+        return await bot_side(jobs, window, server.url(await server.create_database()))
+    finally:
+        server.stop()
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0] if __doc__ else None)
     parser.add_argument("--jobs", type=int, default=1000)
     parser.add_argument("--window", type=float, default=30.0)
+    parser.add_argument(
+        "--database-url", help="the bot's VEO_DATABASE_URL, or `postgres` (no SDK side then)"
+    )
     args = parser.parse_args()
+    if args.database_url:
+        bot = asyncio.run(bot_only(args.jobs, args.window, args.database_url))
+        where = "PostgreSQL" if "postgres" in args.database_url else args.database_url
+        print(
+            f"{args.jobs} jobs in flight on {where}, runner CPU over {args.window:.0f} s: "
+            f"{bot['cpu_pct']:.1f} % of a core, peak RSS {bot['peak_rss_mb']:.0f} MB, "
+            f"{bot['polls_per_s']:.1f} polls/s"
+        )
+        return
     result = asyncio.run(run(args.jobs, args.window))
     bot, sdk = result["bot"], result["sdk"]
     print(f"{args.jobs} jobs in flight, CPU over {args.window:.0f} s:")

@@ -80,6 +80,12 @@ class Settings(BaseSettings):
     veo_poll_ceiling: float = Field(default=20.0, gt=0)
     veo_job_deadline: float = Field(default=1800.0, gt=0)
 
+    # One runner per Segmind key (several nodes on one database): the lease's term in seconds
+    # (renewed every third of it; a standby takes over within it after the runner dies), and
+    # how often the runner reads the queue for jobs other nodes took in.
+    veo_runner_lease_seconds: float = Field(default=15.0, gt=0)
+    veo_queue_poll_seconds: float = Field(default=1.0, gt=0)
+
     # Discord presentation
     veo_edit_interval: float = Field(default=5.0, ge=0)
     veo_mention_on_ready: bool = True

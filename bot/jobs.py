@@ -52,8 +52,10 @@ from bot.quota import LimitDefaults, Refusal
 from bot.recovery import Fingerprint
 from bot.segmind import client as sm
 from bot.segmind.history import HistoryRow, HistoryStatus, dedupe
+from bot.segmind.polling import RateLimiter
 from bot.store import (
     IN_FLIGHT_STATES,
+    Fenced,
     Job,
     NewDiscrepancy,
     ReleaseReason,
@@ -180,7 +182,13 @@ class CancelResult:
 
 
 class JobService:
-    """Runs jobs FCFS under a process-wide cap on jobs in flight at Segmind."""
+    """Runs jobs FCFS under a process-wide cap on jobs in flight at Segmind.
+
+    Intake (`enqueue`, `precheck`, `cancel`) works on every node, always. Running jobs
+    (submit, poll, download, deliver) happens only between `start()` — or `take_over()` with
+    a store fenced by the runner lease — and `stop()` / `stand_down()`; a fenced write that
+    is refused (`Fenced`: another node took the lease) calls `on_fenced` so the lease keeper
+    makes this node a standby."""
 
     def __init__(
         self,
@@ -219,6 +227,15 @@ class JobService:
         # Segmind's own word on the balance (a submit accepted, or refused with 406) moves the
         # balance watch's pause at once, not at its next check.
         self.credits_signal = credits_signal
+        # The store the running side writes through: the lease's fenced view once taken over.
+        self._runs: Store = store
+        self._running = False
+        # Called (once per term) when the store refused a write as `Fenced`.
+        self.on_fenced: Callable[[], None] = lambda: None
+        # How often the runner looks at the queue for jobs other nodes took in (their wake-up
+        # cannot reach this process); 0 = only when woken (one process).
+        self.queue_poll: float = 0.0
+        self._poller: asyncio.Task[None] | None = None
         self._wake = asyncio.Event()
         self._tasks: dict[int, asyncio.Task[None]] = {}
         self._dispatcher: asyncio.Task[None] | None = None
@@ -232,20 +249,50 @@ class JobService:
     # ----------------------------------------------------------------- lifecycle of the service
 
     async def start(self) -> None:
-        """Resume every unfinished job, then start taking queued ones."""
+        """Resume every unfinished job, then start taking queued ones (one process, no lease)."""
+        await self.take_over(self.store)
+
+    @property
+    def running(self) -> bool:
+        """Whether this node runs jobs now (holds the runner lease) or only takes them in."""
+        return self._running
+
+    async def take_over(self, runs: Store) -> None:
+        """Become the runner, writing through `runs` (the lease's fenced view): settle what a
+        crash left open, resume every unfinished job exactly as a restart does, then take
+        queued ones. The previous runner's term has lapsed by the database's clock before the
+        lease is granted, and its epoch can no longer write."""
+        self._runs = runs
+        self._running = True
         self.work_dir.mkdir(parents=True, exist_ok=True)
         self._clean_work_dir()
         # Ledger rows left open by a crash between a transition and its charge/release.
-        settled = await self.store.settle_terminal(self.limit_defaults)
+        settled = await self._runs.settle_terminal(self.limit_defaults)
         if settled:
             log.info("settled %d reservations left open by the last run", settled)
         await self.billing.load()
-        durations = await self.store.recent_durations(200)
+        durations = await self._runs.recent_durations(200)
         for seconds in durations:
             self.segmind.observe_duration(seconds)
         await self._resume()
         self._dispatcher = asyncio.create_task(self._dispatch_loop(), name="job-dispatcher")
+        if self.queue_poll > 0:
+            self._poller = asyncio.create_task(self._poll_queue(), name="job-queue-poll")
         self.wake()
+
+    async def stand_down(self) -> None:
+        """Stop running jobs at once — the lease is lost or could not be renewed in time —
+        and keep taking them in: the node is a standby. Nothing waits for a submit on the wire:
+        its `submitted` write would be refused anyway, and the next runner marks it `unknown`
+        exactly as after a crash."""
+        if not self._running:
+            return
+        self._running = False
+        await self._halt(drain=False)
+        self._runs = self.store
+        # What this term knew in memory belongs to it: the next runner reads the database.
+        self._unrecorded.clear()
+        self._announced.clear()
 
     def stop_accepting(self) -> None:
         """From now on every entry point refuses new work (shutdown has begun)."""
@@ -254,12 +301,18 @@ class JobService:
     async def stop(self) -> None:
         """Stop taking work; let submits on the wire land; leave the rest for the next start."""
         self.stop_accepting()
-        if self._dispatcher is not None:
-            self._dispatcher.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await self._dispatcher
+        await self._halt(drain=True)
+        self._running = False
+
+    async def _halt(self, *, drain: bool) -> None:
+        for background in (self._dispatcher, self._poller):
+            if background is not None:
+                background.cancel()
+                with contextlib.suppress(asyncio.CancelledError):
+                    await background
+        self._dispatcher = self._poller = None
         submitting = [task for job_id, task in self._tasks.items() if job_id in self._submitting]
-        if submitting:
+        if submitting and drain:
             await asyncio.wait(submitting, timeout=SUBMIT_DRAIN_SECONDS)
         for task in list(self._tasks.values()):
             task.cancel()
@@ -355,30 +408,46 @@ class JobService:
             self._wake.clear()
             try:
                 await self._dispatch_once()
+            except Fenced:
+                log.warning("another node took the runner lease; this one stands down")
+                self.on_fenced()
+                return
             except Exception:
                 log.exception("job dispatcher failed; retrying on the next wake-up")
 
+    async def _poll_queue(self) -> None:
+        """Polling, not LISTEN/NOTIFY: it works on both backends, survives reconnects with no
+        listener to re-arm, and one indexed read per interval costs nothing."""
+        while True:
+            await asyncio.sleep(self.queue_poll)
+            self.wake()
+
     async def _dispatch_once(self) -> None:
         while self._accepting and len(self._tasks) < self.max_concurrent:
-            job = await self.store.next_queued()
+            job = await self._runs.next_queued()
             if job is None:
                 break
-            if not await self.store.transition(job.id, ("queued",), "submitting"):
-                continue  # cancelled in between
-            self._spawn(job.id, self._run_new(job.id))
+            # The budget slot first, then the write-ahead `submitting`: a job waiting for
+            # Segmind's rate limit stays `queued`, so a runner killed meanwhile leaves it to
+            # the next one to send, instead of hundreds of never-sent jobs in `submitting`
+            # that can only end `unknown`.
+            await self.segmind.limiter.acquire(RateLimiter.PRIORITY_USER)
+            if not await self._runs.transition(job.id, ("queued",), "submitting"):
+                continue  # cancelled in between (the slot goes unused)
+            self._spawn(job.id, self._run_new(job.id, prepaid=True))
         await self._announce_positions()
 
     async def _announce_positions(self) -> None:
         """Tell each waiting job its place in line — only the jobs whose place changed, so a
         burst of n requests costs O(n) edits and renders, not O(n²)."""
-        queued = await self.store.queued_ids()
+        queued = await self._runs.queued_ids()
         positions = {job_id: place for place, job_id in enumerate(queued, start=1)}
         for job_id in [j for j in self._announced if j not in positions]:
             del self._announced[job_id]
         for job_id, place in positions.items():
             if self._announced.get(job_id) == place:
                 continue
-            job = await self.store.get_job(job_id)
+            job = await self._runs.get_job(job_id)
             if job is None or job.state != "queued":
                 continue
             self._announced[job_id] = place
@@ -395,20 +464,24 @@ class JobService:
         def done(finished: asyncio.Task[None]) -> None:
             self._tasks.pop(job_id, None)
             self._submitting.discard(job_id)
-            if not finished.cancelled() and finished.exception() is not None:
-                log.error("job %s crashed", job_id, exc_info=finished.exception())
+            error = None if finished.cancelled() else finished.exception()
+            if isinstance(error, Fenced):
+                log.warning("job %s: another node took the runner lease (%s)", job_id, error)
+                self.on_fenced()
+            elif error is not None:
+                log.error("job %s crashed", job_id, exc_info=error)
             self.wake()
 
         task.add_done_callback(done)
 
     # ------------------------------------------------------------------------------ one job
 
-    async def _run_new(self, job_id: int) -> None:
+    async def _run_new(self, job_id: int, *, prepaid: bool = False) -> None:
         job = await self._job(job_id)
         await self._progress(job, Progress(Stage.SUBMITTING))
         self._submitting.add(job_id)
         try:
-            submitted = await self.segmind.submit(job.params_model)
+            submitted = await self.segmind.submit(job.params_model, prepaid=prepaid)
         except sm.SubmitUncertain as exc:
             self._submitting.discard(job_id)
             await self._recover(job, exc)
@@ -467,7 +540,7 @@ class JobService:
             return True
         request_id, submitted_at = pending
         try:
-            recorded = await self.store.transition(
+            recorded = await self._runs.transition(
                 job_id,
                 ("submitting",),
                 "submitted",
@@ -560,7 +633,7 @@ class JobService:
                 release_reason="failed",
             )
             return
-        completed = await self.store.transition(
+        completed = await self._runs.transition(
             job.id,
             ("submitted",),
             "completed",
@@ -601,7 +674,7 @@ class JobService:
             log.info("job %s: the history row says %s, without a video", job.id, row.status)
             return False
         log.info("job %s: past the retention; delivering from the history's video", job.id)
-        completed = await self.store.transition(
+        completed = await self._runs.transition(
             job.id,
             ("submitted",),
             "completed",
@@ -630,7 +703,7 @@ class JobService:
             await self._fail(job, "failed", exc, release_reason="delivery_failed")
             return
         try:
-            delivering = await self.store.transition(
+            delivering = await self._runs.transition(
                 job.id, ("completed", "delivering"), "delivering"
             )
             if delivering is None:
@@ -639,7 +712,7 @@ class JobService:
             await self._progress(job, Progress(Stage.UPLOADING))
 
             async def checkpoint(route: DeliveryRoute) -> None:
-                await self.store.transition(
+                await self._runs.transition(
                     job.id, ("delivering",), "delivering", delivery_method=route
                 )
 
@@ -697,14 +770,14 @@ class JobService:
             )
             # Charged first, like a delivery: a refund for a video that landed is the loss
             # this exists to prevent, and settle_terminal must find nothing to release.
-            await self.store.charge(job.id, finished.cost)
-            moved = await self.store.transition(
+            await self._runs.charge(job.id, finished.cost)
+            moved = await self._runs.transition(
                 job.id, ("delivering",), "failed", error=MAYBE_DELIVERED, bytes=finished.size
             )
             log.warning("job %s failed: %s (charged, not refunded)", job.id, MAYBE_DELIVERED)
             await self._safely(self.output.notice(job, MAYBE_DELIVERED), job.id)
             if moved:
-                await self._finished(await self.store.get_job(job.id))
+                await self._finished(await self._runs.get_job(job.id))
             return True
         if receipt is None:
             return False
@@ -739,8 +812,8 @@ class JobService:
     ) -> None:
         # Charged first, so a job never reads as delivered-but-free; if the process dies in
         # between, the resume finds the video, and charge() is idempotent.
-        await self.store.charge(job.id, cost)
-        delivered = await self.store.transition(
+        await self._runs.charge(job.id, cost)
+        delivered = await self._runs.transition(
             job.id,
             ("delivering",),
             "delivered",
@@ -771,21 +844,21 @@ class JobService:
         action = OWNER_ACTIONS.get(type(exc))
         if action is not None:
             log.error("job %s: the bot owner must act: %s", job.id, action)
-        moved = await self.store.transition(
+        moved = await self._runs.transition(
             job.id,
             ("queued", "submitting", "submitted", "completed", "delivering"),
             state,
             error=message,
         )
         refunded = moved and (
-            await self.store.release(job.id, release_reason, self.limit_defaults) == "released"
+            await self._runs.release(job.id, release_reason, self.limit_defaults) == "released"
         )
         if moved and billed is not None:
             await self.billing.record_billed(job, billed, source="metrics")
         shown = f"{message} {NOT_COUNTED}" if refunded else message
         await self._safely(self.output.failed(job, shown), job.id)
         if moved:
-            await self._finished(await self.store.get_job(job.id))
+            await self._finished(await self._runs.get_job(job.id))
 
     async def _recover(self, job: Job, exc: BaseException | None) -> None:
         """From `submitting` with no request id: the POST may have reached Segmind (its answer
@@ -837,7 +910,7 @@ class JobService:
             return None
         found: list[HistoryRow] = []
         for row in dedupe(r for r in rows if fingerprint.matches(r)).values():
-            owner = await self.store.job_by_request_id(row.request_id)
+            owner = await self._runs.job_by_request_id(row.request_id)
             if owner is None or owner.id == job.id:
                 found.append(row)
         return found
@@ -852,7 +925,7 @@ class JobService:
             ids,
         )
         for row in matches:
-            await self.store.record_discrepancy(
+            await self._runs.record_discrepancy(
                 NewDiscrepancy(
                     "ambiguous_recovery",
                     row.request_id,
@@ -862,14 +935,14 @@ class JobService:
                     detail=f"{len(matches)} requests match: {ids}",
                 )
             )
-        moved = await self.store.transition(job.id, ("submitting",), "unknown", error=AMBIGUOUS)
+        moved = await self._runs.transition(job.id, ("submitting",), "unknown", error=AMBIGUOUS)
         if moved:
-            await self.store.release(job.id, "unknown", self.limit_defaults)
+            await self._runs.release(job.id, "unknown", self.limit_defaults)
         await self._safely(self.output.failed(job, AMBIGUOUS), job.id)
         if self.alerts is not None:
             await self._safely(post_pending(self.store, self.alerts), job.id)
         if moved:
-            await self._finished(await self.store.get_job(job.id))
+            await self._finished(await self._runs.get_job(job.id))
 
     async def _unknown(self, job: Job, exc: BaseException | None, *, looked: bool) -> None:
         """No request found for a lost submit: refunded. `looked`: Segmind's history was read
@@ -882,17 +955,17 @@ class JobService:
             type(exc).__name__ if exc else "crash during submit",
             "Segmind's history shows no such request" if looked else "the history was unreadable",
         )
-        moved = await self.store.transition(job.id, ("submitting",), "unknown", error=message)
+        moved = await self._runs.transition(job.id, ("submitting",), "unknown", error=message)
         if moved:
-            await self.store.release(job.id, "unknown", self.limit_defaults)
+            await self._runs.release(job.id, "unknown", self.limit_defaults)
         await self._safely(self.output.failed(job, message), job.id)
         if moved:
-            await self._finished(await self.store.get_job(job.id))
+            await self._finished(await self._runs.get_job(job.id))
 
     # ---------------------------------------------------------------------------- resuming
 
     async def _resume(self) -> None:
-        for job in await self.store.nonterminal_jobs():
+        for job in await self._runs.nonterminal_jobs():
             if job.state in ("queued", "awaiting_approval"):
                 # The dispatcher takes queued jobs in order; held ones wait for a moderator
                 # (or the approval lane's expiry sweep), whatever happened to this process.
@@ -919,7 +992,7 @@ class JobService:
     # ------------------------------------------------------------------------------ helpers
 
     async def _job(self, job_id: int) -> Job:
-        job = await self.store.get_job(job_id)
+        job = await self._runs.get_job(job_id)
         if job is None:
             raise LookupError(f"job {job_id} vanished from the database")
         return job

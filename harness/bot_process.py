@@ -68,6 +68,9 @@ class BotProcess:
             "VEO_POLL_CEILING": "0.2",
             # The emulator's CDN stands in for Discord's: its host must be allowed.
             "VEO_IMAGE_HOSTS": "127.0.0.1",
+            # A killed bot's runner lease lapses soon, so a restart resumes its jobs quickly.
+            "VEO_RUNNER_LEASE_SECONDS": "1.5",
+            "VEO_QUEUE_POLL_SECONDS": "0.2",
             **self.extra_env,
         }
 

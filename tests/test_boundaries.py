@@ -13,6 +13,7 @@ import pytest
 # The money core and everything it stands on: usable from the CLI, tests and other front ends.
 DISCORD_FREE = (
     "bot.jobs",
+    "bot.lease",
     "bot.approvals",
     "bot.progress",
     "bot.store",

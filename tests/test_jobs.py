@@ -7,6 +7,7 @@ same database, started over a state a crash would leave."""
 
 from __future__ import annotations
 
+import asyncio
 import logging
 from collections.abc import AsyncIterator
 from pathlib import Path
@@ -20,6 +21,7 @@ from bot.params import VeoParams
 from bot.quota import LimitDefaults
 from bot.segmind.client import SegmindClient
 from bot.segmind.fake import FakeSegmind, Fault
+from bot.segmind.polling import RateLimiter
 from bot.store import Job, Store, open_store
 from tests.lifecycle_support import (
     GUILD,
@@ -695,3 +697,35 @@ async def test_a_delivered_job_whose_charge_was_lost_is_charged_at_start(
     await services.start()
     assert (await job(store, job_id)).ledger_status == "charged"
     assert await counts_against_limit(store)
+
+
+async def test_a_job_waiting_for_the_segmind_budget_stays_queued_and_survives_a_crash(
+    services: Services,
+    store: Store,
+    segmind: SegmindClient,
+    fake: FakeSegmind,
+    output: RecordingOutput,
+) -> None:
+    """The budget slot is taken before the write-ahead `submitting`: a runner killed while
+    jobs wait for Segmind's rate limit leaves them queued for the next one to send, never
+    `unknown` (which refunds the member but gives them no video)."""
+    spent = RateLimiter(1, window=3600.0)
+    await spent.acquire()  # the window is used up for an hour
+    real = segmind.limiter
+    segmind.limiter = spent
+    first = await services.start()
+    job_id = await enqueue(first)
+    loop = asyncio.get_running_loop()
+    deadline = loop.time() + 5
+    while spent.waiting == 0:  # the dispatcher reached the budget (a fact, not a delay)
+        assert loop.time() < deadline, "the dispatcher never asked for a slot"
+        await asyncio.sleep(0.01)
+    assert (await job(store, job_id)).state == "queued"
+    assert posts(fake) == 0
+    await first.stand_down()  # the runner stops, as when it lost the lease or died
+
+    segmind.limiter = real  # the next runner has budget
+    await services.start()
+    await output.settled(job_id)
+    assert (await job(store, job_id)).state == "delivered"
+    assert posts(fake) == 1

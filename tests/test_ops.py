@@ -161,3 +161,19 @@ async def test_a_job_is_counted_once_however_often_its_end_is_reported(tmp_path:
     assert 'veo_jobs_finished_total{state="cancelled"} 1.0' in text
     assert 'veo_refunds_total{reason="cancelled"} 1.0' in text
     assert "veo_spend_usd_total 0.0" in text
+
+
+async def test_readiness_and_metrics_say_whether_this_node_is_the_runner_or_a_standby() -> None:
+    clock, answered, probes = Clock(), [], []  # type: ignore[var-annotated]
+    role = ["standby: takes interactions in; another node runs the jobs"]
+    readiness = _readiness(clock, answered, probes, runner_role=lambda: role[0])
+    report = await readiness.report()
+    # A standby is ready: it takes interactions in while the runner runs them.
+    assert report.ready and report.body()["checks"]["runner"]["detail"].startswith("standby")
+    role[0] = "runner (lease epoch 4)"
+    assert (await readiness.report()).checks["runner"].detail == "runner (lease epoch 4)"
+
+    metrics = Metrics()
+    assert "veo_runner 0.0" in (await metrics.render(None)).decode()
+    metrics.runner.set(1)
+    assert "veo_runner 1.0" in (await metrics.render(None)).decode()

@@ -32,6 +32,8 @@ from bot.store import (
     TERMINAL_STATES,
     ApprovalHold,
     ApprovalSettings,
+    BudgetState,
+    Fenced,
     IllegalTransition,
     JobState,
     Migration,
@@ -966,6 +968,92 @@ async def test_two_stores_on_one_file_still_hold_the_limit(tmp_path: Path) -> No
     finally:
         await first.close()
         await second.close()
+
+
+# -- the runner lease, fencing and the Segmind budget (one runner per Segmind key) ----------
+
+LEASE = "segmind-3f2a9c"  # a key's fingerprint, as the bot names it
+
+
+async def test_runner_lease_has_one_holder_until_its_term_lapses(store: Store) -> None:
+    first = await store.acquire_lease(LEASE, "node-a", 60)
+    assert first is not None and first.owner == "node-a" and first.epoch == 1
+    # Held: nobody else can take it, however often they try.
+    assert await store.acquire_lease(LEASE, "node-b", 60) is None
+    renewed = await store.renew_lease(first, 60)
+    assert renewed is not None and renewed.epoch == 1
+    assert renewed.expires_at >= first.expires_at
+    # A term of 0 s has lapsed by the database's clock as soon as it is written.
+    assert await store.renew_lease(first, 0) is not None
+    taken = await store.acquire_lease(LEASE, "node-b", 60)
+    assert taken is not None and taken.owner == "node-b" and taken.epoch == 2
+    # The old holder learns it lost the lease on its next renewal.
+    assert await store.renew_lease(first, 60) is None
+    current = await store.current_lease(LEASE)
+    assert current is not None and (current.owner, current.epoch) == ("node-b", 2)
+
+
+async def test_released_lease_is_taken_at_once_with_a_new_epoch(store: Store) -> None:
+    first = await store.acquire_lease(LEASE, "node-a", 60)
+    assert first is not None
+    assert await store.release_lease(first)
+    taken = await store.acquire_lease(LEASE, "node-b", 60)
+    assert taken is not None and taken.epoch == first.epoch + 1
+    assert not await store.release_lease(first)  # no longer its term: nothing changes
+    assert await store.acquire_lease(LEASE, "node-a", 60) is None
+
+
+async def test_a_superseded_runner_cannot_write_jobs_or_settle_money(store: Store) -> None:
+    old_lease = await store.acquire_lease(LEASE, "node-a", 0)
+    assert old_lease is not None
+    old = store.fenced(old_lease)
+    job_id = await reserved(store, request())
+    other = await reserved(store, request(user_id=2))
+    assert await old.transition(job_id, "queued", "submitting")
+    new_lease = await store.acquire_lease(LEASE, "node-b", 60)
+    assert new_lease is not None
+    new = store.fenced(new_lease)
+
+    with pytest.raises(Fenced):
+        await old.transition(job_id, "submitting", "submitted", request_id="req-old")
+    with pytest.raises(Fenced):
+        await old.transition(other, "queued", "submitting")
+    with pytest.raises(Fenced):
+        await old.charge(job_id, 0.8)
+    with pytest.raises(Fenced):
+        await old.release(job_id, "failed", DEFAULTS)
+    # A job that ended with its reservation still open: the crash net must not settle it.
+    ended = await reserved(store, request(user_id=4))
+    assert await store.transition(ended, "queued", "cancelled")
+    with pytest.raises(Fenced):
+        await old.settle_terminal(DEFAULTS)
+    left_open = await store.get_job(ended)
+    assert left_open is not None and left_open.ledger_status == "reserved"
+    job = await store.get_job(job_id)
+    assert job is not None and job.state == "submitting" and job.request_id is None
+    assert job.ledger_status == "reserved"
+    second = await store.get_job(other)
+    assert second is not None and second.state == "queued"
+
+    # The new runner writes as usual, and intake (reservations) is never fenced.
+    assert await new.transition(job_id, "submitting", "unknown")
+    assert await new.release(job_id, "unknown", DEFAULTS) == "released"
+    assert await reserved(store, request(user_id=3)) > 0
+    assert await old.get_job(other) is not None  # reads stay open to everyone
+
+
+async def test_segmind_budget_is_handed_on_and_fenced(store: Store) -> None:
+    assert await store.load_budget(LEASE) is None
+    old_lease = await store.acquire_lease(LEASE, "node-a", 0)
+    assert old_lease is not None
+    old = store.fenced(old_lease)
+    state = BudgetState((NOW, NOW + 1.5, NOW + 2.25), NOW + 30)
+    await old.save_budget(LEASE, state)
+    assert await store.load_budget(LEASE) == state
+    assert await store.acquire_lease(LEASE, "node-b", 60) is not None
+    with pytest.raises(Fenced):
+        await old.save_budget(LEASE, BudgetState((), None))
+    assert await store.load_budget(LEASE) == state
 
 
 # --------------------------------------------------------------------------------------------

@@ -51,7 +51,6 @@ async def applied_versions(url: str) -> list[int]:
 async def test_nodes_starting_at_once_migrate_the_database_once(empty_url: str) -> None:
     stores = await asyncio.gather(*(open_store(empty_url) for _ in range(4)))
     try:
-        # Every migration exactly once (version numbers may have gaps between branches).
         # Every migration of this backend, once each (numbering may have gaps).
         assert await applied_versions(empty_url) == [m.version for m in MIGRATIONS]
         outcome = await stores[0].reserve(request(), LimitDefaults())
@@ -208,3 +207,31 @@ async def test_migration_4_starts_the_owners_ledger_from_what_is_known(empty_url
         assert (day.held, day.held_jobs) == (pytest.approx(1.6), 2)  # jobs 3 and 4
         # A history figure can still replace a backfilled one.
         assert await store.record_billed(1, 0.55, source="history")
+
+
+async def test_renewals_never_wait_for_runner_writes_but_a_takeover_does(
+    empty_url: str,
+) -> None:
+    """A runner write holds its epoch's fence row FOR SHARE until it commits: the runner's
+    renewal must pass beside it (or a busy runner would lose its own lease), while a takeover
+    waits for it, so no write of the old epoch can land after the new one began."""
+    async with await open_store(empty_url) as store:
+        lease = await store.acquire_lease("segmind-x", "node-a", 60)
+        assert lease is not None
+        writer = await asyncpg.connect(empty_url)
+        try:
+            in_flight = writer.transaction()
+            await in_flight.start()
+            await writer.execute(
+                "SELECT epoch FROM runner_fence WHERE name = $1 FOR SHARE", "segmind-x"
+            )
+            # Renewed at once despite the open write (with a 0 s term: lapsed for the test).
+            assert await asyncio.wait_for(store.renew_lease(lease, 0), 2) is not None
+            takeover = asyncio.create_task(store.acquire_lease("segmind-x", "node-b", 60))
+            await asyncio.sleep(0.3)  # long enough to have finished, were it not waiting
+            assert not takeover.done()
+            await in_flight.commit()
+            taken = await asyncio.wait_for(takeover, 5)
+            assert taken is not None and taken.epoch == lease.epoch + 1
+        finally:
+            await writer.close()

@@ -5,6 +5,9 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+import os
+import secrets
+import socket
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -35,6 +38,7 @@ from bot.chat.replies import (
 from bot.chat.rules import allowed_here
 from bot.config import Settings
 from bot.jobs import JobService
+from bot.lease import BudgetRecorder, RunnerLease, lease_name
 from bot.ops.health import GatewayWatch
 from bot.ops.http import OpsServer
 from bot.ops.metrics import Metrics
@@ -44,7 +48,7 @@ from bot.quota import LimitDefaults
 from bot.reconcile import Reconciler, RecordBilled
 from bot.segmind import client as sm
 from bot.shards import IDENTIFY_CLAIM_SPACING, IDENTIFY_SPACING, ShardPlan, identify_bucket
-from bot.store import BilledSource, Store, StoreUnavailable, open_store
+from bot.store import BilledSource, Lease, Store, StoreUnavailable, open_store
 
 log = logging.getLogger(__name__)
 
@@ -118,6 +122,7 @@ class Services:
     balance: BalanceWatch  # the Segmind balance, its forecast, and the pause when it ran out
     gallery: Gallery  # announces delivered videos in a guild's gallery channel
     billing: Billing  # the one price book, and every bill recorded through it
+    lease: RunnerLease  # whether this node runs jobs or is a standby
 
 
 class VeoBot(commands.Bot):
@@ -169,7 +174,7 @@ class VeoBot(commands.Bot):
         return self._services
 
     async def setup_hook(self) -> None:
-        jobs = (await self.open_services()).jobs
+        await self.open_services()
         for extension in EXTENSIONS:
             await self.load_extension(extension)
         plan = self.settings.shard_plan
@@ -181,7 +186,8 @@ class VeoBot(commands.Bot):
         else:
             log.info("not syncing commands: the node running shard 0 does")
         self._log_invite()
-        await jobs.start()
+        # Jobs run once this node holds the runner lease: at once when no other node does.
+        self.services.lease.start()
         await self.services.approvals.start()
         self.services.reconciler.start()
         self.services.balance.start()
@@ -192,6 +198,7 @@ class VeoBot(commands.Bot):
             watch=self.gateway_watch,
             store=self.services.store,
             segmind=self.services.segmind,
+            runner_role=self._runner_role,
         )
 
     async def open_services(self) -> Services:
@@ -266,6 +273,32 @@ class VeoBot(commands.Bot):
             settle_lag=settings.veo_recovery_window_seconds + 120.0,
             clock=self.clock,
         )
+        jobs.queue_poll = settings.veo_queue_poll_seconds
+        name = lease_name(key)
+        budget = BudgetRecorder(segmind.limiter, name)
+
+        async def take_over(lease: Lease) -> None:
+            runs = store.fenced(lease)
+            await budget.resume(runs)
+            await jobs.take_over(runs)
+            self.metrics.runner.set(1)
+
+        async def stand_down() -> None:
+            self.metrics.runner.set(0)
+            budget.detach()
+            await jobs.stand_down()
+
+        lease = RunnerLease(
+            store,
+            name=name,
+            # Unique per process, never reused: a restarted or duplicated process must wait
+            # out (or be fenced from) the term of the one before it.
+            owner=f"{socket.gethostname()}-{os.getpid()}-{secrets.token_hex(4)}",
+            seconds=settings.veo_runner_lease_seconds,
+            on_acquired=take_over,
+            on_lost=stand_down,
+        )
+        jobs.on_fenced = lease.lost
         self._services = Services(
             store,
             segmind,
@@ -278,8 +311,15 @@ class VeoBot(commands.Bot):
             balance,
             gallery,
             billing,
+            lease,
         )
         return self._services
+
+    def _runner_role(self) -> str:
+        lease = self.services.lease.lease
+        if lease is None:
+            return "standby: takes interactions in; another node runs the jobs"
+        return f"runner (lease epoch {lease.epoch})"
 
     def _balance_watch(
         self, store: Store, segmind: sm.SegmindClient, billing: Billing
@@ -439,6 +479,8 @@ class VeoBot(commands.Bot):
             await self._services.reconciler.stop()
             await self._services.balance.stop()
             await self._services.jobs.stop()
+            # After the jobs stopped writing: hand the lease to a standby at once.
+            await self._services.lease.close()
         await stop_ops(self.ops, self.metrics)
         self.ops = None
         await super().close()

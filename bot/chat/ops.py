@@ -27,6 +27,7 @@ async def start_ops(
     watch: GatewayWatch,
     store: Store,
     segmind: SegmindClient,
+    runner_role: Callable[[], str] | None = None,
 ) -> OpsServer | None:
     """Follow the gateway, probe the event loop, and serve HTTP if a port is configured."""
     # READY and RESUMED mean connected; discord.py dispatches `disconnect` on every drop.
@@ -43,6 +44,7 @@ async def start_ops(
         db_ping=store.ping,
         segmind_answered_at=lambda: metrics.segmind_last_answer,
         probe_segmind=segmind.credits,
+        runner_role=runner_role,
     )
     server = OpsServer(readiness, metrics, store)
     host = settings.veo_http_host

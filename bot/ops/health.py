@@ -16,7 +16,7 @@ from typing import Any, Literal, Protocol
 
 log = logging.getLogger(__name__)
 
-Part = Literal["gateway", "database", "segmind"]
+Part = Literal["gateway", "database", "segmind", "runner"]
 
 DB_TIMEOUT = 2.0  # seconds a trivial query may take before the database counts as down
 SEGMIND_FRESH = 300.0  # an answer from Segmind this recent shows it is reachable
@@ -91,7 +91,9 @@ class Readiness:
         *,
         clock: Callable[[], float] = time.monotonic,
         db_timeout: float = DB_TIMEOUT,
+        runner_role: Callable[[], str] | None = None,
     ) -> None:
+        self._runner_role = runner_role
         self._gateway = gateway
         self._db_timeout = db_timeout
         self._watch = watch
@@ -106,7 +108,11 @@ class Readiness:
         gateway, database, segmind = await asyncio.gather(
             self._check_gateway(), self._check_database(), self._check_segmind()
         )
-        return Report({"gateway": gateway, "database": database, "segmind": segmind})
+        checks: dict[Part, Check] = {"gateway": gateway, "database": database, "segmind": segmind}
+        if self._runner_role is not None:
+            # A standby is ready too: it takes interactions in, and the runner runs them.
+            checks["runner"] = Check(True, self._runner_role())
+        return Report(checks)
 
     async def _check_gateway(self) -> Check:
         client = self._gateway

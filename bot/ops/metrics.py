@@ -152,6 +152,11 @@ class Metrics:
             "Jobs submitted or being submitted, downloaded or delivered.",
             registry=r,
         )
+        self.runner = Gauge(
+            "veo_runner",
+            "1 while this node holds the runner lease (submits, polls, delivers), 0 on a standby.",
+            registry=r,
+        )
         self.loop_lag = Gauge(
             "veo_event_loop_lag_seconds",
             "How late the event loop woke the last lag probe (a busy loop answers late).",

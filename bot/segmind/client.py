@@ -616,8 +616,11 @@ class SegmindClient:
         """A handle for a stored request id on this client's base URL."""
         return SubmittedJob.from_request_id(self.base_url, request_id)
 
-    async def submit(self, params: VeoParams) -> SubmittedJob:
+    async def submit(self, params: VeoParams, *, prepaid: bool = False) -> SubmittedJob:
         """`POST /v2/veo-3-fast`. Never re-sent once it may have reached Segmind.
+
+        `prepaid`: the caller already took the first attempt's slot in the request budget
+        (`limiter.acquire`), so the POST goes out at once.
 
         Raises `SubmitUncertain` when the job may exist (do not resubmit), `RateLimited` when the
         limit outlasts the retries, `Unavailable`, `BadRequest`, `AuthError`,
@@ -627,7 +630,8 @@ class SegmindClient:
         body = params.to_body()
         for attempt in range(self.max_attempts):
             last_try = attempt + 1 >= self.max_attempts
-            await self.limiter.acquire(RateLimiter.PRIORITY_USER)
+            if attempt or not prepaid:
+                await self.limiter.acquire(RateLimiter.PRIORITY_USER)
             try:
                 reply = await self._exchange("POST", url, json_body=body)
             except _TransportFailure as failure:

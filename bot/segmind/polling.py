@@ -87,6 +87,11 @@ class RateLimiter:
         self.granted = 0
         # Optional record of every grant time, for tests and the bench to audit the budget.
         self.grant_log: list[float] | None = None
+        # Awaited after every grant, before the request goes out, and after a pause: the
+        # runner records the budget there so a node taking over continues this window
+        # instead of bursting. None: the budget lives in this process only.
+        self.journal: Callable[[], Awaitable[None]] | None = None
+        self._journal_tasks: set[asyncio.Task[None]] = set()
 
     def __repr__(self) -> str:
         return f"RateLimiter(max_per_window={self.max_per_window}, window={self.window})"
@@ -104,18 +109,49 @@ class RateLimiter:
     def pause_until(self, when: float) -> None:
         """Grant nothing before `when` (this limiter's clock), e.g. Segmind's 429 reset time."""
         self._paused_until = max(self._paused_until, when)
+        if self.journal is not None:
+            task = asyncio.ensure_future(self.journal())
+            self._journal_tasks.add(task)  # a strong reference until it ends
+            task.add_done_callback(self._journaled)
+
+    def _journaled(self, task: asyncio.Task[None]) -> None:
+        self._journal_tasks.discard(task)
+        if not task.cancelled() and task.exception() is not None:
+            log.warning("could not record the Segmind pause: %s", task.exception())
+
+    def export(self, wall_now: float) -> tuple[tuple[float, ...], float | None]:
+        """The grants inside the window and the pause (None if none), as wall-clock times
+        given this limiter's clock reads `wall_now` on the wall: for another process."""
+        now = self._clock()
+        self._prune(now)
+        shift = wall_now - now
+        paused = self._paused_until + shift if self._paused_until > now else None
+        return tuple(g + shift for g in self._grants), paused
+
+    def restore(self, grants: Iterable[float], paused_until: float | None, wall_now: float) -> None:
+        """Continue a budget another process recorded (wall-clock times, as `export` gives):
+        its grants count in this window beside ours and its pause holds here too. Counting a
+        grant twice only slows us; missing one could exceed Segmind's limit."""
+        now = self._clock()
+        shift = now - wall_now
+        merged = sorted({*self._grants, *(g + shift for g in grants)})
+        self._grants = deque(g for g in merged if g > now - self.window)
+        if paused_until is not None:
+            self._paused_until = max(self._paused_until, paused_until + shift)
 
     async def acquire(self, priority: int = PRIORITY_USER) -> None:
-        """Wait for a slot in the budget and take it."""
+        """Wait for a slot in the budget and take it (and, with a journal, record it)."""
         now = self._clock()
         if not self._waiters and self._next_free(now) <= now:
             self._grant(now)
-            return
-        future: asyncio.Future[None] = asyncio.get_running_loop().create_future()
-        heapq.heappush(self._waiters, (priority, next(self._seq), future))
-        if self._pump is None or self._pump.done():
-            self._pump = asyncio.create_task(self._serve(), name="segmind-rate-limiter")
-        await future
+        else:
+            future: asyncio.Future[None] = asyncio.get_running_loop().create_future()
+            heapq.heappush(self._waiters, (priority, next(self._seq), future))
+            if self._pump is None or self._pump.done():
+                self._pump = asyncio.create_task(self._serve(), name="segmind-rate-limiter")
+            await future
+        if self.journal is not None:
+            await self.journal()
 
     def _prune(self, now: float) -> None:
         horizon = now - self.window

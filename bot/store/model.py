@@ -149,6 +149,32 @@ class IllegalTransition(StoreError, ValueError):
     """A transition the state machine never allows: a bug in the caller, not a race."""
 
 
+class Fenced(StoreError):
+    """A runner write refused because another node took the runner lease (a newer epoch):
+    nothing of the write was kept, and the writer must stand down at once. Not
+    `StoreUnavailable`: retrying can never succeed."""
+
+
+@dataclass(frozen=True, slots=True)
+class Lease:
+    """One term of the runner lease: who holds it, its fencing epoch (one more on every
+    takeover) and when it lapses, in the database's clock (epoch seconds)."""
+
+    name: str
+    owner: str
+    epoch: int
+    expires_at: float
+
+
+@dataclass(frozen=True, slots=True)
+class BudgetState:
+    """The Segmind request budget as the runner last recorded it, in wall-clock epoch seconds
+    so another node can continue it: the grant times inside the window, and a 429 pause."""
+
+    grants: tuple[float, ...]
+    paused_until: float | None
+
+
 @dataclass(frozen=True, slots=True)
 class TransitionPlan:
     """A checked `transition`: what a backend writes, in its own SQL, as one compare-and-set."""

@@ -21,12 +21,14 @@ from bot.store.model import (
     ApprovalSettings,
     AuditEntry,
     BilledSource,
+    BudgetState,
     DaySpend,
     DecisionResult,
     Discrepancy,
     Job,
     JobFields,
     JobState,
+    Lease,
     ListAdd,
     NewDiscrepancy,
     QuotaView,
@@ -384,6 +386,41 @@ class ReportStore(Protocol):
         ...
 
 
+class RunnerStore(Protocol):
+    """The runner lease (one node at a time submits, polls and delivers for a Segmind key),
+    the fencing of that node's writes, and the request budget it hands on."""
+
+    async def acquire_lease(self, name: str, owner: str, seconds: float) -> Lease | None:
+        """Start a new term (the next epoch) for `owner` if the lease is free or lapsed by
+        the DATABASE's clock; None while another term runs."""
+        ...
+
+    async def renew_lease(self, lease: Lease, seconds: float) -> Lease | None:
+        """Extend `lease`'s term by `seconds` from now; None once another term began."""
+        ...
+
+    async def release_lease(self, lease: Lease) -> bool:
+        """End `lease`'s term now (clean shutdown); False if it was no longer the term."""
+        ...
+
+    async def current_lease(self, name: str) -> Lease | None:
+        """The lease row as it stands, lapsed or not."""
+        ...
+
+    def fenced(self, lease: Lease) -> Self:
+        """A view of this store for the runner of `lease`: every write checks, in its own
+        transaction, that `lease.epoch` is still the newest and else raises `Fenced`."""
+        ...
+
+    async def save_budget(self, name: str, state: BudgetState) -> None:
+        """Record the request budget (fenced on a fenced view)."""
+        ...
+
+    async def load_budget(self, name: str) -> BudgetState | None:
+        """The request budget last recorded under `name`."""
+        ...
+
+
 class ApprovalStore(Protocol):
     """The approval lane: a guild's settings and the one decision about each held request.
 
@@ -492,6 +529,7 @@ class GatewayStore(Protocol):
 
 
 class Store(
+    RunnerStore,
     LedgerStore,
     SpendStore,
     JobStore,

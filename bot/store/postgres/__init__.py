@@ -26,6 +26,7 @@ from bot.store.postgres.approvals import ApprovalQueries
 from bot.store.postgres.connection import DRIVER_ERRORS, store_error
 from bot.store.postgres.gateway import GatewayQueries
 from bot.store.postgres.jobs import JobQueries
+from bot.store.postgres.lease import LeaseQueries
 from bot.store.postgres.ledger import LedgerQueries
 from bot.store.postgres.migrations import MIGRATIONS, SCHEMA_VERSION, apply_migrations
 from bot.store.postgres.moderation import ModerationQueries
@@ -49,6 +50,7 @@ class PostgresStore(
     ApprovalQueries,
     GatewayQueries,
     RuleQueries,
+    LeaseQueries,
 ):
     """`bot.store.protocol.Store` on a PostgreSQL database. Create with
     `await PostgresStore.open(url)`; close with `await close()`. `now` arguments default to

@@ -3,6 +3,7 @@ how driver trouble becomes `StoreUnavailable`. The query mixins build on `Postgr
 
 from __future__ import annotations
 
+import copy
 import hashlib
 import json
 from collections.abc import AsyncIterator, Callable, Sequence
@@ -12,7 +13,7 @@ from typing import Any, Self, TypeAlias
 import asyncpg
 from asyncpg.pool import PoolConnectionProxy
 
-from bot.store.model import StoreError, StoreUnavailable
+from bot.store.model import Fenced, Lease, StoreError, StoreUnavailable
 
 # A connection handed out by the pool (what `_transaction` yields and the mixins query on).
 # (A string: the stubs make these generic, the runtime classes are not subscriptable.)
@@ -55,12 +56,34 @@ def lock_key(*parts: object) -> int:
     return int.from_bytes(digest, "big", signed=True)
 
 
+async def check_fence(conn: Connection, fence: Lease) -> None:
+    """Inside a transaction: refuse it unless `fence` is still the newest runner term."""
+    epoch = await conn.fetchval(
+        "SELECT epoch FROM runner_fence WHERE name = $1 FOR SHARE", fence.name
+    )
+    if epoch is None or int(epoch) != fence.epoch:
+        raise Fenced(f"runner epoch {fence.epoch} of {fence.name} was superseded")
+
+
 class PostgresBase:
     """The pool and the injected clock, shared by every query mixin."""
 
     def __init__(self, pool: asyncpg.Pool[asyncpg.Record], clock: Callable[[], float]) -> None:
         self._pool = pool
         self._clock = clock
+        # Set only on a view made by `fenced()`: every transaction checks it first.
+        self._fence: Lease | None = None
+
+    def fenced(self, lease: Lease) -> Self:
+        """This store as the runner of `lease` writes to it: the same pool, but every write
+        (transitions, charge, release, the budget) runs in a transaction that first checks,
+        holding the lease's `runner_fence` row FOR SHARE, that its epoch is still the newest,
+        else raises `Fenced`. A takeover's UPDATE of that row waits for such transactions to
+        end, and every one after it sees the new epoch. Reads are not fenced. Close the store,
+        never the view."""
+        view = copy.copy(self)
+        view._fence = lease
+        return view
 
     # -- closing -----------------------------------------------------------------------------
 
@@ -87,6 +110,8 @@ class PostgresBase:
         way nothing of the transaction is kept."""
         try:
             async with self._pool.acquire() as conn, conn.transaction():
+                if self._fence is not None:
+                    await check_fence(conn, self._fence)
                 yield conn
         except DRIVER_ERRORS as exc:
             raise store_error(exc) from exc

@@ -59,8 +59,14 @@ class JobQueries(PostgresBase):
             f"AND state IN ({_marks(len(plan.sources), first_source)}) RETURNING *) "
             f"SELECT {_JOB_COLUMNS} FROM moved j LEFT JOIN quota_ledger l ON l.job_id = j.id"
         )
-        # One statement: atomic on its own, no explicit transaction needed.
-        row = await self._fetchrow(sql, to_state, now, *plan.fields.values(), job_id, *plan.sources)
+        params = (to_state, now, *plan.fields.values(), job_id, *plan.sources)
+        if self._fence is not None:
+            # A runner's write: the epoch check and the update in one transaction.
+            async with self._transaction() as conn:
+                row = await conn.fetchrow(sql, *params)
+        else:
+            # One statement: atomic on its own, no explicit transaction needed.
+            row = await self._fetchrow(sql, *params)
         return _job(row) if row is not None else None
 
     async def get_job(self, job_id: int) -> Job | None:

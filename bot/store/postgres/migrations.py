@@ -224,6 +224,39 @@ MIGRATIONS: tuple[Migration, ...] = (
         ),
     ),
     Migration(
+        6,
+        "the runner lease (one runner per Segmind key, fenced by epoch) and the Segmind budget",
+        (
+            # `name` is a fingerprint of the Segmind key, never the key. `expires_at` is epoch
+            # seconds of the SERVER's clock_timestamp(): one clock for every node, whatever
+            # their own clocks say.
+            """
+            CREATE TABLE runner_lease (
+                name TEXT PRIMARY KEY,
+                owner TEXT NOT NULL,
+                epoch BIGINT NOT NULL CHECK (epoch >= 1),
+                expires_at DOUBLE PRECISION NOT NULL
+            )
+            """,
+            # The epoch runner writes check, FOR SHARE, on a row of its own: renewals update
+            # `runner_lease` every few seconds and must never queue behind (or be starved by)
+            # those share locks; only a takeover, which bumps this row, waits for them.
+            """
+            CREATE TABLE runner_fence (
+                name TEXT PRIMARY KEY,
+                epoch BIGINT NOT NULL CHECK (epoch >= 1)
+            )
+            """,
+            """
+            CREATE TABLE segmind_budget (
+                name TEXT PRIMARY KEY,
+                grants JSON NOT NULL DEFAULT '[]',
+                paused_until DOUBLE PRECISION
+            )
+            """,
+        ),
+    ),
+    Migration(
         7,
         "one job per Discord event; the IDENTIFY slots shared by every node",
         (

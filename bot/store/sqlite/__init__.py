@@ -30,6 +30,7 @@ from bot.store.sqlite.approvals import ApprovalQueries
 from bot.store.sqlite.connection import _UNAVAILABLE_ERRORS, _store_error
 from bot.store.sqlite.gateway import GatewayQueries
 from bot.store.sqlite.jobs import JobQueries
+from bot.store.sqlite.lease import LeaseQueries
 from bot.store.sqlite.ledger import LedgerQueries
 from bot.store.sqlite.migrations import MIGRATIONS, Migration, apply_migrations
 from bot.store.sqlite.moderation import ModerationQueries
@@ -49,6 +50,7 @@ class SqliteStore(
     ApprovalQueries,
     GatewayQueries,
     RuleQueries,
+    LeaseQueries,
 ):
     """`bot.store.protocol.Store` on one SQLite file. Create with `await SqliteStore.open(path)`;
     close with `await close()`. `now` arguments default to the injected clock."""

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import copy
 import json
 import sqlite3
 from collections.abc import AsyncIterator, Callable, Sequence
@@ -13,7 +14,7 @@ from typing import Any, Self, TypeVar, cast
 
 import aiosqlite
 
-from bot.store.model import StoreError, StoreUnavailable
+from bot.store.model import Fenced, Lease, StoreError, StoreUnavailable
 
 _UNAVAILABLE_ERRORS = (sqlite3.OperationalError, sqlite3.DatabaseError)
 # Integrity and programming errors are bugs in our SQL or data, not an unreachable database.
@@ -56,6 +57,23 @@ def _transaction(
     return result
 
 
+def check_fence(conn: sqlite3.Connection, fence: Lease) -> None:
+    """Inside a write transaction: refuse it unless `fence` is still the newest runner term.
+    BEGIN IMMEDIATE holds SQLite's one write lock, so no takeover can commit between this
+    read and the transaction's own writes."""
+    row = conn.execute("SELECT epoch FROM runner_lease WHERE name = ?", (fence.name,)).fetchone()
+    if row is None or int(row[0]) != fence.epoch:
+        raise Fenced(f"runner epoch {fence.epoch} of {fence.name} was superseded")
+
+
+def _fenced_body(fence: Lease, body: Callable[[sqlite3.Connection], T]) -> Callable[..., T]:
+    def checked(conn: sqlite3.Connection) -> T:
+        check_fence(conn, fence)
+        return body(conn)
+
+    return checked
+
+
 class SqliteBase:
     """The connection, its lock and the injected clock, shared by every query mixin."""
 
@@ -63,6 +81,17 @@ class SqliteBase:
         self._conn = conn
         self._clock = clock
         self._lock = asyncio.Lock()
+        # Set only on a view made by `fenced()`: every write transaction checks it first.
+        self._fence: Lease | None = None
+
+    def fenced(self, lease: Lease) -> Self:
+        """This store as the runner of `lease` writes to it: the same connection, but every
+        write transaction (transitions, charge, release, the budget) first checks that the
+        lease's epoch is still the newest, in that transaction, else raises `Fenced`.
+        Reads are not fenced. Close the store, never the view."""
+        view = copy.copy(self)
+        view._fence = lease
+        return view
 
     # -- opening and closing -----------------------------------------------------------------
 
@@ -97,6 +126,8 @@ class SqliteBase:
                 raw: sqlite3.Connection = self._conn._conn
             except ValueError as exc:  # closed
                 raise StoreUnavailable(str(exc)) from exc
+            if self._fence is not None and begin != "BEGIN":
+                body = _fenced_body(self._fence, body)
             try:
                 result = await self._conn._execute(_transaction, raw, begin, body)
             except sqlite3.Error as exc:
@@ -118,6 +149,14 @@ class SqliteBase:
             except sqlite3.Error as exc:
                 raise _store_error(exc) from exc
             try:
+                if self._fence is not None and begin != "BEGIN":
+                    rows = await self._rows(
+                        self._conn,
+                        "SELECT epoch FROM runner_lease WHERE name = ?",
+                        (self._fence.name,),
+                    )
+                    if not rows or int(rows[0][0]) != self._fence.epoch:
+                        raise Fenced(f"runner epoch {self._fence.epoch} was superseded")
                 yield self._conn
                 await self._conn.execute("COMMIT")
             except BaseException as exc:

@@ -253,6 +253,32 @@ MIGRATIONS: tuple[Migration, ...] = (
         ),
     ),
     Migration(
+        6,
+        "the runner lease (one runner per Segmind key, fenced by epoch) and the Segmind budget",
+        (
+            # `name` is a fingerprint of the Segmind key, never the key. `expires_at` is in
+            # the database's clock: SQLite's julianday('now'), the host's clock, which every
+            # process sharing the file reads (a SQLite file is never shared across hosts).
+            """
+            CREATE TABLE runner_lease (
+                name TEXT PRIMARY KEY,
+                owner TEXT NOT NULL,
+                epoch INTEGER NOT NULL CHECK (epoch >= 1),
+                expires_at REAL NOT NULL
+            )
+            """,
+            # The window's grant times (a JSON list, at most the budget's size) and a 429
+            # pause, wall-clock epoch seconds, so a new runner continues the old one's window.
+            """
+            CREATE TABLE segmind_budget (
+                name TEXT PRIMARY KEY,
+                grants TEXT NOT NULL DEFAULT '[]' CHECK (json_valid(grants)),
+                paused_until REAL
+            )
+            """,
+        ),
+    ),
+    Migration(
         7,
         "one job per Discord event; the IDENTIFY slots shared by every node",
         (
