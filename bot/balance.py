@@ -182,7 +182,11 @@ class BalanceWatch:
     - `read_balance()`: USD the account can spend (raises when Segmind cannot be asked);
     - `spent_since(since)`: the spend ledger's figures since that epoch second;
     - `fallback_price()`: one video's quote, for a week without bills;
-    - `announce(text)`: post to every moderator log channel (must not raise for one channel).
+    - `announce(text)`: post to every moderator log channel (must not raise for one channel);
+    - `speaks()`: whether this node is the one that tells moderators (the runner, when several
+      nodes share one Segmind account). A silent node still reads the balance — it must know
+      when `/veo` is paused — but leaves the alarm's bands alone, so the node that takes over
+      the runner lease tells what is due then instead of taking it as told.
 
     A failed read changes nothing: the pause stays as the last answer left it. Not knowing the
     balance is not knowing it ran out, and Segmind's own 406 still refuses an unpaid submit
@@ -198,8 +202,10 @@ class BalanceWatch:
         interval: float,
         warn_videos: int,
         clock: Callable[[], float] = time.time,
+        speaks: Callable[[], bool] = lambda: True,
     ) -> None:
         self.read_balance = read_balance
+        self.speaks = speaks
         self.spent_since = spent_since
         self.fallback_price = fallback_price
         self.announce = announce
@@ -246,7 +252,7 @@ class BalanceWatch:
             return None
         self.latest, self.checked_at = result, now
         self._paused = result.paused
-        alert = self.alarm.update(result)
+        alert = self.alarm.update(result) if self.speaks() else None
         log.info(
             "Segmind balance $%.2f: about %.1f videos, $%.2f/day billed recently",
             result.balance,

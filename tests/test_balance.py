@@ -176,7 +176,23 @@ def _watch(account: Account, posted: list[str], clock: Clock, **kwargs: object) 
         interval=kwargs.pop("interval", 600.0),  # type: ignore[arg-type]
         warn_videos=25,
         clock=clock,
+        speaks=kwargs.pop("speaks", lambda: True),  # type: ignore[arg-type]
     )
+
+
+async def test_a_standby_keeps_the_pause_but_leaves_the_telling_to_the_runner() -> None:
+    """Two nodes on one Segmind account: both must refuse /veo when it runs out, but the log
+    channels hear it once — from the runner; a node that takes over tells what is due."""
+    clock, posted = Clock(), []
+    runner = {"holding": False}
+    account = Account(balance=0.0, billed_week=8.40)
+    watch = _watch(account, posted, clock, speaks=lambda: runner["holding"])
+    await watch.check()
+    assert watch.paused and posted == []
+
+    runner["holding"] = True  # this node took the runner lease over
+    await watch.check()
+    assert len(posted) == 1 and "/veo is paused" in posted[0]
 
 
 async def test_the_watch_posts_once_and_pauses_at_zero() -> None:

@@ -189,7 +189,6 @@ class VeoBot(commands.Bot):
         # Jobs run once this node holds the runner lease: at once when no other node does.
         self.services.lease.start()
         await self.services.approvals.start()
-        self.services.reconciler.start()
         self.services.balance.start()
         self.ops = await start_ops(
             self,
@@ -277,14 +276,19 @@ class VeoBot(commands.Bot):
         name = lease_name(key)
         budget = BudgetRecorder(segmind.limiter, name)
 
+        # Paging Segmind's history is the runner's work too: one reader per Segmind key, so
+        # nodes never spend the request budget twice on the same pages, nor race to post the
+        # same discrepancy.
         async def take_over(lease: Lease) -> None:
             runs = store.fenced(lease)
             await budget.resume(runs)
             await jobs.take_over(runs)
+            reconciler.start()
             self.metrics.runner.set(1)
 
         async def stand_down() -> None:
             self.metrics.runner.set(0)
+            await reconciler.stop()
             budget.detach()
             await jobs.stand_down()
 
@@ -347,6 +351,8 @@ class VeoBot(commands.Bot):
             # toward fewer videos left.
             fallback_price=lambda: billing.quote(default_video).amount,
             announce=LogChannels(self, store.get_log_channel).post_all,
+            # Every node keeps the pause right; only the runner tells the log channels.
+            speaks=lambda: self._services is not None and self._services.lease.holding,
             interval=settings.veo_balance_check_seconds,
             warn_videos=settings.veo_balance_warn_videos,
             clock=self.clock,
