@@ -61,6 +61,15 @@ async def sqlite_store(synchronous: Literal["FULL", "NORMAL"]) -> AsyncIterator[
 
 
 @asynccontextmanager
+async def sqlite_file(path: Path, synchronous: Literal["FULL", "NORMAL"]) -> AsyncIterator[Store]:
+    store = await SqliteStore.open(path, synchronous=synchronous)
+    try:
+        yield store
+    finally:
+        await store.close()
+
+
+@asynccontextmanager
 async def postgres_store(server_url: str) -> AsyncIterator[Store]:
     """A store on a scratch database of the server at `server_url`, dropped afterwards."""
     import asyncpg
@@ -69,7 +78,9 @@ async def postgres_store(server_url: str) -> AsyncIterator[Store]:
     admin = await asyncpg.connect(server_url)
     try:
         await admin.execute(f"CREATE DATABASE {name}")  # a name made here, not an input
-        store = await open_store(urlunsplit(urlsplit(server_url)._replace(path=f"/{name}")))
+        url = urlunsplit(urlsplit(server_url)._replace(path=f"/{name}"))
+        store = await open_store(url)
+        store.bench_url = url  # type: ignore[attr-defined]  # for worker processes
         try:
             yield store
         finally:
@@ -77,6 +88,37 @@ async def postgres_store(server_url: str) -> AsyncIterator[Store]:
     finally:
         await admin.execute(f"DROP DATABASE IF EXISTS {name} WITH (FORCE)")
         await admin.close()
+
+
+async def reserve_all(
+    store: Store, callers: int, per_caller: int, defaults: LimitDefaults, process: int = 0
+) -> tuple[int, float, float]:
+    """`callers` concurrent tasks making `per_caller` reservations each (users and event ids
+    of their own, also apart from other processes'); returns (passed, start, end) on the
+    wall clock, so processes' runs can be put side by side."""
+    params = VeoParams(prompt="a lighthouse at dusk", duration=8)
+    now = time.time()
+    base = 1_000_000 * (1 + process * 1_000)
+
+    async def caller(index: int) -> int:
+        done = 0
+        for i in range(per_caller):
+            request = ReserveRequest(
+                guild_id=1 + index % 5,
+                channel_id=10,
+                user_id=base + 1_000 * index + i // PER_USER,
+                role_ids=(1, 2, 3),
+                params=params,
+                now=now + i * 1e-3,
+                # As the bot sends: the Discord event's id, unique per job (and checked).
+                event_id=base + 1_000 * index + i,
+            )
+            done += isinstance(await store.reserve(request, defaults), Reserved)
+        return done
+
+    start = time.time()
+    passed = sum(await asyncio.gather(*(caller(c) for c in range(callers))))
+    return passed, start, time.time()
 
 
 async def run(
@@ -89,34 +131,78 @@ async def run(
     """Reservations per second for `callers` concurrent tasks sharing `total` reservations."""
     opened = postgres_store(database_url) if database_url else sqlite_store(synchronous)
     async with opened as store:
-        params = VeoParams(prompt="a lighthouse at dusk", duration=8)
         per_caller = max(1, total // callers)
-        now = time.time()
-
-        async def caller(index: int) -> int:
-            done = 0
-            for i in range(per_caller):
-                request = ReserveRequest(
-                    guild_id=1 + index % 5,
-                    channel_id=10,
-                    user_id=1_000_000 * (index + 1) + i // PER_USER,
-                    role_ids=(1, 2, 3),
-                    params=params,
-                    now=now + i * 1e-3,
-                    # As the bot sends: the Discord event's id, unique per job (and checked).
-                    event_id=1_000_000 * (index + 1) + i,
-                )
-                done += isinstance(await store.reserve(request, defaults), Reserved)
-            return done
-
-        start = time.perf_counter()
-        passed = sum(await asyncio.gather(*(caller(c) for c in range(callers))))
-        elapsed = time.perf_counter() - start
+        passed, start, end = await reserve_all(store, callers, per_caller, defaults)
         assert passed == per_caller * callers, "a reservation was refused"
-        return passed / elapsed
+        return passed / (end - start)
+
+
+async def run_processes(
+    processes: int,
+    callers: int,
+    total: int,
+    synchronous: Literal["FULL", "NORMAL"],
+    database_url: str | None,
+    caps_only: bool,
+) -> float:
+    """The same `total`, split over `processes` OS processes on ONE database (each with
+    `callers // processes` tasks and its own pool or connection): reservations per second
+    from the first start to the last end."""
+    with tempfile.TemporaryDirectory() as tmp:
+        path = Path(tmp) / "bench.sqlite3"
+        scratch = postgres_store(database_url) if database_url else sqlite_file(path, synchronous)
+        async with scratch as store:  # migrated once, before the workers open it
+            target = str(getattr(store, "bench_url", path))
+            per_caller = max(1, total // callers)
+            per_process = max(1, callers // processes)
+            workers = [
+                await asyncio.create_subprocess_exec(
+                    sys.executable,
+                    __file__,
+                    "--worker",
+                    target,
+                    str(index),
+                    str(per_process),
+                    str(per_caller),
+                    synchronous,
+                    "1" if caps_only else "0",
+                    stdout=asyncio.subprocess.PIPE,
+                )
+                for index in range(processes)
+            ]
+            outputs = [(await w.communicate())[0].decode().split() for w in workers]
+            if any(w.returncode for w in workers):
+                raise SystemExit("a worker process failed")
+    passed = sum(int(o[0]) for o in outputs)
+    assert passed == per_caller * per_process * processes, "a reservation was refused"
+    start = min(float(o[1]) for o in outputs)
+    end = max(float(o[2]) for o in outputs)
+    return passed / (end - start)
+
+
+async def worker(argv: list[str]) -> None:
+    """One process of `run_processes`: prints passed, start and end."""
+    target, index, callers, per_caller, synchronous, caps_only = argv
+    if target.startswith("postgresql"):
+        store = await open_store(target)
+    else:
+        store = await SqliteStore.open(
+            Path(target), synchronous=cast(Literal["FULL", "NORMAL"], synchronous)
+        )
+    try:
+        defaults = USER_CAPS_ONLY if caps_only == "1" else DEFAULTS
+        passed, start, end = await reserve_all(
+            store, int(callers), int(per_caller), defaults, process=int(index)
+        )
+    finally:
+        await store.close()
+    print(passed, repr(start), repr(end))
 
 
 def main() -> None:
+    if sys.argv[1:2] == ["--worker"]:
+        asyncio.run(worker(sys.argv[2:]))
+        return
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0] if __doc__ else None)
     parser.add_argument("--reservations", type=int, default=2000)
     parser.add_argument("--synchronous", choices=("FULL", "NORMAL"), default="FULL")
@@ -133,6 +219,12 @@ def main() -> None:
         "--user-caps-only",
         action="store_true",
         help="no guild/global/spend caps (no wide lock on PostgreSQL)",
+    )
+    parser.add_argument(
+        "--processes",
+        type=int,
+        default=1,
+        help="also split the callers over this many OS processes on the same database",
     )
     args = parser.parse_args()
     defaults = USER_CAPS_ONLY if args.user_caps_only else DEFAULTS
@@ -152,7 +244,20 @@ def main() -> None:
         print(", per-user caps only" if args.user_caps_only else ", every cap set")
         for callers in (1, 10, 200):
             rate = asyncio.run(run(callers, args.reservations, synchronous, url, defaults))
-            print(f"{callers:>4} concurrent callers: {rate:8.0f} reservations/s")
+            line = f"{callers:>4} concurrent callers: {rate:8.0f} reservations/s"
+            if args.processes > 1 and callers >= args.processes:
+                split = asyncio.run(
+                    run_processes(
+                        args.processes,
+                        callers,
+                        args.reservations,
+                        synchronous,
+                        url,
+                        args.user_caps_only,
+                    )
+                )
+                line += f"; over {args.processes} processes: {split:8.0f} reservations/s"
+            print(line)
     finally:
         if server is not None:
             server.stop()
