@@ -16,6 +16,7 @@ import pytest
 from bot.lease import BudgetRecorder, RunnerLease, lease_name
 from bot.segmind.polling import RateLimiter
 from bot.store import BudgetState, Fenced, Lease, SqliteStore, Store, StoreUnavailable, open_store
+from bot.store.model import decode_grants, encode_grants
 
 TERM = 0.6  # seconds
 NAME = lease_name("sk-not-a-real-key")
@@ -215,3 +216,17 @@ async def test_grants_asked_for_together_share_one_write_and_none_is_left_out(
         assert recorder.writes <= 5, recorder.writes
     finally:
         await store.close()
+
+
+def test_a_busy_window_is_recorded_compactly_and_never_shorter() -> None:
+    """3,000 requests a minute (the bench's rate) are recorded as one entry per second, and a
+    node continuing the window counts each of them at least until it really leaves."""
+    start = 1_700_000_000.25
+    grants = [start + i * 0.02 for i in range(3000)]  # 50 a second for a minute
+    text = encode_grants(grants)
+    assert len(text) < 2_000  # one [second, count] pair per second, not 3,000 numbers
+    restored = decode_grants(text)
+    assert len(restored) == len(grants)
+    assert all(kept >= real for kept, real in zip(restored, sorted(grants), strict=True))
+    assert max(kept - real for kept, real in zip(restored, sorted(grants), strict=True)) <= 1.0
+    assert decode_grants("[1.5, 2.5]") == (1.5, 2.5)  # a record of plain times still reads

@@ -134,7 +134,9 @@ class RateLimiter:
         grant twice only slows us; missing one could exceed Segmind's limit."""
         now = self._clock()
         shift = now - wall_now
-        merged = sorted({*self._grants, *(g + shift for g in grants)})
+        # A multiset, not a set: the record keeps times to the second, so several grants
+        # share one time and each must count.
+        merged = sorted([*self._grants, *(g + shift for g in grants)])
         self._grants = deque(g for g in merged if g > now - self.window)
         if paused_until is not None:
             self._paused_until = max(self._paused_until, paused_until + shift)

@@ -6,10 +6,9 @@ database, whatever its own clock says."""
 
 from __future__ import annotations
 
-import json
 from typing import Any
 
-from bot.store.model import BudgetState, Lease
+from bot.store.model import BudgetState, Lease, decode_grants, encode_grants
 from bot.store.postgres.connection import PostgresBase
 
 _DB_NOW = "extract(epoch FROM clock_timestamp())::double precision"
@@ -90,7 +89,7 @@ class LeaseQueries(PostgresBase):
                 "ON CONFLICT (name) DO UPDATE SET grants = EXCLUDED.grants, "
                 "paused_until = EXCLUDED.paused_until",
                 name,
-                json.dumps(list(state.grants)),
+                encode_grants(state.grants),
                 state.paused_until,
             )
 
@@ -101,5 +100,5 @@ class LeaseQueries(PostgresBase):
         )
         if row is None:
             return None
-        grants = tuple(float(g) for g in json.loads(row[0]))
+        grants = decode_grants(row[0])
         return BudgetState(grants, None if row[1] is None else float(row[1]))

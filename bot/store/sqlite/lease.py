@@ -6,11 +6,10 @@ expiry by one clock (SQLite files are not shared across hosts)."""
 
 from __future__ import annotations
 
-import json
 import sqlite3
 from typing import Any
 
-from bot.store.model import BudgetState, Lease
+from bot.store.model import BudgetState, Lease, decode_grants, encode_grants
 from bot.store.sqlite.connection import SqliteBase
 
 _DB_NOW = "((julianday('now') - 2440587.5) * 86400.0)"
@@ -76,7 +75,7 @@ class LeaseQueries(SqliteBase):
 
     async def save_budget(self, name: str, state: BudgetState) -> None:
         """Record the budget; on a fenced view only while its term is the newest."""
-        grants = json.dumps(list(state.grants))
+        grants = encode_grants(state.grants)
 
         def body(conn: sqlite3.Connection) -> None:
             conn.execute(
@@ -95,5 +94,5 @@ class LeaseQueries(SqliteBase):
         )
         if row is None:
             return None
-        grants = tuple(float(g) for g in json.loads(row[0]))
+        grants = decode_grants(row[0])
         return BudgetState(grants, None if row[1] is None else float(row[1]))
