@@ -9,6 +9,9 @@ one Discord emulator the member uses: each interaction is taken in exactly once.
 - PostgreSQL: SIGKILL the runner after Segmind accepted the job and before delivery; the
   standby takes over within the lease time and delivers the video exactly once, with exactly
   one submit, and the member is charged once.
+- PostgreSQL and two shards, one per node (the deployment the README describes): the node on
+  shard 1 takes the member's request in, the runner on shard 0 is SIGKILLed mid-job, and the
+  node on shard 1 takes over and delivers it exactly once.
 - SQLite: a second process on the same file runs no job at all (today's bug: it marked the
   first one's submits `unknown` and delivered twice).
 """
@@ -111,6 +114,50 @@ async def test_the_standby_takes_over_a_killed_runner_and_delivers_exactly_once(
     finally:
         await stop_all(standby, runner, killed=runner)
     emu.assert_no_violations()
+
+
+async def test_two_nodes_each_on_its_own_shard_lose_no_job_when_the_runner_dies(
+    fake: FakeSegmind, tmp_path: Path, postgres_server: PostgresServer
+) -> None:
+    url = postgres_server.url(await postgres_server.create_database())
+    env = {"VEO_DATABASE_URL": url, "DISCORD_SHARD_COUNT": "2"}
+    async with DiscordEmulator(shard_count=2, max_concurrency=2) as emu:
+        far = emu.add_guild_on_shard("Shard One Guild", shard=1, owner=emu.owner)
+        far.add_member(emu.member)
+        for name in ("zero", "one"):
+            (tmp_path / name).mkdir()
+        runner = BotProcess(emu, fake, tmp_path / "zero", {**env, "DISCORD_SHARD_IDS": "0"})
+        standby = BotProcess(emu, fake, tmp_path / "one", {**env, "DISCORD_SHARD_IDS": "1"})
+        try:
+            await runner.start()
+            await runner.wait_for_log(TAKEN + r"\w+ taken", regex=True, timeout=20)
+            await standby.start()
+            await emu.wait_for_shards([(0, 2), (1, 2)])
+            await emu.wait_for_command("veo")
+
+            handle = await emu.dispatch_slash_command(
+                "veo", {"prompt": "a lighthouse in a storm [fake:slow=3]"}, guild_id=far.id
+            )
+            await handle.wait_for_callback()
+            # Shard 1's node took it in; the runner on shard 0 never saw the event.
+            await standby.wait_for_log(f"queued for user {emu.member.id} in guild {far.id}")
+            await runner.wait_for_log(r"job 1: request \S+ recorded", regex=True, timeout=20)
+            assert len(fake.submits) == 1
+
+            await runner.kill()  # after submit, before delivery
+            await standby.wait_for_log(TAKEN + r"\w+ taken", regex=True, timeout=10)
+            final = await final_for(emu, handle.token, timeout=30)
+            assert final.files, "the video was attached"
+            await standby.wait_for_log("job 1 delivered", timeout=10)
+            assert len(video_uploads(emu, 1)) == 1
+            assert len(messages_with_video(emu, 1)) == 1
+            assert len(fake.submits) == 1  # resumed from its request id, never re-sent
+            async with await open_store(url) as store:
+                jobs = await store.recent_jobs(far.id)
+            assert [(j.state, j.ledger_status) for j in jobs] == [("delivered", "charged")]
+        finally:
+            await stop_all(standby, runner, killed=runner)
+        emu.assert_no_violations()
 
 
 async def test_a_second_process_on_one_sqlite_file_runs_no_job(
