@@ -14,41 +14,27 @@ from collections.abc import Awaitable, Callable
 
 import discord
 
+from bot.chat.notices import LogChannels
 from bot.store import Discrepancy
 
 log = logging.getLogger(__name__)
 
 
 class DiscordAlerts:
-    """Posts to log channels, pinging nobody."""
+    """Posts disagreements to log channels, pinging nobody."""
 
     def __init__(
         self, client: discord.Client, *, log_channel: Callable[[int], Awaitable[int | None]]
     ) -> None:
         self.client = client
-        self.log_channel = log_channel  # a guild's moderator log channel, if it set one
+        self.channels = LogChannels(client, log_channel)
 
     async def post(self, discrepancy: Discrepancy, text: str) -> bool:
         if discrepancy.guild_id is not None:
             guild_ids = [discrepancy.guild_id]
         else:
             guild_ids = [guild.id for guild in self.client.guilds]
-        reached = False
-        for guild_id in guild_ids:
-            channel_id = await self.log_channel(guild_id)
-            if channel_id is None:
-                continue
-            channel = self.client.get_partial_messageable(channel_id, guild_id=guild_id)
-            try:
-                await channel.send(text, allowed_mentions=discord.AllowedMentions.none())
-            except discord.HTTPException as exc:
-                log.warning(
-                    "cannot post discrepancy %s in the log channel %s (%s %s)",
-                    discrepancy.id,
-                    channel_id,
-                    exc.status,
-                    exc.code,
-                )
-                continue
-            reached = True
-        return reached
+        reached = await self.channels.post(guild_ids, text)
+        if not reached:
+            log.info("discrepancy %s reached no log channel; it stays pending", discrepancy.id)
+        return reached > 0

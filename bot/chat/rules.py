@@ -12,6 +12,7 @@ from typing import Any
 
 import discord
 
+from bot.chat.notices import LogChannels
 from bot.chat.presenter import STORE_DOWN, safe_text
 from bot.chat.replies import send_ephemeral
 from bot.moderation import channel_allowed, compiled
@@ -102,24 +103,7 @@ async def screen(
 
 async def tell_moderators(client: discord.Client, store: Store, guild_id: int, text: str) -> None:
     """One line in the guild's log channel, pinging nobody; best effort (logged on failure)."""
-    try:
-        channel_id = await store.get_log_channel(guild_id)
-    except StoreUnavailable:
-        log.warning("guild %s: log channel unknown (database unavailable)", guild_id)
-        return
-    if channel_id is None:
-        return
-    channel = client.get_partial_messageable(channel_id, guild_id=guild_id)
-    try:
-        await channel.send(text, allowed_mentions=discord.AllowedMentions.none())
-    except discord.HTTPException as exc:
-        log.warning(
-            "guild %s: cannot post in the log channel %s (%s %s)",
-            guild_id,
-            channel_id,
-            exc.status,
-            exc.code,
-        )
+    await LogChannels(client, store.get_log_channel).post([guild_id], text)
 
 
 async def allowed_here(interaction: discord.Interaction[Any]) -> bool:
